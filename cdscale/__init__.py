@@ -1,0 +1,1 @@
+"""cdscale: distributed context distillation."""

@@ -1,0 +1,85 @@
+"""The `cdscale` command.
+
+    cdscale run [--config FILE] [section.field=value ...]   a distillation run
+    cdscale bootstrap                                        prepare the tiny teacher model
+    cdscale prepare-model smollm2-135m                      convert packaged real weights
+    cdscale config [--config FILE] [overrides ...]          print the resolved config, explained
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cdscale.config import ConfigError, describe, load_config
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cdscale.driver import run
+
+    cfg = load_config(args.config, args.overrides)
+    run(cfg)
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from cdscale.bootstrap import bootstrap
+    from cdscale.models import prepared_path
+    from cdscale.tasks import build_task
+
+    out = prepared_path("tiny-addition")
+    if (out / "config.json").is_file() and not args.force:
+        print(f"[cdscale] {out} already bootstrapped (use --force to redo)")
+        return 0
+    task = build_task("addition", {"min_digits": args.min_digits, "max_digits": args.max_digits})
+    info = bootstrap(task, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    print(f"[cdscale] bootstrapped tiny model in {out}: {info['history'][-1]}")
+    return 0
+
+
+def _prepare_model(args: argparse.Namespace) -> int:
+    from cdscale.models.smollm2 import prepare_smollm2
+
+    print(prepare_smollm2(force=args.force))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(describe(load_config(args.config, args.overrides)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cdscale", description="Distributed context distillation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, fn, help in (("run", _run, "run context distillation"), ("config", _config, "print the resolved config")):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--config", help="YAML config file (default: the embedded default)")
+        p.add_argument("overrides", nargs="*", help="section.field=value")
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("bootstrap", help="teach the tiny model scratchpad addition (the paper's starting teacher)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--min-digits", type=int, default=1)
+    p.add_argument("--max-digits", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=_bootstrap)
+
+    p = sub.add_parser("prepare-model", help="convert packaged real weights into a cached safetensors folder")
+    p.add_argument("name", choices=["smollm2-135m"])
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=_prepare_model)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"cdscale: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

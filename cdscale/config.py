@@ -1,0 +1,236 @@
+"""The run config: typed sections with defaults, loaded from YAML plus dotted overrides.
+
+The defaults are the embedded default run (`cdscale run` with no config): scratchpad
+addition on the bootstrapped tiny model, on a local Ray cluster, on CPU.
+`cdscale config` prints every field with its value and meaning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, factory: Any = None) -> Any:
+    meta = {"help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f("tiny-addition", "model folder, or a prepared name: tiny-addition (cdscale bootstrap), smollm2-135m (cdscale prepare-model)")
+    dtype: str = _f("float32", "weights dtype for engines and trainers", ("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class TaskConfig:
+    name: str = _f("addition", "registered task name, or 'package.module:Class'")
+    options: dict = _f(None, "keyword arguments of the task", factory=lambda: {"min_digits": 1, "max_digits": 3})
+
+
+@dataclass
+class DataConfig:
+    num_train: int = _f(16384, "raw inputs x ~ D drawn per round for distillation")
+    num_eval: int = _f(500, "held-out inputs for evaluation (disjoint from training inputs)")
+    seed: int = _f(0, "seed for inputs, sampling and initialisation")
+
+
+@dataclass
+class TeacherConfig:
+    num_engines: int = _f(1, "vLLM engine actors")
+    cpus_per_engine: float = _f(1.0, "Ray CPUs reserved per engine")
+    gpus_per_engine: float = _f(0.0, "Ray GPUs reserved per engine (0 on CPU)")
+    mode: str = _f("frozen", "frozen: teacher stays the initial weights (paper); recursive: the student becomes the next round's teacher", ("frozen", "recursive"))
+    temperature: float = _f(1.0, "sampling temperature of the teacher's outputs y")
+    top_k: int = _f(20, "teacher logprobs kept per answer token")
+    max_new_tokens: int = _f(160, "cap on teacher generation length (scratchpad included)")
+    max_model_len: int = _f(512, "engine context length")
+    kv_cache_gib: float = _f(1.0, "KV cache size per engine in GiB (explicit, so it does not depend on other processes' memory)")
+    enable_prefix_caching: bool = _f(True, "reuse the KV cache of shared prompt prefixes")
+    max_answer_skip_fraction: float = _f(0.5, "fail the round when more teacher outputs than this have no extractable answer")
+    chunk_size: int = _f(512, "prompts per engine call (progress granularity and load balancing)")
+
+
+@dataclass
+class StudentConfig:
+    num_ranks: int = _f(2, "DeepSpeed ranks, one Ray actor each")
+    cpus_per_rank: float = _f(1.0, "Ray CPUs reserved per rank")
+    gpus_per_rank: float = _f(0.0, "Ray GPUs reserved per rank (0 on CPU)")
+    zero_stage: int = _f(2, "DeepSpeed ZeRO stage", (1, 2, 3))
+    loss: str = _f("forward_kl_topk", "forward KL on the teacher's top-k with a tail bucket, or hard labels on f(y)", ("forward_kl_topk", "hard"))
+    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = _f(0.0, "AdamW weight decay (paper: 0)")
+    warmup_steps: int = _f(20, "linear warm-up steps, then cosine decay to 10% of lr")
+    batch_size: int = _f(128, "global batch size (sequences), split evenly across ranks")
+    epochs: int = _f(4, "passes over each round's distillation data")
+    grad_clip: float = _f(1.0, "gradient norm clip")
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens_student: int = _f(16, "cap on the student's direct-answer length")
+    before: bool = _f(True, "evaluate teacher and student before distillation")
+
+
+@dataclass
+class RunConfig:
+    name: str = _f("addition", "run name; the run directory is output_root/name")
+    output_root: str = _f("runs", "where run directories are created")
+    rounds: int = _f(1, "distillation rounds (generate, train, sync, evaluate)")
+    ray_address: str | None = _f(None, "join this Ray cluster; default: start a local one")
+    dashboard_host: str = _f("127.0.0.1", "host the local Ray dashboard binds to")
+    timeout_s: float = _f(3600.0, "timeout of each remote call, so a dead actor is an error, not a hang")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_root) / self.run.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(path: str, value: Any, typ: Any, meta: dict) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        typ = args[0]
+    if typ is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    elif typ is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                pass
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    elif typ is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        value = float(value)
+    elif typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+    elif typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{path}: {value!r} is not allowed; allowed values: {list(choices)}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field; allowed fields: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        f, typ = known[name], hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(f"{prefix}{name}", value, typ, dict(f.metadata))
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{dotted}: {key} is not a section")
+    tree[keys[-1]] = value
+
+
+def validate(cfg: Config) -> Config:
+    """Checks that span fields."""
+    positive = {
+        "data.num_train": cfg.data.num_train, "data.num_eval": cfg.data.num_eval,
+        "teacher.num_engines": cfg.teacher.num_engines, "teacher.top_k": cfg.teacher.top_k,
+        "teacher.max_new_tokens": cfg.teacher.max_new_tokens, "teacher.chunk_size": cfg.teacher.chunk_size,
+        "student.num_ranks": cfg.student.num_ranks, "student.batch_size": cfg.student.batch_size,
+        "student.epochs": cfg.student.epochs, "run.rounds": cfg.run.rounds,
+    }
+    for path, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{path}: must be at least 1, got {value}")
+    if cfg.student.batch_size % cfg.student.num_ranks:
+        raise ConfigError(
+            f"student.batch_size: {cfg.student.batch_size} does not split evenly across "
+            f"student.num_ranks={cfg.student.num_ranks}"
+        )
+    if cfg.teacher.kv_cache_gib <= 0:
+        raise ConfigError(f"teacher.kv_cache_gib: must be positive, got {cfg.teacher.kv_cache_gib}")
+    if cfg.student.lr <= 0:
+        raise ConfigError(f"student.lr: must be positive, got {cfg.student.lr}")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then `section.field=value` overrides (YAML-parsed values)."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return validate(_build(Config, tree, ""))
+
+
+def describe(cfg: Config) -> str:
+    """Every field with its value, allowed values and meaning, as commented YAML."""
+    lines = []
+    for section in fields(cfg):
+        lines.append(f"{section.name}:")
+        sub = getattr(cfg, section.name)
+        for f in fields(sub):
+            value = yaml.safe_dump(getattr(sub, f.name), default_flow_style=True).strip().removesuffix("...").strip()
+            choices = f" (one of {list(f.metadata['choices'])})" if f.metadata.get("choices") else ""
+            lines.append(f"  {f.name}: {value}  # {f.metadata.get('help', '')}{choices}")
+    return "\n".join(lines)
+
+

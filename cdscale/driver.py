@@ -1,0 +1,260 @@
+"""The driver: one controller that runs the rounds of a distillation run on Ray.
+
+    1 inputs   x ~ D                                   (task, seeded)
+    2 teacher  y ~ P(. | T_teacher(x)) with top-k logprobs   (vLLM engine actors)
+    3 targets  student ids = T_student(x) + answer tokens of f(y), teacher signal there
+    4 train    DeepSpeed ZeRO ranks (Ray actors), forward KL on the top-k + tail
+    5 sync     trainer weights -> running engines (no restart)
+    6 eval     teacher with context, student without
+    7 save     data, metrics, student checkpoint, summary (atomic writes)
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+
+from cdscale.checkpoint import save_hf_checkpoint, write_json_atomic, write_text_atomic
+from cdscale.config import Config
+from cdscale.eval import evaluate
+from cdscale.models import resolve_model_path
+from cdscale.student.trainer import StudentTrainer
+from cdscale.sync.object_store import push_weights
+from cdscale.targets import build_student_record
+from cdscale.tasks import Example, Task, build_task
+from cdscale.teacher.engine import generate_across, start_engines
+
+
+class MetricsLog:
+    """metrics.jsonl in the run directory: one JSON object per event."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a")
+
+    def write(self, **event: Any) -> None:
+        self.file.write(json.dumps({"time": time.time(), **event}) + "\n")
+        self.file.flush()
+
+
+def init_ray(cfg: Config) -> None:
+    if ray.is_initialized():
+        return
+    if cfg.run.ray_address:
+        ray.init(address=cfg.run.ray_address)
+        return
+    # The embedded default: a local cluster. Logical CPUs cover every actor (engines and
+    # trainers take turns on the cores: generation and training never run at once).
+    needed = cfg.teacher.num_engines * cfg.teacher.cpus_per_engine + cfg.student.num_ranks * cfg.student.cpus_per_rank
+    import os
+
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
+        include_dashboard=True,
+        dashboard_host=cfg.run.dashboard_host,
+    )
+
+
+def start_trainers(cfg: Config, model_path: str) -> list[Any]:
+    s = cfg.student
+    ds_config = {
+        "train_batch_size": s.batch_size,
+        "train_micro_batch_size_per_gpu": s.batch_size // s.num_ranks,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": s.grad_clip,
+        "zero_optimization": {"stage": s.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "steps_per_print": 10**9,
+        "_lr": s.lr,
+        "_weight_decay": s.weight_decay,
+    }
+    actor = ray.remote(StudentTrainer).options(num_cpus=s.cpus_per_rank, num_gpus=s.gpus_per_rank)
+    trainers = [
+        actor.remote(rank, s.num_ranks, model_path, cfg.model.dtype, ds_config, s.loss, cfg.data.seed)
+        for rank in range(s.num_ranks)
+    ]
+    addr, port = ray.get(trainers[0].master_address.remote(), timeout=cfg.run.timeout_s)
+    ray.get([t.setup.remote(addr, port) for t in trainers], timeout=cfg.run.timeout_s)
+    return trainers
+
+
+def sample_splits(task: Task, cfg: Config) -> tuple[list[Example], list[list[Example]]]:
+    """Held-out eval inputs, then each round's training inputs, none of them an eval input."""
+    eval_examples = task.sample_inputs(cfg.data.num_eval, random.Random(cfg.data.seed))
+    held_out = {x.input for x in eval_examples}
+    rounds = []
+    for r in range(cfg.run.rounds):
+        rng = random.Random(f"{cfg.data.seed}-train-{r}")
+        picked: list[Example] = []
+        while len(picked) < cfg.data.num_train:
+            picked += [x for x in task.sample_inputs(cfg.data.num_train - len(picked), rng) if x.input not in held_out]
+        rounds.append(picked)
+    return eval_examples, rounds
+
+
+def teacher_targets(
+    cfg: Config, engines: list[Any], tokenizer: Any, task: Task, examples: list[Example], round_index: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Steps 2 and 3: sample the teacher on T_teacher(x), keep its signal on f(y)."""
+    t = cfg.teacher
+    prompts = [tokenizer(task.teacher_prompt(x))["input_ids"] for x in examples]
+    sampling = [
+        {"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k,
+         "seed": cfg.data.seed * 1_000_003 + round_index * 100_003 + i}
+        for i in range(len(examples))
+    ]
+    outputs = generate_across(engines, prompts, sampling, t.chunk_size, cfg.run.timeout_s, f"round {round_index} teacher")
+    records, counts = [], {"generated": len(outputs), "no_answer": 0, "kept": 0}
+    for i, (x, out) in enumerate(zip(examples, outputs)):
+        completion = tokenizer.decode(out["token_ids"], skip_special_tokens=True)
+        span = task.answer_span(completion)
+        if span is None:
+            counts["no_answer"] += 1
+            continue
+        student_ids = tokenizer(task.student_prompt(x))["input_ids"]
+        decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        rec = build_student_record(student_ids, out["token_ids"], out["logprobs"], span, decode, tokenizer.eos_token_id, t.top_k)
+        records.append(
+            {"index": i, "input": x.input, "gold": x.gold, "teacher_completion": completion,
+             "answer": completion[span[0]:span[1]], "teacher_correct": task.score(x, completion[span[0]:span[1]]),
+             "input_ids": rec.input_ids, "answer_start": rec.answer_start,
+             "topk_ids": rec.topk_ids, "topk_logprobs": rec.topk_logprobs}
+        )
+    counts["kept"] = len(records)
+    if counts["no_answer"] > t.max_answer_skip_fraction * len(outputs):
+        raise RuntimeError(
+            f"round {round_index}: {counts['no_answer']} of {len(outputs)} teacher outputs have no extractable "
+            f"answer (above teacher.max_answer_skip_fraction={t.max_answer_skip_fraction})"
+        )
+    return records, counts
+
+
+def learning_rate(cfg: Config, step: int, total: int) -> float:
+    s = cfg.student
+    warm = min(1.0, (step + 1) / max(1, s.warmup_steps))
+    progress = min(1.0, step / max(1, total))
+    return s.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(cfg: Config, trainers: list[Any], records: list[dict[str, Any]], log: MetricsLog, round_index: int) -> dict[str, float]:
+    """Step 4: epochs of global batches, each split evenly across the ranks."""
+    from tqdm import tqdm
+
+    s = cfg.student
+    rng = random.Random(f"{cfg.data.seed}-shuffle-{round_index}")
+    steps_per_epoch = max(1, len(records) // s.batch_size)
+    total = steps_per_epoch * s.epochs
+    first_losses, last_losses, step = [], [], 0
+    start = time.perf_counter()
+    tokens = 0
+    with tqdm(total=total, desc=f"round {round_index} train", unit="step", leave=False) as bar:
+        for epoch in range(s.epochs):
+            order = list(range(len(records)))
+            rng.shuffle(order)
+            for b in range(steps_per_epoch):
+                batch = [records[i] for i in order[b * s.batch_size : (b + 1) * s.batch_size]]
+                shards = [batch[r :: s.num_ranks] for r in range(s.num_ranks)]
+                lr = learning_rate(cfg, step, total)
+                stats = ray.get([t.train_step.remote(shard, lr) for t, shard in zip(trainers, shards)], timeout=cfg.run.timeout_s)
+                loss = sum(x["loss"] for x in stats) / len(stats)
+                tokens += sum(x["tokens"] for x in stats)
+                acc = sum(x["token_accuracy"] for x in stats) / len(stats)
+                log.write(event="train", round=round_index, epoch=epoch, step=step, loss=loss, lr=lr, token_accuracy=acc)
+                (first_losses if step < 10 else last_losses).append(loss)
+                last_losses = last_losses[-10:]
+                step += 1
+                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(1)
+    seconds = time.perf_counter() - start
+    return {
+        "steps": total,
+        "loss_first": sum(first_losses) / len(first_losses),
+        "loss_last": sum(last_losses or first_losses) / len(last_losses or first_losses),
+        "train_tokens_per_s": tokens / seconds,
+        "train_seconds": seconds,
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    rows = [("teacher (with context)", "teacher"), ("student before", "student_before"), ("student after", "student_after")]
+    lines = ["| model | accuracy | tokens per answer |", "| --- | --- | --- |"]
+    for label, key in rows:
+        if key in summary:
+            m = summary[key]
+            lines.append(f"| {label} | {100 * m['accuracy']:.1f}% | {m['tokens_per_answer']:.1f} |")
+    if "teacher" in summary and "student_after" in summary:
+        ratio = summary["teacher"]["tokens_per_answer"] / summary["student_after"]["tokens_per_answer"]
+        lines.append(f"\ninference-token ratio teacher/student: {ratio:.1f}x")
+    return "\n".join(lines)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Run every round of `cfg` and return the summary (also written to summary.json)."""
+    from transformers import AutoTokenizer
+
+    model_path = resolve_model_path(cfg.model.path)
+    task = build_task(cfg.task.name, cfg.task.options)
+    run_dir = cfg.run_dir
+    (run_dir / "data").mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval").mkdir(exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    eval_examples, train_rounds = sample_splits(task, cfg)
+
+    init_ray(cfg)
+    t = cfg.teacher
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    engines = start_engines(
+        t.num_engines, t.cpus_per_engine, t.gpus_per_engine, model_path=model_path, dtype=cfg.model.dtype,
+        max_model_len=t.max_model_len, kv_cache_gib=t.kv_cache_gib, max_logprobs=t.top_k + 1,
+        enable_prefix_caching=t.enable_prefix_caching, seed=cfg.data.seed,
+    )
+    trainers = start_trainers(cfg, model_path)
+    timings["startup_s"] = time.perf_counter() - clock
+
+    def run_eval(role: str, name: str, max_new_tokens: int) -> dict[str, float]:
+        metrics, rows = evaluate(engines, tokenizer, task, eval_examples, role, max_new_tokens, t.chunk_size, cfg.run.timeout_s)
+        write_text_atomic(run_dir / "eval" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        log.write(event="eval", name=name, **metrics)
+        print(f"[cdscale] {name}: accuracy {100 * metrics['accuracy']:.1f}% on {metrics['n']} held-out inputs")
+        return metrics
+
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "model": model_path, "task": cfg.task.name}
+    if cfg.eval.before:
+        summary["teacher"] = run_eval("teacher", "teacher", t.max_new_tokens)
+        summary["student_before"] = run_eval("student", "student_before", cfg.eval.max_new_tokens_student)
+    initial_weights = None
+    for r, examples in enumerate(train_rounds):
+        if r > 0 and t.mode == "frozen":
+            # The engines hold the last student; the frozen teacher is the initial weights.
+            push_weights(None, engines, version=0, weights=initial_weights, timeout_s=cfg.run.timeout_s)
+        clock = time.perf_counter()
+        records, counts = teacher_targets(cfg, engines, tokenizer, task, examples, r)
+        timings[f"round{r}_generate_s"] = time.perf_counter() - clock
+        write_text_atomic(run_dir / "data" / f"round_{r}.jsonl", "".join(json.dumps(x) + "\n" for x in records))
+        log.write(event="targets", round=r, **counts)
+        print(f"[cdscale] round {r}: {counts['kept']} distillation examples ({counts['no_answer']} without an answer, skipped)")
+        if r == 0 and t.mode == "frozen" and cfg.run.rounds > 1:
+            initial_weights = ray.put(ray.get(trainers[0].export_weights.remote()))
+        train_stats = train(cfg, trainers, records, log, r)
+        log.write(event="train_summary", round=r, **train_stats)
+        sync = push_weights(trainers, engines, version=r + 1, timeout_s=cfg.run.timeout_s)
+        log.write(event="sync", round=r, **sync)
+        summary[f"round_{r}"] = {**counts, **train_stats, "sync_s": sync["seconds"]}
+        summary["student_after"] = run_eval("student", f"student_after_round_{r}", cfg.eval.max_new_tokens_student)
+        if t.mode == "recursive":
+            summary[f"teacher_round_{r + 1}"] = run_eval("teacher", f"teacher_round_{r + 1}", t.max_new_tokens)
+    weights = ray.get([tr.export_weights.remote() for tr in trainers], timeout=cfg.run.timeout_s)[0]
+    save_hf_checkpoint(weights, model_path, run_dir / "student")
+    summary["timings"] = timings
+    write_json_atomic(run_dir / "summary.json", summary)
+    print(format_table(summary))
+    return summary

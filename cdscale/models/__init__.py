@@ -1,0 +1,43 @@
+"""Models with no hub: a tiny Llama built in code, and real weights from registry packages.
+
+A model is named in the config by a folder path, or by one of the prepared names below,
+which live in the cdscale cache ($CDSCALE_CACHE, default ~/.cache/cdscale).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PREPARED = {
+    "tiny-addition": "cdscale bootstrap",
+    "smollm2-135m": "cdscale prepare-model smollm2-135m",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CDSCALE_CACHE", Path.home() / ".cache" / "cdscale"))
+
+
+def prepared_path(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def resolve_model_path(path_or_name: str) -> str:
+    """A usable model folder for `model.path`, or a clear error that says how to make one."""
+    if path_or_name in PREPARED:
+        folder = prepared_path(path_or_name)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.path: {path_or_name!r} is not prepared yet in {folder}; run `{PREPARED[path_or_name]}` first"
+            )
+        return str(folder)
+    folder = Path(path_or_name).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"model.path: {path_or_name!r} is neither a folder nor a prepared name ({sorted(PREPARED)})"
+        )
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model.path: {folder} has no config.json; expected a Hugging Face model folder")
+    if not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"model.path: {folder} has no *.safetensors weights (cdscale loads safetensors only)")
+    return str(folder)

@@ -1,0 +1,1 @@
+"""Student side: DeepSpeed ZeRO trainer actors and the distillation losses."""

@@ -1,0 +1,126 @@
+"""One DeepSpeed ZeRO rank in a Ray actor (step 4 of a round: train; step 5: export weights).
+
+The driver makes M of these, then calls `setup` on all of them at once (the process
+group forms only when every rank joins). Each `train_step` gets this rank's share of the
+global batch; DeepSpeed averages gradients across ranks.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import torch
+
+from cdscale.student.losses import distillation_loss
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def collate(records: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad student sequences; list the answer positions and the teacher's signal there.
+
+    The logits at position t predict token t + 1, so the answer token at index j is
+    scored from the logits at j - 1.
+    """
+    length = max(len(r["input_ids"]) for r in records)
+    input_ids = torch.full((len(records), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(records), length), dtype=torch.long)
+    rows, cols, targets, topk_ids, topk_lps = [], [], [], [], []
+    for i, r in enumerate(records):
+        ids = r["input_ids"]
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        for j in range(r["answer_start"], len(ids)):
+            rows.append(i)
+            cols.append(j - 1)
+            targets.append(ids[j])
+        topk_ids.extend(r["topk_ids"])
+        topk_lps.extend(r["topk_logprobs"])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "rows": torch.tensor(rows),
+        "cols": torch.tensor(cols),
+        "target_ids": torch.tensor(targets),
+        "topk_ids": torch.tensor(topk_ids, dtype=torch.long),
+        "topk_logprobs": torch.tensor(topk_lps, dtype=torch.float32),
+    }
+
+
+class StudentTrainer:
+    def __init__(self, rank: int, world_size: int, model_path: str, dtype: str, ds_config: dict, loss: str, seed: int):
+        self.rank, self.world_size = rank, world_size
+        self.model_path, self.dtype, self.ds_config, self.loss_name, self.seed = model_path, dtype, ds_config, loss, seed
+
+    def master_address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> int:
+        """Join the process group and build the DeepSpeed engine. Returns the parameter count."""
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+        from transformers import AutoModelForCausalLM
+
+        os.environ.update(
+            {
+                "RANK": str(self.rank),
+                "WORLD_SIZE": str(self.world_size),
+                "LOCAL_RANK": "0",
+                "MASTER_ADDR": master_addr,
+                "MASTER_PORT": str(master_port),
+            }
+        )
+        torch.manual_seed(self.seed)
+        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
+        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        # Plain torch AdamW: works on CPU and GPU alike, no op compilation at start-up.
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=self.ds_config["_lr"], weight_decay=self.ds_config["_weight_decay"]
+        )
+        config = {k: v for k, v in self.ds_config.items() if not k.startswith("_")}
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.device = self.engine.device
+        return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+
+    def train_step(self, records: list[dict[str, Any]], lr: float) -> dict[str, float]:
+        """One optimizer step on this rank's share of the global batch."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = {k: v.to(self.device) for k, v in collate(records, self.pad_id).items()}
+        self.engine.train()
+        logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Only the answer positions are scored: the full-vocabulary log-softmax is taken there alone.
+        answer_logits = logits[batch["rows"], batch["cols"]]
+        student_logprobs = torch.log_softmax(answer_logits.float(), dim=-1)
+        loss = distillation_loss(
+            self.loss_name, student_logprobs, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
+        )
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"rank {self.rank}: loss is {loss.item()}; stopping before the update")
+        self.engine.backward(loss)
+        self.engine.step()
+        with torch.no_grad():
+            accuracy = (answer_logits.argmax(-1) == batch["target_ids"]).float().mean().item()
+        return {"loss": loss.item(), "tokens": int(batch["attention_mask"].sum()), "answer_tokens": len(batch["rows"]), "token_accuracy": accuracy}
+
+    def export_weights(self) -> list[tuple[str, torch.Tensor]] | None:
+        """Full weights in Hugging Face names, on rank 0 only. Every rank must call this:
+        under ZeRO-3 each parameter is gathered collectively."""
+        import deepspeed
+
+        module = self.engine.module
+        named = list(module.named_parameters())
+        out = []
+        for name, param in named:
+            with deepspeed.zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
+                if self.rank == 0:
+                    out.append((name, param.detach().to("cpu", copy=True)))
+        return out if self.rank == 0 else None

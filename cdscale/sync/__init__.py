@@ -1,0 +1,1 @@
+"""Weight sync: trainer weights into the running teacher engines."""

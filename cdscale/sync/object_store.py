@@ -1,0 +1,31 @@
+"""The CPU transport: rank 0's full weights go through Ray's object store to every engine.
+
+Every rank takes part in the export (ZeRO-3 gathers each parameter collectively); only
+rank 0 returns the weights. The object is put once and read by all engines.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+
+
+def push_weights(
+    trainers: list[Any] | None,
+    engines: list[Any],
+    version: int,
+    timeout_s: float,
+    weights: Any = None,
+) -> dict[str, float]:
+    """Export from the trainers (or take `weights`, a list or an ObjectRef of (name, tensor))
+    and load into every engine. Returns timing and size."""
+    start = time.perf_counter()
+    nbytes = None
+    if weights is None:
+        exported = ray.get([t.export_weights.remote() for t in trainers], timeout=timeout_s)[0]
+        nbytes = sum(t.numel() * t.element_size() for _, t in exported)
+        weights = ray.put(exported)
+    export_s = time.perf_counter() - start
+    ray.get([e.update_weights.remote(weights, version) for e in engines], timeout=timeout_s)
+    return {"seconds": time.perf_counter() - start, "export_s": export_s, "bytes": nbytes, "version": version}

@@ -1,0 +1,90 @@
+"""Step 3 of a round: turn teacher generations into student training records.
+
+The student is trained on the teacher's own answer tokens, so both sides score the same
+token ids: student ids = tokenize(T_student(x)) + the generated tokens that cover f(y).
+When f's span starts or ends inside a token, the whole token is kept. When only
+whitespace follows the answer and the teacher stopped with EOS, the EOS is kept too, so
+the student learns to stop after answering.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class StudentRecord:
+    """One distillation example: the student's ids and the teacher's signal at the answer."""
+
+    input_ids: list[int]
+    answer_start: int  # index in input_ids of the first answer token
+    topk_ids: list[list[int]]  # per answer token, the teacher's top-k next-token ids
+    topk_logprobs: list[list[float]]
+
+    @property
+    def answer_ids(self) -> list[int]:
+        return self.input_ids[self.answer_start :]
+
+
+def answer_token_range(
+    gen_ids: list[int], span: tuple[int, int], decode: Callable[[list[int]], str]
+) -> tuple[int, int]:
+    """The [first, last) generated tokens that cover the character span of decode(gen_ids)."""
+    start, end = span
+    if not 0 <= start < end:
+        raise ValueError(f"empty or negative answer span {span}")
+    lengths = _PrefixLengths(gen_ids, decode)
+    first = bisect.bisect_right(lengths, start)  # first token whose text reaches past `start`
+    last = bisect.bisect_left(lengths, end) + 1  # token that completes `end`
+    if last > len(gen_ids):
+        raise ValueError(f"answer span {span} runs past the generation ({len(lengths.text)} chars)")
+    return first, last
+
+
+class _PrefixLengths:
+    """Lazy sequence: item i = len(decode(gen_ids[: i + 1])), for bisect (O(log n) decodes)."""
+
+    def __init__(self, gen_ids: list[int], decode: Callable[[list[int]], str]):
+        self.gen_ids, self.decode = gen_ids, decode
+        self.text = decode(gen_ids)
+
+    def __len__(self) -> int:
+        return len(self.gen_ids)
+
+    def __getitem__(self, i: int) -> int:
+        return len(self.decode(self.gen_ids[: i + 1]))
+
+
+def build_student_record(
+    student_prompt_ids: list[int],
+    gen_ids: list[int],
+    gen_topk: list[dict[int, float]],
+    span: tuple[int, int],
+    decode: Callable[[list[int]], str],
+    eos_token_id: int | None,
+    top_k: int,
+) -> StudentRecord:
+    """Align the teacher's answer tokens (and their top-k logprobs) to the student's prompt.
+
+    gen_topk[j] maps token id -> logprob for generated position j (vLLM returns the
+    top-k plus the sampled token). Rows are padded to top_k + 1 entries with -inf.
+    """
+    first, last = answer_token_range(gen_ids, span, decode)
+    text = decode(gen_ids)
+    if eos_token_id is not None and gen_ids and gen_ids[-1] == eos_token_id and not text[span[1] :].strip():
+        last = len(gen_ids)  # keep the whitespace tokens and the EOS after the answer
+    width = top_k + 1
+    ids_rows, lp_rows = [], []
+    for j in range(first, last):
+        items = sorted(gen_topk[j].items(), key=lambda kv: -kv[1])[:width]
+        if gen_ids[j] not in dict(items):
+            items[-1] = (gen_ids[j], gen_topk[j][gen_ids[j]])  # the sampled token always counts
+        ids_rows.append([t for t, _ in items] + [0] * (width - len(items)))
+        lp_rows.append([float(lp) for _, lp in items] + [float("-inf")] * (width - len(items)))
+    return StudentRecord(
+        input_ids=list(student_prompt_ids) + list(gen_ids[first:last]),
+        answer_start=len(student_prompt_ids),
+        topk_ids=ids_rows,
+        topk_logprobs=lp_rows,
+    )

@@ -1,0 +1,91 @@
+"""Tasks: the paper's four parts of one distillation operation (section 2.1).
+
+A task says where raw inputs come from (D), how the teacher and the student are
+prompted (T_teacher, T_student), how the final answer is cut out of a generation (f),
+and how an answer is scored. Add a task by writing one module with a `Task` subclass
+and registering it with `@register_task("name")`.
+"""
+from __future__ import annotations
+
+import importlib
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Example:
+    """One raw task input x, with its gold answer when the source knows it."""
+
+    input: str
+    gold: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """(D, T_teacher, T_student, f) plus a scorer. Subclasses take their options as kwargs."""
+
+    name: str = ""
+
+    @abstractmethod
+    def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
+        """D: draw n raw inputs."""
+
+    @abstractmethod
+    def teacher_prompt(self, x: Example) -> str:
+        """T_teacher: the rich prompt (instructions, examples, a scratchpad request)."""
+
+    @abstractmethod
+    def student_prompt(self, x: Example) -> str:
+        """T_student: the minimal prompt the distilled model answers without context."""
+
+    @abstractmethod
+    def answer_span(self, completion: str) -> tuple[int, int] | None:
+        """f: the [start, end) characters of the final answer in a generation, or None
+        when no answer can be extracted. A span (not a string) lets the trainer reuse the
+        teacher's own answer tokens and their logprobs."""
+
+    def extract_answer(self, completion: str) -> str | None:
+        span = self.answer_span(completion)
+        return None if span is None else completion[span[0] : span[1]]
+
+    @abstractmethod
+    def score(self, x: Example, answer: str | None) -> float:
+        """1.0 for a correct answer, 0.0 for a wrong or missing one (or a graded value)."""
+
+    def teacher_demonstration(self, x: Example) -> str | None:
+        """The gold teacher-format completion, when the task can write one. Used only to
+        bootstrap a model with the teacher's skill (`cdscale bootstrap`)."""
+        return None
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+_BUILTIN_MODULES = {"addition": "cdscale.tasks.addition"}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    def wrap(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_task(name: str, options: dict[str, Any] | None = None) -> Task:
+    """Build a task by registered name, or by "package.module:Class" for a user's own task."""
+    if ":" in name:
+        module_name, cls_name = name.split(":", 1)
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    else:
+        if name in _BUILTIN_MODULES:
+            importlib.import_module(_BUILTIN_MODULES[name])
+        if name not in _REGISTRY:
+            known = sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+            raise ValueError(f"task.name: unknown task {name!r}; known tasks: {known}, or 'module:Class'")
+        cls = _REGISTRY[name]
+    try:
+        return cls(**(options or {}))
+    except TypeError as err:
+        raise ValueError(f"task.options: {err}") from None

@@ -1,0 +1,97 @@
+"""Scratchpad addition (paper section 3.3), in the scratchpad format of Nye et al. 2021.
+
+Digits are space-separated. The scratchpad works right to left and tracks the carry C:
+
+    Input:
+    2 9 + 5 7
+    Target:
+    <scratch>
+    2 9 + 5 7 , C: 0
+    2 + 5 , 6 C: 1
+    , 8 6 C: 0
+    0 8 6
+    </scratch>
+    8 6
+
+The teacher is asked for a "Target:" (scratchpad, then answer); the student for an
+"Answer:" directly.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from cdscale.tasks import Example, Task, register_task
+
+SCRATCH_OPEN, SCRATCH_CLOSE = "<scratch>", "</scratch>"
+_DIGITS = re.compile(r"\d( \d)*")
+
+
+def spaced(digits: str) -> str:
+    return " ".join(digits)
+
+
+def scratchpad(a: int, b: int) -> str:
+    """The Nye et al. scratchpad for a + b, including the markup lines."""
+    left_a, left_b = str(a), str(b)
+    result, carry = "", 0
+    lines = []
+    while True:
+        operands = " + ".join(s for s in (spaced(left_a), spaced(left_b)) if s)
+        lines.append((operands + " " if operands else "") + ", " + (spaced(result) + " " if result else "") + f"C: {carry}")
+        if not left_a and not left_b:
+            break
+        da = int(left_a[-1]) if left_a else 0
+        db = int(left_b[-1]) if left_b else 0
+        carry, digit = divmod(da + db + carry, 10)
+        result = str(digit) + result
+        left_a, left_b = left_a[:-1], left_b[:-1]
+    lines.append(spaced(str(carry) + result))
+    return "\n".join([SCRATCH_OPEN, *lines, SCRATCH_CLOSE])
+
+
+@register_task("addition")
+class Addition(Task):
+    """D: each operand's digit count uniform in [min_digits, max_digits], then digits uniform
+    (the paper's "uniform over all 1 through 8 digit addition questions")."""
+
+    def __init__(self, min_digits: int = 1, max_digits: int = 8):
+        if not 1 <= min_digits <= max_digits:
+            raise ValueError(f"task.options: need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
+        self.min_digits, self.max_digits = min_digits, max_digits
+
+    def _number(self, rng: random.Random) -> int:
+        n = rng.randint(self.min_digits, self.max_digits)
+        return rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1)
+
+    def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
+        out = []
+        for _ in range(n):
+            a, b = self._number(rng), self._number(rng)
+            out.append(Example(input=f"{spaced(str(a))} + {spaced(str(b))}", gold=spaced(str(a + b)), meta={"a": a, "b": b}))
+        return out
+
+    def teacher_prompt(self, x: Example) -> str:
+        return f"Input:\n{x.input}\nTarget:\n"
+
+    def student_prompt(self, x: Example) -> str:
+        return f"Input:\n{x.input}\nAnswer:\n"
+
+    def answer_span(self, completion: str) -> tuple[int, int] | None:
+        # f strips the scratchpad; a direct answer has none to strip.
+        start = 0
+        if SCRATCH_OPEN in completion:
+            close = completion.find(SCRATCH_CLOSE)
+            if close < 0:
+                return None
+            start = close + len(SCRATCH_CLOSE)
+        match = _DIGITS.search(completion, start)
+        if match is None or completion[start : match.start()].strip():
+            return None
+        return match.span()
+
+    def score(self, x: Example, answer: str | None) -> float:
+        return float(answer is not None and answer.strip() == x.gold)
+
+    def teacher_demonstration(self, x: Example) -> str:
+        return f"{scratchpad(x.meta['a'], x.meta['b'])}\n{x.gold}"

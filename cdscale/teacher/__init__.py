@@ -1,0 +1,1 @@
+"""Teacher side: vLLM engines as Ray actors, with in-place weight reload."""

@@ -1,0 +1,136 @@
+"""A vLLM engine in a Ray actor (steps 2, 5 and 6 of a round: generate, take weights, evaluate).
+
+The engine lives in the actor's own process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
+executor "uni"), so `collective_rpc` reaches the worker extension in-process and
+tensors arrive as tensors. Prompts are passed as token ids: the driver tokenizes once,
+and the ids the teacher saw are exactly the ids the trainer aligns against.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class TeacherEngine:
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str,
+        max_model_len: int,
+        kv_cache_gib: float,
+        max_logprobs: int,
+        enable_prefix_caching: bool,
+        seed: int,
+    ):
+        os.environ.update(ENGINE_ENV)
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            kv_cache_memory_bytes=int(kv_cache_gib * 2**30),
+            max_logprobs=max_logprobs,
+            enable_prefix_caching=enable_prefix_caching,
+            seed=seed,
+            distributed_executor_backend="uni",
+            worker_extension_cls="cdscale.teacher.worker_extension.WeightReloadExtension",
+        )
+        self.weight_version = 0
+
+    def generate_many(self, prompt_ids: list[list[int]], sampling: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Generate one output per prompt, with its own sampling parameters. With
+        `logprobs=k`, each output carries a {token id: logprob} dict per generated token
+        (the top-k plus the sampled token)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [SamplingParams(**s) for s in sampling]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        results = []
+        for out in outputs:
+            completion = out.outputs[0]
+            results.append(
+                {
+                    "token_ids": list(completion.token_ids),
+                    "logprobs": None
+                    if completion.logprobs is None
+                    else [{tid: lp.logprob for tid, lp in step.items()} for step in completion.logprobs],
+                    "finish_reason": completion.finish_reason,
+                }
+            )
+        return results
+
+    def update_weights(self, named_tensors: list[tuple[str, Any]], version: int) -> dict[str, float]:
+        """Load new weights into the running engine; cached prefixes are stale afterwards."""
+        start = time.perf_counter()
+        self.llm.collective_rpc("reload_named_weights", args=(named_tensors,))
+        self.llm.reset_prefix_cache()
+        self.weight_version = version
+        return {"seconds": time.perf_counter() - start, "version": version}
+
+    def get_weight_version(self) -> int:
+        return self.weight_version
+
+    def weight_checksum(self) -> float:
+        return self.llm.collective_rpc("weight_checksum")[0]
+
+    def ready(self) -> bool:
+        return True
+
+
+def start_engines(
+    num_engines: int,
+    cpus: float,
+    gpus: float,
+    **engine_kwargs: Any,
+) -> list[Any]:
+    """Start the engine actors and wait until every engine has loaded its model."""
+    actor = ray.remote(TeacherEngine).options(
+        num_cpus=cpus,
+        num_gpus=gpus,
+        runtime_env={"env_vars": ENGINE_ENV},
+    )
+    engines = [actor.remote(**{**engine_kwargs, "seed": engine_kwargs["seed"] + i}) for i in range(num_engines)]
+    ray.get([e.ready.remote() for e in engines])
+    return engines
+
+
+def generate_across(
+    engines: list[Any],
+    prompt_ids: list[list[int]],
+    sampling: list[dict[str, Any]],
+    chunk_size: int,
+    timeout_s: float,
+    desc: str,
+) -> list[dict[str, Any]]:
+    """Spread prompts over the engines in chunks, a new chunk to whichever engine is free,
+    and return the outputs in prompt order. One SamplingParams per prompt (per-prompt
+    seeds make the samples independent of how prompts were split across engines)."""
+    from tqdm import tqdm
+
+    chunks = [range(i, min(i + chunk_size, len(prompt_ids))) for i in range(0, len(prompt_ids), chunk_size)]
+    results: list[dict[str, Any] | None] = [None] * len(prompt_ids)
+    pending = list(reversed(chunks))
+    in_flight: dict[Any, tuple[Any, range]] = {}
+    with tqdm(total=len(prompt_ids), desc=desc, unit="prompt", leave=False) as bar:
+        while pending or in_flight:
+            busy = {engine for engine, _ in in_flight.values()}
+            for engine in engines:
+                if pending and engine not in busy:
+                    chunk = pending.pop()
+                    ref = engine.generate_many.remote([prompt_ids[i] for i in chunk], [sampling[i] for i in chunk])
+                    in_flight[ref] = (engine, chunk)
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=timeout_s)
+            if not done:
+                raise TimeoutError(f"{desc}: no engine answered within {timeout_s:.0f}s (run.timeout_s)")
+            engine, chunk = in_flight.pop(done[0])
+            for i, out in zip(chunk, ray.get(done[0])):
+                results[i] = out
+            bar.update(len(chunk))
+    return results  # type: ignore[return-value]

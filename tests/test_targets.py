@@ -1,0 +1,78 @@
+"""Alignment of the teacher's answer tokens with the student's prompt (step 3 of a round)."""
+import pytest
+
+from cdscale.targets import answer_token_range, build_student_record
+from cdscale.tasks.addition import Addition, scratchpad
+
+
+def _reference_range(ids, span, decode):
+    """Brute force: every token whose characters overlap the span, by a linear scan."""
+    covering, pos = [], 0
+    for j in range(len(ids)):
+        end = len(decode(ids[: j + 1]))
+        if end > span[0] and pos < span[1]:
+            covering.append(j)
+        pos = end
+    return covering[0], covering[-1] + 1
+
+
+def _fake_topk(ids, k=3, vocab=100):
+    """A teacher signal where the sampled token is the top entry, plus k-1 others."""
+    return [{t: -0.1, **{(t + d) % vocab: -3.0 - d for d in range(1, k)}} for t in ids]
+
+
+def _check(tokenizer, completion, span, prompt, expect_eos):
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    gen = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert decode(gen) == completion
+    first, last = answer_token_range(gen, span, decode)
+    assert (first, last) == _reference_range(gen, span, decode)
+    student_ids = tokenizer(prompt)["input_ids"]
+    rec = build_student_record(student_ids, gen, _fake_topk(gen, vocab=len(tokenizer)), span, decode, tokenizer.eos_token_id, top_k=4)
+    answer = completion[span[0] : span[1]]
+    assert rec.input_ids[: rec.answer_start] == student_ids
+    answer_text = decode(rec.answer_ids)
+    assert answer in answer_text and answer_text.strip() == answer
+    # Minimal: dropping the first or the last answer token (EOS aside) loses part of the answer.
+    core = rec.answer_ids[:-1] if expect_eos else list(rec.answer_ids)
+    while expect_eos and not decode(core[-1:]).strip():
+        core.pop()  # whitespace kept between the answer and the EOS
+    assert answer not in decode(core[1:]) and answer not in decode(core[:-1])
+    assert (rec.answer_ids[-1] == tokenizer.eos_token_id) == expect_eos
+    # One teacher row per answer token, the sampled token first, padded to top_k + 1.
+    assert len(rec.topk_ids) == len(rec.answer_ids)
+    assert [row[0] for row in rec.topk_ids] == rec.answer_ids
+    assert all(len(row) == 5 for row in rec.topk_ids + rec.topk_logprobs)
+
+
+def test_tiny_tokenizer_scratchpad_answer(tiny_tokenizer):
+    task = Addition(1, 3)
+    completion = scratchpad(29, 57) + "\n8 6"
+    _check(tiny_tokenizer, completion, task.answer_span(completion), "Input:\n2 9 + 5 7\nAnswer:\n", expect_eos=True)
+
+
+def test_tiny_tokenizer_answer_followed_by_text_drops_eos(tiny_tokenizer):
+    completion = scratchpad(29, 57) + "\n8 6 and more"
+    _check(tiny_tokenizer, completion, Addition(1, 3).answer_span(completion), "Input:\n2 9 + 5 7\nAnswer:\n", expect_eos=False)
+
+
+@pytest.mark.parametrize(
+    "completion,answer",
+    [
+        ("Let me think step by step. 40 + 2 = 42.\nThe answer is 42", "42"),  # " 42" is one token: span starts inside it
+        ("Result: bonjour tout le monde\n", "bonjour tout le monde"),
+        ("Thinking... café costs 3€.\nFinal: café au lait", "café au lait"),  # multi-byte characters
+        ("SELECT name FROM singer WHERE age > 30", "SELECT name FROM singer WHERE age > 30"),
+    ],
+)
+def test_smollm2_tokenizer_boundaries(smollm2_tokenizer, completion, answer):
+    start = completion.rindex(answer)
+    expect_eos = not completion[start + len(answer) :].strip()
+    _check(smollm2_tokenizer, completion, (start, start + len(answer)), "Question: what is it?\nAnswer:", expect_eos)
+
+
+def test_span_past_the_generation_is_an_error(tiny_tokenizer):
+    decode = lambda ids: tiny_tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    gen = tiny_tokenizer("8 6", add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError):
+        answer_token_range(gen, (0, 10), decode)

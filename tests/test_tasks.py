@@ -1,0 +1,70 @@
+"""The addition task: the scratchpad format, the extractor f, the scorer and the sampler D."""
+import random
+
+import pytest
+
+from cdscale.tasks import build_task
+from cdscale.tasks.addition import Addition, scratchpad
+
+
+def test_scratchpad_matches_the_paper_example():
+    # Nye et al. 2021, as cited by the paper (section 3.3): 29 + 57.
+    assert scratchpad(29, 57) == "<scratch>\n2 9 + 5 7 , C: 0\n2 + 5 , 6 C: 1\n, 8 6 C: 0\n0 8 6\n</scratch>"
+
+
+def test_scratchpad_of_unequal_lengths_ends_in_the_sum():
+    last_line = scratchpad(999, 5).splitlines()[-2]
+    assert last_line.replace(" ", "") == "1004"
+
+
+def test_extractor_strips_the_scratchpad():
+    task = Addition(1, 3)
+    completion = scratchpad(29, 57) + "\n8 6"
+    assert task.extract_answer(completion) == "8 6"
+    span = task.answer_span(completion)
+    assert completion[span[0] : span[1]] == "8 6"
+
+
+@pytest.mark.parametrize(
+    "completion,expected",
+    [
+        ("8 6", "8 6"),  # a direct answer has nothing to strip
+        ("1 0 4\n", "1 0 4"),
+        ("<scratch>\n2 9 + 5 7 , C: 0\n", None),  # scratchpad never closed
+        ("<scratch>\n</scratch>\n", None),  # closed, but no answer after it
+        ("<scratch>\n</scratch>\nxx 8 6", None),  # junk before the answer
+        ("", None),
+    ],
+)
+def test_extractor_edge_cases(completion, expected):
+    assert Addition(1, 3).extract_answer(completion) == expected
+
+
+def test_sampler_respects_the_digit_range_and_scorer_checks_the_sum():
+    task = build_task("addition", {"min_digits": 2, "max_digits": 3})
+    xs = task.sample_inputs(300, random.Random(0))
+    for x in xs:
+        a, b = x.meta["a"], x.meta["b"]
+        assert 10 <= a < 1000 and 10 <= b < 1000
+        assert task.score(x, " ".join(str(a + b))) == 1.0
+        assert task.score(x, " ".join(str(a + b + 1))) == 0.0
+        assert task.score(x, None) == 0.0
+    assert {len(str(x.meta["a"])) for x in xs} == {2, 3}
+    assert xs == task.sample_inputs(300, random.Random(0))  # reproducible from the seed
+
+
+def test_templates_differ_only_in_what_they_ask_for():
+    task = Addition(1, 3)
+    [x] = task.sample_inputs(1, random.Random(1))
+    assert task.teacher_prompt(x) == f"Input:\n{x.input}\nTarget:\n"
+    assert task.student_prompt(x) == f"Input:\n{x.input}\nAnswer:\n"
+    assert task.extract_answer(task.teacher_demonstration(x)) == x.gold
+
+
+def test_unknown_task_and_bad_options_name_the_field():
+    with pytest.raises(ValueError, match="task.name"):
+        build_task("nope")
+    with pytest.raises(ValueError, match="task.options"):
+        build_task("addition", {"digits": 3})
+    with pytest.raises(ValueError, match="task.options"):
+        build_task("addition", {"min_digits": 4, "max_digits": 2})
