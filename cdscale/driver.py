@@ -25,7 +25,7 @@ from cdscale.config import Config
 from cdscale.eval import evaluate
 from cdscale.models import resolve_model_path
 from cdscale.student.trainer import StudentTrainer
-from cdscale.sync.object_store import push_weights
+from cdscale.sync.object_store import export_weights, push_weights
 from cdscale.targets import build_student_record
 from cdscale.tasks import Example, Task, build_task
 from cdscale.teacher.engine import generate_across, start_engines
@@ -194,6 +194,51 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rounds(
+    cfg: Config, engines: list[Any], trainers: list[Any], tokenizer: Any, task: Task,
+    eval_examples: list[Example], train_rounds: list[list[Example]], model_path: str, log: MetricsLog,
+) -> dict[str, Any]:
+    """Evaluate before, then each round: targets, train, sync, evaluate; save the student."""
+    t, run_dir = cfg.teacher, cfg.run_dir
+    timings: dict[str, float] = {}
+
+    def run_eval(role: str, name: str, max_new_tokens: int) -> dict[str, float]:
+        metrics, rows = evaluate(engines, tokenizer, task, eval_examples, role, max_new_tokens, t.chunk_size, cfg.run.timeout_s)
+        write_text_atomic(run_dir / "eval" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        log.write(event="eval", name=name, **metrics)
+        print(f"[cdscale] {name}: accuracy {100 * metrics['accuracy']:.1f}% on {metrics['n']} held-out inputs")
+        return metrics
+
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "model": model_path, "task": cfg.task.name}
+    if cfg.eval.before:
+        summary["teacher"] = run_eval("teacher", "teacher", t.max_new_tokens)
+        summary["student_before"] = run_eval("student", "student_before", cfg.eval.max_new_tokens_student)
+    initial_weights = None
+    for r, examples in enumerate(train_rounds):
+        if r > 0 and t.mode == "frozen":
+            # The engines hold the last student; the frozen teacher is the initial weights.
+            push_weights(None, engines, version=0, weights=initial_weights, timeout_s=cfg.run.timeout_s)
+        clock = time.perf_counter()
+        records, counts = teacher_targets(cfg, engines, tokenizer, task, examples, r)
+        timings[f"round{r}_generate_s"] = time.perf_counter() - clock
+        write_text_atomic(run_dir / "data" / f"round_{r}.jsonl", "".join(json.dumps(x) + "\n" for x in records))
+        log.write(event="targets", round=r, **counts)
+        print(f"[cdscale] round {r}: {counts['kept']} distillation examples ({counts['no_answer']} without an answer, skipped)")
+        if r == 0 and t.mode == "frozen" and cfg.run.rounds > 1:
+            initial_weights = ray.put(export_weights(trainers, cfg.run.timeout_s))
+        train_stats = train(cfg, trainers, records, log, r)
+        log.write(event="train_summary", round=r, **train_stats)
+        sync = push_weights(trainers, engines, version=r + 1, timeout_s=cfg.run.timeout_s)
+        log.write(event="sync", round=r, **sync)
+        summary[f"round_{r}"] = {**counts, **train_stats, "sync_s": sync["seconds"]}
+        summary["student_after"] = run_eval("student", f"student_after_round_{r}", cfg.eval.max_new_tokens_student)
+        if t.mode == "recursive":
+            summary[f"teacher_round_{r + 1}"] = run_eval("teacher", f"teacher_round_{r + 1}", t.max_new_tokens)
+    save_hf_checkpoint(export_weights(trainers, cfg.run.timeout_s), model_path, run_dir / "student")
+    summary["timings"] = timings
+    return summary
+
+
 def run(cfg: Config) -> dict[str, Any]:
     """Run every round of `cfg` and return the summary (also written to summary.json)."""
     from transformers import AutoTokenizer
@@ -219,42 +264,12 @@ def run(cfg: Config) -> dict[str, Any]:
     )
     trainers = start_trainers(cfg, model_path)
     timings["startup_s"] = time.perf_counter() - clock
-
-    def run_eval(role: str, name: str, max_new_tokens: int) -> dict[str, float]:
-        metrics, rows = evaluate(engines, tokenizer, task, eval_examples, role, max_new_tokens, t.chunk_size, cfg.run.timeout_s)
-        write_text_atomic(run_dir / "eval" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        log.write(event="eval", name=name, **metrics)
-        print(f"[cdscale] {name}: accuracy {100 * metrics['accuracy']:.1f}% on {metrics['n']} held-out inputs")
-        return metrics
-
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "model": model_path, "task": cfg.task.name}
-    if cfg.eval.before:
-        summary["teacher"] = run_eval("teacher", "teacher", t.max_new_tokens)
-        summary["student_before"] = run_eval("student", "student_before", cfg.eval.max_new_tokens_student)
-    initial_weights = None
-    for r, examples in enumerate(train_rounds):
-        if r > 0 and t.mode == "frozen":
-            # The engines hold the last student; the frozen teacher is the initial weights.
-            push_weights(None, engines, version=0, weights=initial_weights, timeout_s=cfg.run.timeout_s)
-        clock = time.perf_counter()
-        records, counts = teacher_targets(cfg, engines, tokenizer, task, examples, r)
-        timings[f"round{r}_generate_s"] = time.perf_counter() - clock
-        write_text_atomic(run_dir / "data" / f"round_{r}.jsonl", "".join(json.dumps(x) + "\n" for x in records))
-        log.write(event="targets", round=r, **counts)
-        print(f"[cdscale] round {r}: {counts['kept']} distillation examples ({counts['no_answer']} without an answer, skipped)")
-        if r == 0 and t.mode == "frozen" and cfg.run.rounds > 1:
-            initial_weights = ray.put(ray.get(trainers[0].export_weights.remote()))
-        train_stats = train(cfg, trainers, records, log, r)
-        log.write(event="train_summary", round=r, **train_stats)
-        sync = push_weights(trainers, engines, version=r + 1, timeout_s=cfg.run.timeout_s)
-        log.write(event="sync", round=r, **sync)
-        summary[f"round_{r}"] = {**counts, **train_stats, "sync_s": sync["seconds"]}
-        summary["student_after"] = run_eval("student", f"student_after_round_{r}", cfg.eval.max_new_tokens_student)
-        if t.mode == "recursive":
-            summary[f"teacher_round_{r + 1}"] = run_eval("teacher", f"teacher_round_{r + 1}", t.max_new_tokens)
-    weights = ray.get([tr.export_weights.remote() for tr in trainers], timeout=cfg.run.timeout_s)[0]
-    save_hf_checkpoint(weights, model_path, run_dir / "student")
-    summary["timings"] = timings
+    try:
+        summary = _rounds(cfg, engines, trainers, tokenizer, task, eval_examples, train_rounds, model_path, log)
+    finally:
+        for actor in engines + trainers:
+            ray.kill(actor)
+    summary["timings"] = {**timings, **summary["timings"]}
     write_json_atomic(run_dir / "summary.json", summary)
     print(format_table(summary))
     return summary

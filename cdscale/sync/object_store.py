@@ -11,6 +11,11 @@ from typing import Any
 import ray
 
 
+def export_weights(trainers: list[Any], timeout_s: float) -> list[tuple[str, Any]]:
+    """Rank 0's full weights; every rank must take part (ZeRO-3 gathers collectively)."""
+    return ray.get([t.export_weights.remote() for t in trainers], timeout=timeout_s)[0]
+
+
 def push_weights(
     trainers: list[Any] | None,
     engines: list[Any],
@@ -23,7 +28,7 @@ def push_weights(
     start = time.perf_counter()
     nbytes = None
     if weights is None:
-        exported = ray.get([t.export_weights.remote() for t in trainers], timeout=timeout_s)[0]
+        exported = export_weights(trainers, timeout_s)
         nbytes = sum(t.numel() * t.element_size() for _, t in exported)
         weights = ray.put(exported)
     export_s = time.perf_counter() - start

@@ -12,6 +12,13 @@ import torch
 class WeightReloadExtension:
     def reload_named_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
         self.model_runner.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
+        model = self.model_runner.get_model()
+        lm_head = getattr(model, "lm_head", None)
+        if lm_head is not None and getattr(model.config, "tie_word_embeddings", False):
+            # A tied lm_head gets no checkpoint tensor of its own, so the reload skips its
+            # post-processing and the CPU backend keeps computing logits from its stale
+            # packed copy of the old embeddings. Re-pack it from the new shared weight.
+            lm_head.quant_method.process_weights_after_loading(lm_head)
 
     def weight_checksum(self) -> float:
         """Sum of all parameters, to check that a sync arrived (tests, debugging)."""

