@@ -55,7 +55,7 @@ def greedy_accuracy(model, tokenizer, task: Task, n: int, seed: int, max_new_tok
 def bootstrap(
     task: Task,
     out_dir: Path,
-    steps: int = 3000,
+    steps: int = 1200,
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,

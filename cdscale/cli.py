@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("bootstrap", help="teach the tiny model scratchpad addition (the paper's starting teacher)")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--min-digits", type=int, default=1)

@@ -26,7 +26,7 @@ from cdscale.eval import evaluate
 from cdscale.models import resolve_model_path
 from cdscale.student.trainer import StudentTrainer
 from cdscale.sync.object_store import export_weights, push_weights
-from cdscale.targets import build_student_record
+from cdscale.targets import FlatTopk, build_student_record
 from cdscale.tasks import Example, Task, build_task
 from cdscale.teacher.engine import generate_across, start_engines
 
@@ -119,7 +119,7 @@ def teacher_targets(
             continue
         student_ids = tokenizer(task.student_prompt(x))["input_ids"]
         decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        rec = build_student_record(student_ids, out["token_ids"], out["logprobs"], span, decode, tokenizer.eos_token_id, t.top_k)
+        rec = build_student_record(student_ids, out["token_ids"], FlatTopk(out), span, decode, tokenizer.eos_token_id, t.top_k)
         records.append(
             {"index": i, "input": x.input, "gold": x.gold, "teacher_completion": completion,
              "answer": completion[span[0]:span[1]], "teacher_correct": task.score(x, completion[span[0]:span[1]]),

@@ -10,7 +10,21 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
+
+
+class FlatTopk:
+    """Per-position {token id: logprob} views over an engine's flat logprob lists."""
+
+    def __init__(self, output: dict):
+        self.ids, self.values, self.starts = output["logprob_ids"], output["logprob_values"], output["logprob_starts"]
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, j: int) -> dict[int, float]:
+        a, b = self.starts[j], self.starts[j + 1]
+        return dict(zip(self.ids[a:b], self.values[a:b]))
 
 
 @dataclass
@@ -59,7 +73,7 @@ class _PrefixLengths:
 def build_student_record(
     student_prompt_ids: list[int],
     gen_ids: list[int],
-    gen_topk: list[dict[int, float]],
+    gen_topk: "Sequence[dict[int, float]]",
     span: tuple[int, int],
     decode: Callable[[list[int]], str],
     eos_token_id: int | None,

@@ -76,3 +76,12 @@ def test_span_past_the_generation_is_an_error(tiny_tokenizer):
     gen = tiny_tokenizer("8 6", add_special_tokens=False)["input_ids"]
     with pytest.raises(ValueError):
         answer_token_range(gen, (0, 10), decode)
+
+
+def test_flat_topk_views_match_per_position_dicts():
+    from cdscale.targets import FlatTopk
+
+    out = {"logprob_ids": [5, 7, 9, 5, 2], "logprob_values": [-0.1, -2.0, -3.0, -0.5, -1.0], "logprob_starts": [0, 3, 5]}
+    flat = FlatTopk(out)
+    assert len(flat) == 2
+    assert flat[0] == {5: -0.1, 7: -2.0, 9: -3.0} and flat[1] == {5: -0.5, 2: -1.0}

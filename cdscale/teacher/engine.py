@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
 
 
 class TeacherEngine:
@@ -44,26 +44,29 @@ class TeacherEngine:
         self.weight_version = 0
 
     def generate_many(self, prompt_ids: list[list[int]], sampling: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Generate one output per prompt, with its own sampling parameters. With
-        `logprobs=k`, each output carries a {token id: logprob} dict per generated token
-        (the top-k plus the sampled token)."""
+        """Generate one output per prompt, with its own sampling parameters.
+
+        Outputs are token ids only: the driver decodes, so the engine skips detokenizing
+        (and decoding every top-k candidate, which dominated the cost of `logprobs=k`).
+        With `logprobs=k`, each output carries them flat: for generated position j, the
+        entries `logprob_starts[j]:logprob_starts[j + 1]` of `logprob_ids` and
+        `logprob_values` (the top-k plus the sampled token).
+        """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(**s) for s in sampling]
+        params = [SamplingParams(**s, detokenize=False, flat_logprobs=True) for s in sampling]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
         results = []
         for out in outputs:
             completion = out.outputs[0]
-            results.append(
-                {
-                    "token_ids": list(completion.token_ids),
-                    "logprobs": None
-                    if completion.logprobs is None
-                    else [{tid: lp.logprob for tid, lp in step.items()} for step in completion.logprobs],
-                    "finish_reason": completion.finish_reason,
-                }
-            )
+            result = {"token_ids": list(completion.token_ids), "finish_reason": completion.finish_reason}
+            flat = completion.logprobs
+            if flat is not None:
+                result["logprob_ids"] = flat.token_ids
+                result["logprob_values"] = flat.logprobs
+                result["logprob_starts"] = list(flat.start_indices) + [len(flat.token_ids)]
+            results.append(result)
         return results
 
     def update_weights(self, named_tensors: list[tuple[str, Any]], version: int) -> dict[str, float]:

@@ -1,0 +1,64 @@
+"""The config schema: defaults, YAML + dotted overrides, and errors that name the field."""
+from pathlib import Path
+
+import pytest
+
+from cdscale.cli import main
+from cdscale.config import Config, ConfigError, describe, load_config
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_shipped_addition_config_is_the_embedded_default():
+    assert load_config(CONFIGS / "addition.yaml") == Config()
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(None, ["student.zero_stage=3", "student.lr=5e-4", "task.options.max_digits=5", "run.ray_address=auto"])
+    assert cfg.student.zero_stage == 3 and cfg.student.lr == 5e-4
+    assert cfg.task.options["max_digits"] == 5 and cfg.run.ray_address == "auto"
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("student.zero_stage=4", "student.zero_stage: 4 is not allowed; allowed values: [1, 2, 3]"),
+        ("student.loss=mse", "student.loss: 'mse' is not allowed"),
+        ("student.optimiser=adam", "student.optimiser: unknown field"),
+        ("studnet.lr=1", "studnet: unknown field"),
+        ("student.lr=fast", "student.lr: expected a number"),
+        ("student.batch_size=3", "student.batch_size: 3 does not split evenly"),
+        ("data.num_train=0", "data.num_train: must be at least 1"),
+        ("teacher.mode=live", "teacher.mode: 'live' is not allowed; allowed values: ['frozen', 'recursive']"),
+        ("student.epochs", "expected section.field=value"),
+    ],
+)
+def test_bad_values_name_the_field_and_the_allowed_values(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_bad_yaml_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("student: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_describe_explains_every_field():
+    text = describe(Config())
+    assert "zero_stage: 2  # DeepSpeed ZeRO stage (one of [1, 2, 3])" in text
+    assert all("  # " in line for line in text.splitlines() if line.startswith("  "))
+
+
+def test_cli_reports_config_and_model_errors_with_exit_status_2(capsys, tmp_path):
+    assert main(["run", "student.zero_stage=9"]) == 2
+    assert "student.zero_stage" in capsys.readouterr().err
+    assert main(["run", f"model.path={tmp_path / 'nowhere'}"]) == 2
+    assert "model.path" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["run", f"model.path={tmp_path / 'empty'}"]) == 2
+    assert "no config.json" in capsys.readouterr().err
