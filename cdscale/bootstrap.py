@@ -18,13 +18,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cdscale.models.tiny import build_tiny_llama
-from cdscale.tasks import Task
+from cdscale.tasks import Task, sample_where
 
 
 def demonstration_batch(task: Task, tokenizer, n: int, rng: random.Random) -> dict[str, torch.Tensor]:
     """Teacher prompt + gold scratchpad completion + EOS; loss on the completion only."""
     seqs, starts = [], []
-    for x in task.sample_inputs(n, rng):
+    for x in sample_where(task, n, rng, held_out=False):
         prompt = tokenizer(task.teacher_prompt(x))["input_ids"]
         completion = tokenizer(task.teacher_demonstration(x), add_special_tokens=False)["input_ids"]
         seqs.append(prompt + completion + [tokenizer.eos_token_id])
@@ -42,7 +42,7 @@ def demonstration_batch(task: Task, tokenizer, n: int, rng: random.Random) -> di
 def greedy_accuracy(model, tokenizer, task: Task, n: int, seed: int, max_new_tokens: int, student: bool = False) -> float:
     """Exact-match accuracy of greedy Hugging Face generation (left-padded batch)."""
     model.eval()
-    examples = task.sample_inputs(n, random.Random(seed))
+    examples = sample_where(task, n, random.Random(seed), held_out=True, distinct=True)
     prompts = [task.student_prompt(x) if student else task.teacher_prompt(x) for x in examples]
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
@@ -64,7 +64,7 @@ def bootstrap(
 ) -> dict:
     """Train a tiny Llama on the task's teacher demonstrations and save it to out_dir atomically."""
     torch.manual_seed(seed)
-    rng = random.Random(seed)
+    rng = random.Random(f"bootstrap-{seed}")
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     build_tiny_llama(tmp, seed=seed)

@@ -7,6 +7,7 @@ addition on the bootstrapped tiny model, on a local Ray cluster, on CPU.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,7 +32,7 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = _f("addition", "registered task name, or 'package.module:Class'")
-    options: dict = _f(None, "keyword arguments of the task", factory=lambda: {"min_digits": 1, "max_digits": 3})
+    options: dict = _f(None, "keyword arguments of the task (a mapping given here replaces these defaults as a whole)", factory=lambda: {"min_digits": 1, "max_digits": 3})
 
 
 @dataclass
@@ -100,7 +101,8 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.run.output_root) / self.run.name
+        # Absolute, so a job submitted to a cluster writes where its launcher expects.
+        return Path(self.run.output_root).resolve() / self.run.name
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,7 +114,7 @@ class ConfigError(ValueError):
 
 def _coerce(path: str, value: Any, typ: Any, meta: dict) -> Any:
     origin = typing.get_origin(typ)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None:
             return None
@@ -179,7 +181,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Checks that span fields."""
+    """Range checks and checks that involve more than one field."""
     positive = {
         "data.num_train": cfg.data.num_train, "data.num_eval": cfg.data.num_eval,
         "teacher.num_engines": cfg.teacher.num_engines, "teacher.top_k": cfg.teacher.top_k,
@@ -190,6 +192,15 @@ def validate(cfg: Config) -> Config:
     for path, value in positive.items():
         if value < 1:
             raise ConfigError(f"{path}: must be at least 1, got {value}")
+    if cfg.data.num_train < cfg.student.batch_size:
+        raise ConfigError(
+            f"data.num_train: {cfg.data.num_train} is below student.batch_size={cfg.student.batch_size}; "
+            "no full batch could be trained"
+        )
+    if not 0 <= cfg.teacher.max_answer_skip_fraction <= 1:
+        raise ConfigError(f"teacher.max_answer_skip_fraction: must be in [0, 1], got {cfg.teacher.max_answer_skip_fraction}")
+    if cfg.teacher.temperature < 0 or cfg.student.warmup_steps < 0:
+        raise ConfigError("teacher.temperature and student.warmup_steps: must not be negative")
     if cfg.student.batch_size % cfg.student.num_ranks:
         raise ConfigError(
             f"student.batch_size: {cfg.student.batch_size} does not split evenly across "

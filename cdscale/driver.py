@@ -27,7 +27,7 @@ from cdscale.models import resolve_model_path
 from cdscale.student.trainer import StudentTrainer
 from cdscale.sync.object_store import export_weights, push_weights
 from cdscale.targets import FlatTopk, build_student_record
-from cdscale.tasks import Example, Task, build_task
+from cdscale.tasks import Example, Task, build_task, sample_where
 from cdscale.teacher.engine import generate_across, start_engines
 
 
@@ -70,6 +70,7 @@ def start_trainers(cfg: Config, model_path: str) -> list[Any]:
         "zero_optimization": {"stage": s.zero_stage},
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "fp16": {"enabled": cfg.model.dtype == "float16"},
         "steps_per_print": 10**9,
         "_lr": s.lr,
         "_weight_decay": s.weight_decay,
@@ -85,16 +86,14 @@ def start_trainers(cfg: Config, model_path: str) -> list[Any]:
 
 
 def sample_splits(task: Task, cfg: Config) -> tuple[list[Example], list[list[Example]]]:
-    """Held-out eval inputs, then each round's training inputs, none of them an eval input."""
-    eval_examples = task.sample_inputs(cfg.data.num_eval, random.Random(cfg.data.seed))
-    held_out = {x.input for x in eval_examples}
-    rounds = []
-    for r in range(cfg.run.rounds):
-        rng = random.Random(f"{cfg.data.seed}-train-{r}")
-        picked: list[Example] = []
-        while len(picked) < cfg.data.num_train:
-            picked += [x for x in task.sample_inputs(cfg.data.num_train - len(picked), rng) if x.input not in held_out]
-        rounds.append(picked)
+    """Distinct held-out eval inputs, then each round's training inputs x ~ D (never held out)."""
+    eval_examples = sample_where(
+        task, cfg.data.num_eval, random.Random(f"{cfg.data.seed}-eval"), held_out=True, distinct=True, what="data.num_eval"
+    )
+    rounds = [
+        sample_where(task, cfg.data.num_train, random.Random(f"{cfg.data.seed}-train-{r}"), held_out=False, what="data.num_train")
+        for r in range(cfg.run.rounds)
+    ]
     return eval_examples, rounds
 
 
@@ -110,16 +109,23 @@ def teacher_targets(
         for i in range(len(examples))
     ]
     outputs = generate_across(engines, prompts, sampling, t.chunk_size, cfg.run.timeout_s, f"round {round_index} teacher")
-    records, counts = [], {"generated": len(outputs), "no_answer": 0, "kept": 0}
+    records, counts = [], {"generated": len(outputs), "no_answer": 0, "truncated": 0, "unaligned": 0, "kept": 0}
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     for i, (x, out) in enumerate(zip(examples, outputs)):
-        completion = tokenizer.decode(out["token_ids"], skip_special_tokens=True)
+        completion = decode(out["token_ids"])
         span = task.answer_span(completion)
+        if out["finish_reason"] == "length":
+            counts["truncated"] += 1  # cut off by max_new_tokens: the answer may be cut too
+            continue
         if span is None:
             counts["no_answer"] += 1
             continue
         student_ids = tokenizer(task.student_prompt(x))["input_ids"]
-        decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        rec = build_student_record(student_ids, out["token_ids"], FlatTopk(out), span, decode, tokenizer.eos_token_id, t.top_k)
+        try:
+            rec = build_student_record(student_ids, out["token_ids"], FlatTopk(out), span, decode, tokenizer.eos_token_id, t.top_k)
+        except ValueError:
+            counts["unaligned"] += 1  # the answer's characters do not map onto whole generated tokens
+            continue
         records.append(
             {"index": i, "input": x.input, "gold": x.gold, "teacher_completion": completion,
              "answer": completion[span[0]:span[1]], "teacher_correct": task.score(x, completion[span[0]:span[1]]),
@@ -127,10 +133,11 @@ def teacher_targets(
              "topk_ids": rec.topk_ids, "topk_logprobs": rec.topk_logprobs}
         )
     counts["kept"] = len(records)
-    if counts["no_answer"] > t.max_answer_skip_fraction * len(outputs):
+    skipped = len(outputs) - len(records)
+    if skipped > t.max_answer_skip_fraction * len(outputs) or len(records) < cfg.student.batch_size:
         raise RuntimeError(
-            f"round {round_index}: {counts['no_answer']} of {len(outputs)} teacher outputs have no extractable "
-            f"answer (above teacher.max_answer_skip_fraction={t.max_answer_skip_fraction})"
+            f"round {round_index}: {skipped} of {len(outputs)} teacher outputs skipped ({counts}); above "
+            f"teacher.max_answer_skip_fraction={t.max_answer_skip_fraction} or fewer left than one batch"
         )
     return records, counts
 
@@ -223,7 +230,10 @@ def _rounds(
         timings[f"round{r}_generate_s"] = time.perf_counter() - clock
         write_text_atomic(run_dir / "data" / f"round_{r}.jsonl", "".join(json.dumps(x) + "\n" for x in records))
         log.write(event="targets", round=r, **counts)
-        print(f"[cdscale] round {r}: {counts['kept']} distillation examples ({counts['no_answer']} without an answer, skipped)")
+        print(
+            f"[cdscale] round {r}: {counts['kept']} distillation examples; skipped: {counts['no_answer']} without "
+            f"an answer, {counts['truncated']} truncated, {counts['unaligned']} unaligned"
+        )
         if r == 0 and t.mode == "frozen" and cfg.run.rounds > 1:
             initial_weights = ray.put(export_weights(trainers, cfg.run.timeout_s))
         train_stats = train(cfg, trainers, records, log, r)
@@ -260,7 +270,7 @@ def run(cfg: Config) -> dict[str, Any]:
     engines = start_engines(
         t.num_engines, t.cpus_per_engine, t.gpus_per_engine, model_path=model_path, dtype=cfg.model.dtype,
         max_model_len=t.max_model_len, kv_cache_gib=t.kv_cache_gib, max_logprobs=t.top_k + 1,
-        enable_prefix_caching=t.enable_prefix_caching, seed=cfg.data.seed,
+        enable_prefix_caching=t.enable_prefix_caching, seed=cfg.data.seed, timeout_s=cfg.run.timeout_s,
     )
     trainers = start_trainers(cfg, model_path)
     timings["startup_s"] = time.perf_counter() - clock

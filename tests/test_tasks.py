@@ -68,3 +68,18 @@ def test_unknown_task_and_bad_options_name_the_field():
         build_task("addition", {"digits": 3})
     with pytest.raises(ValueError, match="task.options"):
         build_task("addition", {"min_digits": 4, "max_digits": 2})
+
+
+def test_held_out_partition_keeps_eval_and_training_apart():
+    from cdscale.config import ConfigError
+    from cdscale.tasks import is_held_out, sample_where
+
+    task = Addition(1, 3)
+    evals = sample_where(task, 300, random.Random(0), held_out=True, distinct=True)
+    train = sample_where(task, 3000, random.Random(0), held_out=False)
+    assert len({x.input for x in evals}) == 300 and all(is_held_out(x) for x in evals)
+    assert not {x.input for x in evals} & {x.input for x in train}
+    share = sum(is_held_out(x) for x in task.sample_inputs(5000, random.Random(1))) / 5000
+    assert 0.05 < share < 0.15  # about a tenth of D is held out
+    with pytest.raises(ConfigError, match="input space is too small"):
+        sample_where(Addition(1, 1), 50, random.Random(0), held_out=True, distinct=True, what="data.num_eval")

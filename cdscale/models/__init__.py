@@ -40,4 +40,4 @@ def resolve_model_path(path_or_name: str) -> str:
         raise FileNotFoundError(f"model.path: {folder} has no config.json; expected a Hugging Face model folder")
     if not any(folder.glob("*.safetensors")):
         raise FileNotFoundError(f"model.path: {folder} has no *.safetensors weights (cdscale loads safetensors only)")
-    return str(folder)
+    return str(folder.resolve())

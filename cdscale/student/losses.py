@@ -12,12 +12,6 @@ import torch
 LOSSES = ("forward_kl_topk", "hard")
 
 
-def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x <= 0, stable at both ends."""
-    x = x.clamp(max=-1e-12)
-    return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
-
-
 def forward_kl_topk(student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) over the teacher's top-k plus a tail bucket, per position.
 
@@ -33,9 +27,13 @@ def forward_kl_topk(student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs:
     kl_topk = (p * (p_log - torch.where(valid, q_log, torch.zeros_like(q_log)))).sum(-1)
 
     p_tail = (1.0 - p.sum(-1)).clamp(min=0.0)
-    q_tail_log = _log1mexp(torch.logsumexp(q_log, dim=-1))
+    # The student's tail mass as a logsumexp over the tokens outside the top-k: exact, where
+    # 1 - sum(q_topk) would cancel to 0 in float32 and stop the gradient into the tail.
+    # (scatter_add, not scatter: padding entries may repeat a real top-k id)
+    in_topk = torch.zeros(student_logprobs.shape, dtype=torch.int32, device=ids.device).scatter_add_(1, ids.clamp(min=0), valid.int()) > 0
+    q_tail_log = student_logprobs.float().masked_fill(in_topk, -torch.inf).logsumexp(-1)
     p_tail_log = torch.log(p_tail.clamp(min=1e-30))
-    kl_tail = torch.where(p_tail > 1e-8, p_tail * (p_tail_log - q_tail_log), torch.zeros_like(p_tail))
+    kl_tail = torch.where(p_tail > 1e-6, p_tail * (p_tail_log - q_tail_log), torch.zeros_like(p_tail))
     return kl_topk + kl_tail
 
 

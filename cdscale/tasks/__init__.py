@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import random
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from cdscale.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,42 @@ class Task(ABC):
         return None
 
 
+HELD_OUT_PER_MILLE = 100
+
+
+def is_held_out(x: Example) -> bool:
+    """A fixed partition of every task's input space by a stable hash of the input.
+
+    Evaluation draws only held-out inputs; bootstrap and distillation never train on one.
+    Seeds alone cannot promise this: two seeded streams can draw the same inputs.
+    """
+    return zlib.crc32(x.input.encode()) % 1000 < HELD_OUT_PER_MILLE
+
+
+def sample_where(
+    task: Task, n: int, rng: random.Random, held_out: bool, distinct: bool = False, what: str = "inputs"
+) -> list[Example]:
+    """Draw n inputs from D restricted to one side of the held-out partition (and distinct
+    if asked), or fail clearly when the task's input space is too small for n."""
+    picked: list[Example] = []
+    seen: set[str] = set()
+    tries = 0
+    while len(picked) < n:
+        if tries > 100 * n + 10_000:
+            raise ConfigError(
+                f"{what}: found only {len(picked)} of {n} {'distinct ' if distinct else ''}"
+                f"{'held-out' if held_out else 'training'} inputs after {tries} draws; the task's input "
+                f"space is too small (widen task.options or lower the count)"
+            )
+        batch = task.sample_inputs(n - len(picked), rng)
+        tries += len(batch)
+        for x in batch:
+            if is_held_out(x) == held_out and not (distinct and x.input in seen):
+                picked.append(x)
+                seen.add(x.input)
+    return picked[:n]
+
+
 _REGISTRY: dict[str, type[Task]] = {}
 _BUILTIN_MODULES = {"addition": "cdscale.tasks.addition"}
 
@@ -83,9 +122,9 @@ def build_task(name: str, options: dict[str, Any] | None = None) -> Task:
             importlib.import_module(_BUILTIN_MODULES[name])
         if name not in _REGISTRY:
             known = sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
-            raise ValueError(f"task.name: unknown task {name!r}; known tasks: {known}, or 'module:Class'")
+            raise ConfigError(f"task.name: unknown task {name!r}; known tasks: {known}, or 'module:Class'")
         cls = _REGISTRY[name]
     try:
         return cls(**(options or {}))
-    except TypeError as err:
-        raise ValueError(f"task.options: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"task.options: {err}") from None

@@ -57,7 +57,7 @@ class Addition(Task):
 
     def __init__(self, min_digits: int = 1, max_digits: int = 8):
         if not 1 <= min_digits <= max_digits:
-            raise ValueError(f"task.options: need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
+            raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         self.min_digits, self.max_digits = min_digits, max_digits
 
     def _number(self, rng: random.Random) -> int:

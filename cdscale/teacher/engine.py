@@ -91,16 +91,24 @@ def start_engines(
     num_engines: int,
     cpus: float,
     gpus: float,
+    timeout_s: float = 3600.0,
     **engine_kwargs: Any,
 ) -> list[Any]:
-    """Start the engine actors and wait until every engine has loaded its model."""
+    """Start the engine actors and wait until every engine has loaded its model (or fail
+    after timeout_s, e.g. when the cluster cannot place the requested CPUs/GPUs)."""
     actor = ray.remote(TeacherEngine).options(
         num_cpus=cpus,
         num_gpus=gpus,
         runtime_env={"env_vars": ENGINE_ENV},
     )
     engines = [actor.remote(**{**engine_kwargs, "seed": engine_kwargs["seed"] + i}) for i in range(num_engines)]
-    ray.get([e.ready.remote() for e in engines])
+    try:
+        ray.get([e.ready.remote() for e in engines], timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(
+            f"{num_engines} teacher engine(s) with {cpus} CPUs and {gpus} GPUs each were not ready after "
+            f"{timeout_s:.0f}s (run.timeout_s); can the cluster place them?"
+        ) from None
     return engines
 
 
