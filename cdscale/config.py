@@ -37,7 +37,7 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
-    num_train: int = _f(16384, "raw inputs x ~ D drawn per round for distillation")
+    num_train: int = _f(32768, "raw inputs x ~ D drawn per round for distillation")
     num_eval: int = _f(500, "held-out inputs for evaluation (disjoint from training inputs)")
     seed: int = _f(0, "seed for inputs, sampling and initialisation")
 
@@ -54,8 +54,9 @@ class TeacherConfig:
     max_model_len: int = _f(512, "engine context length")
     kv_cache_gib: float = _f(1.0, "KV cache size per engine in GiB (explicit, so it does not depend on other processes' memory)")
     enable_prefix_caching: bool = _f(True, "reuse the KV cache of shared prompt prefixes")
+    max_num_seqs: int = _f(512, "sequences an engine decodes at once (larger batches amortize per-step overhead)")
     max_answer_skip_fraction: float = _f(0.5, "fail the round when more teacher outputs than this have no extractable answer")
-    chunk_size: int = _f(512, "prompts per engine call (progress granularity and load balancing)")
+    chunk_size: int = _f(2048, "prompts per engine call (progress granularity and load balancing)")
 
 
 @dataclass
@@ -65,12 +66,13 @@ class StudentConfig:
     gpus_per_rank: float = _f(0.0, "Ray GPUs reserved per rank (0 on CPU)")
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage", (1, 2, 3))
     loss: str = _f("forward_kl_topk", "forward KL on the teacher's top-k with a tail bucket, or hard labels on f(y)", ("forward_kl_topk", "hard"))
-    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    lr: float = _f(3e-3, "peak learning rate (AdamW)")
     weight_decay: float = _f(0.0, "AdamW weight decay (paper: 0)")
-    warmup_steps: int = _f(20, "linear warm-up steps, then cosine decay to 10% of lr")
+    warmup_steps: int = _f(50, "linear warm-up steps, then cosine decay to 10% of lr")
     batch_size: int = _f(128, "global batch size (sequences), split evenly across ranks")
-    epochs: int = _f(4, "passes over each round's distillation data")
+    epochs: int = _f(8, "passes over each round's distillation data")
     grad_clip: float = _f(1.0, "gradient norm clip")
+    steps_per_call: int = _f(25, "optimizer steps per call to the rank actors (fewer round trips; progress granularity)")
 
 
 @dataclass
@@ -188,6 +190,7 @@ def validate(cfg: Config) -> Config:
         "teacher.max_new_tokens": cfg.teacher.max_new_tokens, "teacher.chunk_size": cfg.teacher.chunk_size,
         "student.num_ranks": cfg.student.num_ranks, "student.batch_size": cfg.student.batch_size,
         "student.epochs": cfg.student.epochs, "run.rounds": cfg.run.rounds,
+        "student.steps_per_call": cfg.student.steps_per_call,
     }
     for path, value in positive.items():
         if value < 1:

@@ -150,39 +150,48 @@ def learning_rate(cfg: Config, step: int, total: int) -> float:
 
 
 def train(cfg: Config, trainers: list[Any], records: list[dict[str, Any]], log: MetricsLog, round_index: int) -> dict[str, float]:
-    """Step 4: epochs of global batches, each split evenly across the ranks."""
+    """Step 4: epochs of shuffled global batches, each split evenly across the ranks.
+
+    The records go to every rank once; each call then runs `steps_per_call` steps.
+    """
     from tqdm import tqdm
 
     s = cfg.student
     rng = random.Random(f"{cfg.data.seed}-shuffle-{round_index}")
-    steps_per_epoch = max(1, len(records) // s.batch_size)
+    steps_per_epoch = len(records) // s.batch_size
     total = steps_per_epoch * s.epochs
-    first_losses, last_losses, step = [], [], 0
-    start = time.perf_counter()
-    tokens = 0
+    plan = []  # (epoch, global batch indices) per step
+    for epoch in range(s.epochs):
+        order = list(range(len(records)))
+        rng.shuffle(order)
+        plan += [(epoch, order[b * s.batch_size : (b + 1) * s.batch_size]) for b in range(steps_per_epoch)]
+    records_ref = ray.put(records)
+    ray.get([t.set_records.remote(records_ref) for t in trainers], timeout=cfg.run.timeout_s)
+    losses, tokens, start = [], 0, time.perf_counter()
     with tqdm(total=total, desc=f"round {round_index} train", unit="step", leave=False) as bar:
-        for epoch in range(s.epochs):
-            order = list(range(len(records)))
-            rng.shuffle(order)
-            for b in range(steps_per_epoch):
-                batch = [records[i] for i in order[b * s.batch_size : (b + 1) * s.batch_size]]
-                shards = [batch[r :: s.num_ranks] for r in range(s.num_ranks)]
-                lr = learning_rate(cfg, step, total)
-                stats = ray.get([t.train_step.remote(shard, lr) for t, shard in zip(trainers, shards)], timeout=cfg.run.timeout_s)
+        for first in range(0, total, s.steps_per_call):
+            chunk = range(first, min(first + s.steps_per_call, total))
+            lrs = [learning_rate(cfg, step, total) for step in chunk]
+            calls = [
+                t.train_steps.remote([plan[step][1][rank :: s.num_ranks] for step in chunk], lrs)
+                for rank, t in enumerate(trainers)
+            ]
+            per_rank = ray.get(calls, timeout=cfg.run.timeout_s)
+            for k, step in enumerate(chunk):
+                stats = [rank_stats[k] for rank_stats in per_rank]
                 loss = sum(x["loss"] for x in stats) / len(stats)
-                tokens += sum(x["tokens"] for x in stats)
                 acc = sum(x["token_accuracy"] for x in stats) / len(stats)
-                log.write(event="train", round=round_index, epoch=epoch, step=step, loss=loss, lr=lr, token_accuracy=acc)
-                (first_losses if step < 10 else last_losses).append(loss)
-                last_losses = last_losses[-10:]
-                step += 1
-                bar.set_postfix(loss=f"{loss:.4f}")
-                bar.update(1)
+                tokens += sum(x["tokens"] for x in stats)
+                losses.append(loss)
+                log.write(event="train", round=round_index, epoch=plan[step][0], step=step, loss=loss, lr=lrs[k], token_accuracy=acc)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            bar.update(len(chunk))
     seconds = time.perf_counter() - start
+    head, tail = losses[: min(10, total)], losses[-min(10, total) :]
     return {
         "steps": total,
-        "loss_first": sum(first_losses) / len(first_losses),
-        "loss_last": sum(last_losses or first_losses) / len(last_losses or first_losses),
+        "loss_first": sum(head) / len(head),
+        "loss_last": sum(tail) / len(tail),
         "train_tokens_per_s": tokens / seconds,
         "train_seconds": seconds,
     }
@@ -270,7 +279,8 @@ def run(cfg: Config) -> dict[str, Any]:
     engines = start_engines(
         t.num_engines, t.cpus_per_engine, t.gpus_per_engine, model_path=model_path, dtype=cfg.model.dtype,
         max_model_len=t.max_model_len, kv_cache_gib=t.kv_cache_gib, max_logprobs=t.top_k + 1,
-        enable_prefix_caching=t.enable_prefix_caching, seed=cfg.data.seed, timeout_s=cfg.run.timeout_s,
+        enable_prefix_caching=t.enable_prefix_caching, max_num_seqs=t.max_num_seqs, seed=cfg.data.seed,
+        timeout_s=cfg.run.timeout_s,
     )
     trainers = start_trainers(cfg, model_path)
     timings["startup_s"] = time.perf_counter() - clock

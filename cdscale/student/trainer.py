@@ -90,6 +90,16 @@ class StudentTrainer:
         self.device = self.engine.device
         return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
 
+    def set_records(self, records: list[dict[str, Any]]) -> int:
+        """Hold this round's distillation records (sent once per round, not once per step)."""
+        self.records = records
+        return len(records)
+
+    def train_steps(self, batches: list[list[int]], lrs: list[float]) -> list[dict[str, float]]:
+        """Several optimizer steps in one call; batches index into `set_records`. Fewer
+        round trips to the driver: per-step calls cost more than a tiny model's step."""
+        return [self.train_step([self.records[i] for i in batch], lr) for batch, lr in zip(batches, lrs)]
+
     def train_step(self, records: list[dict[str, Any]], lr: float) -> dict[str, float]:
         """One optimizer step on this rank's share of the global batch."""
         for group in self.optimizer.param_groups:

@@ -26,6 +26,7 @@ class TeacherEngine:
         max_logprobs: int,
         enable_prefix_caching: bool,
         seed: int,
+        max_num_seqs: int | None = None,
     ):
         os.environ.update(ENGINE_ENV)
         from vllm import LLM
@@ -38,6 +39,7 @@ class TeacherEngine:
             max_logprobs=max_logprobs,
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
+            max_num_seqs=max_num_seqs,
             distributed_executor_backend="uni",
             worker_extension_cls="cdscale.teacher.worker_extension.WeightReloadExtension",
         )
