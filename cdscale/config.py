@@ -37,14 +37,14 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
-    num_train: int = _f(32768, "raw inputs x ~ D drawn per round for distillation")
+    num_train: int = _f(65536, "raw inputs x ~ D drawn per round for distillation")
     num_eval: int = _f(500, "held-out inputs for evaluation (disjoint from training inputs)")
     seed: int = _f(0, "seed for inputs, sampling and initialisation")
 
 
 @dataclass
 class TeacherConfig:
-    num_engines: int = _f(1, "vLLM engine actors")
+    num_engines: int = _f(2, "vLLM engine actors (on CPU each decodes on one core)")
     cpus_per_engine: float = _f(1.0, "Ray CPUs reserved per engine")
     gpus_per_engine: float = _f(0.0, "Ray GPUs reserved per engine (0 on CPU)")
     mode: str = _f("frozen", "frozen: teacher stays the initial weights (paper); recursive: the student becomes the next round's teacher", ("frozen", "recursive"))
@@ -70,7 +70,7 @@ class StudentConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay (paper: 0)")
     warmup_steps: int = _f(50, "linear warm-up steps, then cosine decay to 10% of lr")
     batch_size: int = _f(128, "global batch size (sequences), split evenly across ranks")
-    epochs: int = _f(8, "passes over each round's distillation data")
+    epochs: int = _f(4, "passes over each round's distillation data")
     grad_clip: float = _f(1.0, "gradient norm clip")
     steps_per_call: int = _f(25, "optimizer steps per call to the rank actors (fewer round trips; progress granularity)")
 

@@ -103,11 +103,10 @@ def teacher_targets(
     """Steps 2 and 3: sample the teacher on T_teacher(x), keep its signal on f(y)."""
     t = cfg.teacher
     prompts = [tokenizer(task.teacher_prompt(x))["input_ids"] for x in examples]
-    sampling = [
-        {"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k,
-         "seed": cfg.data.seed * 1_000_003 + round_index * 100_003 + i}
-        for i in range(len(examples))
-    ]
+    # No per-request seeds: on vLLM's CPU backend a seeded request whose sampled token is
+    # discarded (a prompt split across prefill chunks) fails with "CPU Generator does not
+    # use offset". Sampling is reproducible from the engines' seeds for a fixed layout.
+    sampling = [{"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k}] * len(examples)
     outputs = generate_across(engines, prompts, sampling, t.chunk_size, cfg.run.timeout_s, f"round {round_index} teacher")
     records, counts = [], {"generated": len(outputs), "no_answer": 0, "truncated": 0, "unaligned": 0, "kept": 0}
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731

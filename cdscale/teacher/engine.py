@@ -123,8 +123,7 @@ def generate_across(
     desc: str,
 ) -> list[dict[str, Any]]:
     """Spread prompts over the engines in chunks, a new chunk to whichever engine is free,
-    and return the outputs in prompt order. One SamplingParams per prompt (per-prompt
-    seeds make the samples independent of how prompts were split across engines)."""
+    and return the outputs in prompt order. One SamplingParams per prompt."""
     from tqdm import tqdm
 
     chunks = [range(i, min(i + chunk_size, len(prompt_ids))) for i in range(0, len(prompt_ids), chunk_size)]
