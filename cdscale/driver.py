@@ -32,10 +32,10 @@ from cdscale.teacher.engine import generate_across, start_engines
 
 
 class MetricsLog:
-    """metrics.jsonl in the run directory: one JSON object per event."""
+    """metrics.jsonl in the run directory: one JSON object per event (a new run starts it afresh)."""
 
-    def __init__(self, path: Path):
-        self.file = open(path, "a")
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "w")
 
     def write(self, **event: Any) -> None:
         self.file.write(json.dumps({"time": time.time(), **event}) + "\n")
