@@ -33,5 +33,9 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not stack"
 
+# Speed measurements (not tests): writes benchmarks/results/*.json and *.md.
+bench: install
+	$(BIN)/python benchmarks/student_training.py --out benchmarks/results --model small --dtype float32
+
 clean:
 	rm -rf $(VENV) runs

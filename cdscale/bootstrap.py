@@ -8,7 +8,6 @@ model once; distillation itself runs on the Ray + vLLM + DeepSpeed stack.
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
@@ -18,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cdscale.models.tiny import build_tiny_llama
+from cdscale.student.schedule import warmup_cosine
 from cdscale.tasks import Task, sample_where
 
 
@@ -72,10 +72,7 @@ def bootstrap(
     model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     warmup = min(100, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))),
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
     start = time.time()
     history = []
     for step in range(1, steps + 1):

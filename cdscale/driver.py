@@ -24,6 +24,7 @@ from cdscale.checkpoint import save_hf_checkpoint, write_json_atomic, write_text
 from cdscale.config import Config
 from cdscale.eval import evaluate
 from cdscale.models import resolve_model_path
+from cdscale.student.schedule import warmup_cosine
 from cdscale.student.trainer import StudentTrainer
 from cdscale.sync.object_store import export_weights, push_weights
 from cdscale.targets import FlatTopk, build_student_record
@@ -142,10 +143,7 @@ def teacher_targets(
 
 
 def learning_rate(cfg: Config, step: int, total: int) -> float:
-    s = cfg.student
-    warm = min(1.0, (step + 1) / max(1, s.warmup_steps))
-    progress = min(1.0, step / max(1, total))
-    return s.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.student.lr * warmup_cosine(step, total, cfg.student.warmup_steps)
 
 
 def train(cfg: Config, trainers: list[Any], records: list[dict[str, Any]], log: MetricsLog, round_index: int) -> dict[str, float]:
