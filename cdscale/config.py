@@ -70,7 +70,7 @@ class StudentConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay (paper: 0)")
     warmup_steps: int = _f(50, "linear warm-up steps, then cosine decay to 10% of lr")
     batch_size: int = _f(128, "global batch size (sequences), split evenly across ranks")
-    epochs: int = _f(5, "passes over each round's distillation data")
+    epochs: int = _f(4, "passes over each round's distillation data")
     grad_clip: float = _f(1.0, "gradient norm clip")
     steps_per_call: int = _f(25, "optimizer steps per call to the rank actors (fewer round trips; progress granularity)")
 
