@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -52,8 +53,6 @@ def init_ray(cfg: Config) -> None:
     # The embedded default: a local cluster. Logical CPUs cover every actor (engines and
     # trainers take turns on the cores: generation and training never run at once).
     needed = cfg.teacher.num_engines * cfg.teacher.cpus_per_engine + cfg.student.num_ranks * cfg.student.cpus_per_rank
-    import os
-
     ray.init(
         num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
         include_dashboard=True,
