@@ -243,13 +243,14 @@ def _rounds(
             initial_weights = ray.put(export_weights(trainers, cfg.run.timeout_s))
         train_stats = train(cfg, trainers, records, log, r)
         log.write(event="train_summary", round=r, **train_stats)
-        sync = push_weights(trainers, engines, version=r + 1, timeout_s=cfg.run.timeout_s)
+        sync, student_weights = push_weights(trainers, engines, version=r + 1, timeout_s=cfg.run.timeout_s)
         log.write(event="sync", round=r, **sync)
         summary[f"round_{r}"] = {**counts, **train_stats, "sync_s": sync["seconds"]}
         summary["student_after"] = run_eval("student", f"student_after_round_{r}", cfg.eval.max_new_tokens_student)
         if t.mode == "recursive":
             summary[f"teacher_round_{r + 1}"] = run_eval("teacher", f"teacher_round_{r + 1}", t.max_new_tokens)
-    save_hf_checkpoint(export_weights(trainers, cfg.run.timeout_s), model_path, run_dir / "student")
+    # The last sync already gathered the final weights; save those rather than gather again.
+    save_hf_checkpoint(ray.get(student_weights), model_path, run_dir / "student")
     summary["timings"] = timings
     return summary
 

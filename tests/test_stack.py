@@ -68,7 +68,7 @@ def test_sync_makes_the_engine_match_hf_generate_on_trainer_weights(teacher_mode
             batch = records[step * 16 : (step + 1) * 16]
             ray.get([t.train_step.remote(batch[r::2], 3e-3) for r, t in enumerate(trainers)])
         before = ray.get(engine.weight_checksum.remote())
-        sync = push_weights(trainers, [engine], version=1, timeout_s=300)
+        sync, _ = push_weights(trainers, [engine], version=1, timeout_s=300)
         assert ray.get(engine.get_weight_version.remote()) == 1
         assert ray.get(engine.weight_checksum.remote()) != pytest.approx(before)
         assert sync["bytes"] > 0

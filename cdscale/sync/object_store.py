@@ -22,9 +22,10 @@ def push_weights(
     version: int,
     timeout_s: float,
     weights: Any = None,
-) -> dict[str, float]:
-    """Export from the trainers (or take `weights`, a list or an ObjectRef of (name, tensor))
-    and load into every engine. Returns timing and size."""
+) -> tuple[dict[str, Any], ray.ObjectRef]:
+    """Export from the trainers (or take `weights`, an ObjectRef of (name, tensor) pairs)
+    and load into every engine. Returns timing and size, and the weights' ObjectRef so a
+    caller that also saves them need not gather them again."""
     start = time.perf_counter()
     nbytes = None
     if weights is None:
@@ -33,4 +34,5 @@ def push_weights(
         weights = ray.put(exported)
     export_s = time.perf_counter() - start
     ray.get([e.update_weights.remote(weights, version) for e in engines], timeout=timeout_s)
-    return {"seconds": time.perf_counter() - start, "export_s": export_s, "bytes": nbytes, "version": version}
+    stats = {"seconds": time.perf_counter() - start, "export_s": export_s, "bytes": nbytes, "version": version}
+    return stats, weights
