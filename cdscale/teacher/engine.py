@@ -46,13 +46,14 @@ class TeacherEngine:
         self.weight_version = 0
 
     def generate_many(self, prompt_ids: list[list[int]], sampling: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Generate one output per prompt, with its own sampling parameters.
+        """Generate for each prompt with its own sampling parameters.
 
         Outputs are token ids only: the driver decodes, so the engine skips detokenizing
         (and decoding every top-k candidate, which dominated the cost of `logprobs=k`).
         With `logprobs=k`, each output carries them flat: for generated position j, the
         entries `logprob_starts[j]:logprob_starts[j + 1]` of `logprob_ids` and
-        `logprob_values` (the top-k plus the sampled token).
+        `logprob_values` (the top-k plus the sampled token). With `n > 1` the fields describe
+        the first sample, and `samples` holds the token ids of all n.
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -68,6 +69,8 @@ class TeacherEngine:
                 result["logprob_ids"] = flat.token_ids
                 result["logprob_values"] = flat.logprobs
                 result["logprob_starts"] = list(flat.start_indices) + [len(flat.token_ids)]
+            if len(out.outputs) > 1:
+                result["samples"] = [list(c.token_ids) for c in out.outputs]
             results.append(result)
         return results
 
@@ -77,7 +80,8 @@ class TeacherEngine:
         self.llm.collective_rpc("reload_named_weights", args=(named_tensors,))
         self.llm.reset_prefix_cache()
         self.weight_version = version
-        return {"seconds": time.perf_counter() - start, "version": version}
+        nbytes = sum(t.numel() * t.element_size() for _, t in named_tensors)
+        return {"seconds": time.perf_counter() - start, "version": version, "bytes": nbytes}
 
     def get_weight_version(self) -> int:
         return self.weight_version
