@@ -25,7 +25,8 @@ def collate(records: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tenso
     """Right-pad student sequences; list the answer positions and the teacher's signal there.
 
     The logits at position t predict token t + 1, so the answer token at index j is
-    scored from the logits at j - 1.
+    scored from the logits at j - 1. `keep` lists the positions whose logits any row needs;
+    answer token i is scored from `logits[rows[i], cols[i]]` of the kept logits.
     """
     length = max(len(r["input_ids"]) for r in records)
     input_ids = torch.full((len(records), length), pad_id, dtype=torch.long)
@@ -41,15 +42,33 @@ def collate(records: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tenso
             targets.append(ids[j])
         topk_ids.extend(r["topk_ids"])
         topk_lps.extend(r["topk_logprobs"])
+    keep = sorted(set(cols))
+    kept_index = {c: i for i, c in enumerate(keep)}
     return {
         "input_ids": input_ids,
         "attention_mask": attention,
+        "keep": torch.tensor(keep),
         "rows": torch.tensor(rows),
-        "cols": torch.tensor(cols),
+        "cols": torch.tensor([kept_index[c] for c in cols]),
         "target_ids": torch.tensor(targets),
         "topk_ids": torch.tensor(topk_ids, dtype=torch.long),
         "topk_logprobs": torch.tensor(topk_lps, dtype=torch.float32),
     }
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def answer_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The student's logits at the answer positions only, one row per answer token.
+
+    `logits_to_keep` makes the LM head run on the kept positions alone, so the full
+    (batch, sequence, vocabulary) logits are never materialized.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=batch["keep"]).logits
+    return logits[batch["rows"], batch["cols"]]
 
 
 class StudentTrainer:
@@ -78,6 +97,7 @@ class StudentTrainer:
             }
         )
         torch.manual_seed(self.seed)
+        self.rss_before_model = _rss_bytes()
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -106,10 +126,8 @@ class StudentTrainer:
             group["lr"] = lr
         batch = {k: v.to(self.device) for k, v in collate(records, self.pad_id).items()}
         self.engine.train()
-        logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        # Only the answer positions are scored: the full-vocabulary log-softmax is taken there alone.
-        answer_logits = logits[batch["rows"], batch["cols"]]
-        student_logprobs = torch.log_softmax(answer_logits.float(), dim=-1)
+        logits = answer_logits(self.engine, batch)
+        student_logprobs = torch.log_softmax(logits.float(), dim=-1)
         loss = distillation_loss(
             self.loss_name, student_logprobs, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
         )
@@ -118,8 +136,17 @@ class StudentTrainer:
         self.engine.backward(loss)
         self.engine.step()
         with torch.no_grad():
-            accuracy = (answer_logits.argmax(-1) == batch["target_ids"]).float().mean().item()
+            accuracy = (logits.argmax(-1) == batch["target_ids"]).float().mean().item()
         return {"loss": loss.item(), "tokens": int(batch["attention_mask"].sum()), "answer_tokens": len(batch["rows"]), "token_accuracy": accuracy}
+
+    def memory_stats(self) -> dict[str, int]:
+        """This rank's peak memory: allocated device memory on GPU; on CPU the peak resident
+        set size, and the resident size before the model was loaded (the process's base)."""
+        if self.device.type == "cuda":
+            return {"peak_bytes": torch.cuda.max_memory_allocated(), "base_bytes": 0}
+        import resource
+
+        return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "base_bytes": self.rss_before_model}
 
     def export_weights(self) -> list[tuple[str, torch.Tensor]] | None:
         """Full weights in Hugging Face names, on rank 0 only. Every rank must call this:
