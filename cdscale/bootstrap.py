@@ -59,7 +59,7 @@ def bootstrap(
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
-    eval_every: int = 500,
+    eval_every: int = 10**9,
     log=print,
 ) -> dict:
     """Train a tiny Llama on the task's teacher demonstrations and save it to out_dir atomically."""

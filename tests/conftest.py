@@ -16,3 +16,19 @@ def smollm2_tokenizer():
     from cdscale.models.smollm2 import prepare_smollm2
 
     return AutoTokenizer.from_pretrained(prepare_smollm2())
+
+
+@pytest.fixture(scope="session")
+def teacher_model(tmp_path_factory):
+    """A tiny Llama bootstrapped for 250 steps on 1-2 digit scratchpad addition: enough for
+    teacher outputs with extractable answers (about a minute on 2 CPUs)."""
+    import torch
+
+    from cdscale.bootstrap import bootstrap
+    from cdscale.tasks import build_task
+
+    out = tmp_path_factory.mktemp("models") / "tiny-teacher"
+    torch.set_num_threads(2)
+    task = build_task("addition", {"min_digits": 1, "max_digits": 2})
+    bootstrap(task, out, steps=250, batch_size=32, lr=3e-3, eval_every=10**9, log=lambda _: None)
+    return out

@@ -1,7 +1,7 @@
 """End to end on the real stack: Ray, a vLLM engine actor, DeepSpeed with 2 ranks, weight sync.
 
-The model is a tiny Llama made in the test and given a little scratchpad skill with
-`bootstrap` (a few hundred steps), so teacher outputs and the loss carry real signal.
+The model is a tiny Llama made in the test session and given a little scratchpad skill
+with `bootstrap` (the `teacher_model` fixture), so teacher outputs and the loss carry real signal.
 """
 import json
 import random
@@ -17,16 +17,6 @@ from cdscale.tasks import build_task
 pytestmark = pytest.mark.stack
 
 TASK = {"min_digits": 1, "max_digits": 2}
-
-
-@pytest.fixture(scope="module")
-def teacher_model(tmp_path_factory):
-    from cdscale.bootstrap import bootstrap
-
-    out = tmp_path_factory.mktemp("models") / "tiny-teacher"
-    torch.set_num_threads(2)
-    bootstrap(build_task("addition", TASK), out, steps=250, batch_size=32, lr=3e-3, eval_every=10**9, log=lambda _: None)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +42,7 @@ def test_sync_makes_the_engine_match_hf_generate_on_trainer_weights(teacher_mode
     engine, and compare its greedy output with Hugging Face generate on the same weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cdscale.driver import start_trainers, teacher_targets
+    from cdscale.driver import PhaseClock, start_trainers, teacher_targets
     from cdscale.teacher.engine import generate_across, start_engines
 
     cfg = _config(teacher_model, tmp_path, "student.zero_stage=3", "student.lr=3e-3")
@@ -63,7 +53,7 @@ def test_sync_makes_the_engine_match_hf_generate_on_trainer_weights(teacher_mode
     trainers = start_trainers(cfg, str(teacher_model))
     try:
         examples = task.sample_inputs(64, random.Random(5))
-        records, _ = teacher_targets(cfg, [engine], tokenizer, task, examples, 0)
+        records, _ = teacher_targets(cfg, [engine], tokenizer, task, examples, 0, PhaseClock())
         for step in range(4):
             batch = records[step * 16 : (step + 1) * 16]
             ray.get([t.train_step.remote(batch[r::2], 3e-3) for r, t in enumerate(trainers)])
@@ -73,7 +63,7 @@ def test_sync_makes_the_engine_match_hf_generate_on_trainer_weights(teacher_mode
         assert ray.get(engine.weight_checksum.remote()) != pytest.approx(before)
         assert sync["bytes"] > 0
 
-        weights = dict(export_weights(trainers, 300))
+        weights = dict(ray.get(export_weights(trainers, 300)))
         hf = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=torch.float32)
         missing, unexpected = hf.load_state_dict(weights, strict=False)
         assert not unexpected and set(missing) <= {"lm_head.weight"}  # lm_head is tied to the embeddings
@@ -112,6 +102,10 @@ def test_one_round_leaves_a_complete_run_directory(teacher_model, ray_cluster, t
     data = [json.loads(line) for line in (run_dir / "data" / "round_0.jsonl").read_text().splitlines()]
     assert len(data) == on_disk["round_0"]["kept"] > 0
     assert all(len(d["topk_ids"]) == len(d["input_ids"]) - d["answer_start"] for d in data)
+
+    split = on_disk["timings"]  # every phase of the run, and the rest as overhead, add up to the whole
+    assert split["generate"] > 0 and split["train"] > 0 and split["startup"] > 0
+    assert sum(v for k, v in split.items() if k != "total") == pytest.approx(split["total"])
     assert (run_dir / "config.yaml").is_file() and (run_dir / "eval" / "teacher.jsonl").is_file()
 
     student = AutoModelForCausalLM.from_pretrained(run_dir / "student")
