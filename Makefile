@@ -33,9 +33,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not stack"
 
-# Speed measurements (not tests): writes benchmarks/results/*.json and *.md.
+# Speed measurements (not tests): benchmarks/results/*.json and *.md, and docs/performance.md.
 bench: install
-	$(BIN)/python benchmarks/student_training.py --out benchmarks/results --model small --dtype float32
+	$(BIN)/cdscale bootstrap
+	$(BIN)/python -m benchmarks.suite
 
 clean:
 	rm -rf $(VENV) runs

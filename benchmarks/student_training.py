@@ -1,8 +1,11 @@
-"""Student training and ZeRO export benchmark: DeepSpeed ZeRO-1/2/3 against a plain PyTorch
-AdamW loop on the same batches, one rank, and the weight export against an in-memory copy.
+"""Student training benchmark: DeepSpeed ZeRO-1/2/3 against a plain PyTorch AdamW loop on
+the same batches, and the ZeRO weight export against an in-memory copy.
 
-Runs the real `StudentTrainer` (the class the Ray actors wrap) in this process, so it needs
-no Ray: `python benchmarks/student_training.py --out DIR [--model small|smollm2-shape|1b-shape]`.
+Two ways to run it:
+- `python -m benchmarks.student_training --out DIR --model smollm2-shape` runs the real
+  `StudentTrainer` in this process (one rank, no Ray): the GPU machine's script.
+- `run_ranks` (called by `benchmarks/suite.py`) runs the trainers as Ray actors, as a round
+  does, with 1 and 2 ranks, and reads each rank's peak memory.
 Models are random-initialised Llamas of the named shape (no hub). Every figure is a ratio or
 a median taken inside one run; nothing here asserts on speed.
 """
@@ -20,7 +23,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdscale.student.losses import distillation_loss
-from cdscale.student.trainer import StudentTrainer, _free_port, collate
+from cdscale.student.trainer import StudentTrainer, _free_port, answer_logits, collate
 
 SHAPES = {
     "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, vocab_size=8192),
@@ -62,8 +65,7 @@ def bench_plain(model_dir: Path, batches: list[list[dict]], dtype: str, device: 
     for records in batches:
         start = sync_time(device)
         batch = {k: v.to(device) for k, v in collate(records, 0).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        lp = torch.log_softmax(logits[batch["rows"], batch["cols"]].float(), -1)
+        lp = torch.log_softmax(answer_logits(model, batch).float(), -1)
         distillation_loss("forward_kl_topk", lp, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -103,7 +105,62 @@ def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stag
     return {"step_s": statistics.median(times[2:]), "export_s": export_s, "export_bytes": sum(t.numel() * t.element_size() for _, t in exported), "peak_bytes": peak}
 
 
-def main() -> None:
+def run_ranks(model_dir: Path, records: list[dict], batch_size: int, steps: int, stages: list[int], ranks: list[int]) -> dict:
+    """Tokens/s and peak memory per rank of ZeRO stages x rank counts, the trainers as Ray
+    actors (one CPU each on CPU), against the plain loop with as many threads as ranks."""
+    import ray
+
+    from cdscale.config import load_config
+    from cdscale.driver import start_trainers
+
+    batches = [records[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+    tokens_per_step = sum(len(r["input_ids"]) for r in batches[0])
+    rows = {}
+    for n in ranks:
+        torch.set_num_threads(n)
+        plain = bench_plain(model_dir, batches, "float32", torch.device("cpu"))
+        rows[f"plain_adamw_{n}_threads"] = {"tokens_per_s": tokens_per_step / plain["step_s"], "step_s": plain["step_s"]}
+        for stage in stages:
+            cfg = load_config(None, [f"model.path={model_dir}", f"student.num_ranks={n}", f"student.zero_stage={stage}",
+                                     f"student.batch_size={batch_size}", "student.lr=1e-4"])
+            trainers = start_trainers(cfg, str(model_dir))
+            try:
+                ray.get([t.set_records.remote(records) for t in trainers])
+                plan = [list(range(i * batch_size, (i + 1) * batch_size)) for i in range(steps)]
+                times = []
+                for step in plan:  # one step per call, so each can be timed; the first is warm-up
+                    start = time.perf_counter()
+                    ray.get([t.train_steps.remote([step[r::n]], [1e-4]) for r, t in enumerate(trainers)])
+                    times.append(time.perf_counter() - start)
+                memory = ray.get([t.memory_stats.remote() for t in trainers])
+            finally:
+                for t in trainers:
+                    ray.kill(t)
+            step_s = statistics.median(times[1:])
+            rows[f"zero{stage}_{n}_ranks"] = {
+                "tokens_per_s": tokens_per_step / step_s, "step_s": step_s, "vs_plain": plain["step_s"] / step_s,
+                "peak_bytes_per_rank": max(m["peak_bytes"] for m in memory),
+                "model_bytes_per_rank": max(m["peak_bytes"] - m["base_bytes"] for m in memory),
+            }
+    return {"tokens_per_step": tokens_per_step, "steps": steps, "batch_size": batch_size, "rows": rows}
+
+
+def ranks_table(results: dict[str, dict]) -> str:
+    lines = ["| model | path | tokens/s | vs plain AdamW (same cores) | peak RSS per rank GiB | of which model, optimizer, activations GiB |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for model, r in results.items():
+        for name, row in r["rows"].items():
+            vs = f"{row['vs_plain']:.2f}x" if "vs_plain" in row else "1.00x"
+            peak = f"{row['peak_bytes_per_rank'] / 2**30:.2f}" if "peak_bytes_per_rank" in row else "-"
+            model_mem = f"{row['model_bytes_per_rank'] / 2**30:.2f}" if "model_bytes_per_rank" in row else "-"
+            lines.append(f"| {model} | {name} | {row['tokens_per_s']:,.0f} | {vs} | {peak} | {model_mem} |")
+    first = next(iter(results.values()))
+    note = (f"fp32, batch {first['batch_size']} sequences ({first['tokens_per_step']} tokens) per step, "
+            f"median of {first['steps'] - 1} steps after a warm-up step; each rank is a Ray actor with one CPU.")
+    return note + "\n\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--model", default="small", choices=list(SHAPES))
@@ -113,7 +170,7 @@ def main() -> None:
     parser.add_argument("--answer-len", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--stages", default="1,2,3")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vocab = SHAPES[args.model]["vocab_size"]

@@ -1,0 +1,68 @@
+"""Weight sync benchmark: the whole student pushed from the DeepSpeed ranks into running
+vLLM engines (`push_weights`, the path a round takes), against a plain in-memory copy of
+the same state dict in one process, which is the physical floor on one machine.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import ray
+from safetensors.torch import load_file
+
+from benchmarks.common import Timer
+from cdscale.config import load_config
+from cdscale.driver import start_trainers
+from cdscale.sync.object_store import push_weights
+from cdscale.teacher.engine import start_engines
+
+
+def in_memory_copy_s(model_path: str, reps: int) -> tuple[float, int]:
+    from pathlib import Path
+
+    state = {}
+    for f in sorted(Path(model_path).glob("*.safetensors")):
+        state.update(load_file(f))
+    times = []
+    for _ in range(reps):
+        with Timer() as t:
+            copied = {k: v.clone() for k, v in state.items()}
+        times.append(t.seconds)
+        del copied
+    return statistics.median(times), sum(v.numel() * v.element_size() for v in state.values())
+
+
+def run(model_path: str, num_engines: int, num_ranks: int, zero_stage: int, reps: int) -> dict[str, Any]:
+    cfg = load_config(None, [f"model.path={model_path}", f"student.num_ranks={num_ranks}",
+                             f"student.zero_stage={zero_stage}", f"student.batch_size={2 * num_ranks}"])
+    engines = start_engines(num_engines, 1, 0, model_path=model_path, dtype="float32", max_model_len=256, kv_cache_gib=0.25,
+                            max_logprobs=21, enable_prefix_caching=True, seed=0)
+    trainers = start_trainers(cfg, model_path)
+    try:
+        runs = [push_weights(trainers, engines, version=v, timeout_s=600)[0] for v in range(1, reps + 2)][1:]
+    finally:
+        for actor in engines + trainers:
+            ray.kill(actor)
+    copy_s, nbytes = in_memory_copy_s(model_path, reps)
+    sync_s = statistics.median(r["seconds"] for r in runs)
+    return {
+        "bytes": nbytes, "num_engines": num_engines, "num_ranks": num_ranks, "zero_stage": zero_stage, "reps": reps,
+        "sync_s": sync_s, "export_s": statistics.median(r["export_s"] for r in runs), "copy_s": copy_s,
+        "sync_bytes_per_s": nbytes / sync_s, "copy_bytes_per_s": nbytes / copy_s,
+        "target_s": 3 * copy_s + 0.5, "target_met": sync_s <= 3 * copy_s + 0.5,
+    }
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| model | MB | sync s (export s) | MB/s | in-memory copy s | MB/s | sync / copy | target: 3 x copy + 0.5 s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for model, r in results.items():
+        lines.append(
+            f"| {model} | {r['bytes'] / 1e6:.1f} | {r['sync_s']:.3f} ({r['export_s']:.3f}) | {r['sync_bytes_per_s'] / 1e6:,.0f} | "
+            f"{r['copy_s']:.4f} | {r['copy_bytes_per_s'] / 1e6:,.0f} | {r['sync_s'] / r['copy_s']:.0f}x | "
+            f"{r['target_s']:.2f} s: {'met' if r['target_met'] else 'MISSED'} |"
+        )
+    first = next(iter(results.values()))
+    note = (f"ZeRO-{first['zero_stage']} with {first['num_ranks']} rank(s) into {first['num_engines']} running engine(s) "
+            f"through Ray's object store; median of {first['reps']} syncs after a warm-up.")
+    return note + "\n\n" + "\n".join(lines)
