@@ -102,7 +102,7 @@ def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stag
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     trainer.engine.destroy()
     del trainer
-    return {"step_s": statistics.median(times[2:]), "export_s": export_s, "export_bytes": sum(t.numel() * t.element_size() for _, t in exported), "peak_bytes": peak}
+    return {"step_s": statistics.median(times[2:]), "export_s": export_s, "export_bytes": exported.nbytes, "peak_bytes": peak}
 
 
 def run_ranks(model_dir: Path, records: list[dict], batch_size: int, steps: int, stages: list[int], ranks: list[int]) -> dict:

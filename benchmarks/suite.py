@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--doc", type=Path, default=Path("docs/performance.md"), help="updated between its bench markers")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; no docs update")
-    parser.add_argument("--only", default=ALL, help="a comma-separated subset of " + ALL + " (docs are updated only by the whole suite)")
+    parser.add_argument("--only", default=ALL, help="a comma-separated subset of " + ALL + " (only their sections of the doc change)")
     parser.add_argument("--round-model", default="tiny-addition", help="a model with the teacher's skill for the round breakdown")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.suite" + (" --smoke" if args.smoke else "") + (f" --only {args.only}" if args.only != ALL else "")
     header = f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, with `{command}`."
-    sections: list[tuple[str, str]] = []
+    sections: list[tuple[str, str, str]] = []
 
     def record(name: str, title: str, results: Any, table: Callable[[Any], str]) -> None:
         (args.out / f"{name}.json").write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "results": results}, indent=2))
-        text = table(results)
-        (args.out / f"{name}.md").write_text(f"{header}\n\n{text}\n")
-        sections.append((title, text))
+        text = f"{header}\n\n{table(results)}"
+        (args.out / f"{name}.md").write_text(text + "\n")
+        sections.append((name, title, text))
         print(f"\n## {title}\n\n{text}\n", flush=True)
 
     started_ray = not ray.is_initialized()
@@ -106,20 +106,28 @@ def main(argv: list[str] | None = None) -> int:
             record("round_breakdown", "Round breakdown", result, round_breakdown.table)
     if started_ray:
         ray.shutdown()
-    if not args.smoke and args.only == ALL:
-        update_doc(args.doc, header, sections)
+    if not args.smoke:
+        update_doc(args.doc, sections)
     return 0
 
 
-def update_doc(doc: Path, header: str, sections: list[tuple[str, str]]) -> None:
-    """Replace the generated part of the doc (between the markers); the rest is hand-written."""
-    body = "\n\n".join([header, *(f"### {title}\n\n{text}" for title, text in sections)])
+def update_doc(doc: Path, sections: list[tuple[str, str, str]]) -> None:
+    """Replace each measured section in the generated part of the doc (between the
+    markers), keeping the others and their dates; the rest of the doc is hand-written."""
     text = doc.read_text() if doc.is_file() else f"# Performance\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{doc}: no {BEGIN} ... {END} markers to write the results between")
     before, rest = text.split(BEGIN, 1)
-    after = rest.split(END, 1)[1]
-    doc.write_text(f"{before}{BEGIN}\n{body}\n{END}{after}")
+    generated, after = rest.split(END, 1)
+    for name, title, body in sections:
+        start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+        block = f"{start}\n### {title}\n\n{body}\n{end}"
+        if start in generated and end in generated:
+            head, tail = generated.split(start, 1)
+            generated = head + block + tail.split(end, 1)[1]
+        else:
+            generated = generated.rstrip("\n") + "\n\n" + block + "\n"
+    doc.write_text(f"{before}{BEGIN}{generated}{END}{after}")
 
 
 if __name__ == "__main__":

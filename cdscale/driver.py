@@ -301,7 +301,7 @@ def _rounds(
             summary[f"teacher_round_{r + 1}"] = run_eval("teacher", f"teacher_round_{r + 1}", t.max_new_tokens)
     # The last sync already gathered the final weights; save those rather than gather again.
     with clock("checkpoint"):
-        save_hf_checkpoint(ray.get(student_weights), model_path, run_dir / "student")
+        save_hf_checkpoint(ray.get(student_weights).named_tensors(), model_path, run_dir / "student")
     return summary
 
 

@@ -63,7 +63,7 @@ def test_sync_makes_the_engine_match_hf_generate_on_trainer_weights(teacher_mode
         assert ray.get(engine.weight_checksum.remote()) != pytest.approx(before)
         assert sync["bytes"] > 0
 
-        weights = dict(ray.get(export_weights(trainers, 300)))
+        weights = dict(ray.get(export_weights(trainers, 300)).named_tensors())
         hf = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=torch.float32)
         missing, unexpected = hf.load_state_dict(weights, strict=False)
         assert not unexpected and set(missing) <= {"lm_head.weight"}  # lm_head is tied to the embeddings

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from cdscale.student.losses import distillation_loss
+from cdscale.sync.packing import PackedWeights, pack
 
 
 def _free_port() -> int:
@@ -148,16 +149,19 @@ class StudentTrainer:
 
         return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "base_bytes": self.rss_before_model}
 
-    def export_weights(self) -> list[tuple[str, torch.Tensor]] | None:
-        """Full weights in Hugging Face names, on rank 0 only. Every rank must call this:
-        under ZeRO-3 each parameter is gathered collectively."""
+    def export_weights(self) -> PackedWeights | None:
+        """Full weights in Hugging Face names as numpy arrays, on rank 0 only. Every rank
+        must call this: under ZeRO-3 each parameter is gathered collectively."""
         import deepspeed
 
         module = self.engine.module
-        named = list(module.named_parameters())
-        out = []
-        for name, param in named:
-            with deepspeed.zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
+        if self.engine.zero_optimization_stage() < 3:
+            # Full parameters on every rank: hand Ray views of them, and its out-of-band
+            # serialization of the return value is the only copy.
+            return pack(module.named_parameters(), copy=False) if self.rank == 0 else None
+        named = []
+        for name, param in module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param]):
                 if self.rank == 0:
-                    out.append((name, param.detach().to("cpu", copy=True)))
-        return out if self.rank == 0 else None
+                    named.append((name, param.detach().to("cpu", copy=True)))  # freed again when the gather ends
+        return pack(named, copy=False) if self.rank == 0 else None

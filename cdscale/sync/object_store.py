@@ -1,8 +1,9 @@
 """The CPU transport: rank 0's full weights go through Ray's object store to every engine.
 
 Every rank takes part in the export (ZeRO-3 gathers each parameter collectively); only
-rank 0 returns the weights. Its return value stays in the object store: the engines read
-it from there, and the driver never copies the weights through its own process.
+rank 0 returns the weights, packed into one buffer (`packing.py`). Its return value stays
+in the object store: the engines on the node read it there without a copy, and the driver
+never copies the weights through its own process.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import ray
 
 
 def export_weights(trainers: list[Any], timeout_s: float) -> ray.ObjectRef:
-    """An ObjectRef of rank 0's full weights, (name, tensor) pairs; every rank must take part."""
+    """An ObjectRef of rank 0's full weights (`PackedWeights`); every rank must take part."""
     refs = [t.export_weights.remote() for t in trainers]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s, fetch_local=False)
     if len(ready) < len(refs):
@@ -29,7 +30,7 @@ def push_weights(
     timeout_s: float,
     weights: ray.ObjectRef | None = None,
 ) -> tuple[dict[str, Any], ray.ObjectRef]:
-    """Export from the trainers (or take `weights`, an ObjectRef of (name, tensor) pairs)
+    """Export from the trainers (or take `weights`, an ObjectRef of `PackedWeights`)
     and load into every engine. Returns timing and size, and the weights' ObjectRef so a
     caller that also saves them need not gather them again."""
     start = time.perf_counter()
@@ -37,5 +38,8 @@ def push_weights(
         weights = export_weights(trainers, timeout_s)
     export_s = time.perf_counter() - start
     loaded = ray.get([e.update_weights.remote(weights, version) for e in engines], timeout=timeout_s)
-    stats = {"seconds": time.perf_counter() - start, "export_s": export_s, "bytes": loaded[0]["bytes"], "version": version}
+    stats = {
+        "seconds": time.perf_counter() - start, "export_s": export_s, "reload_s": max(x["seconds"] for x in loaded),
+        "bytes": loaded[0]["bytes"], "version": version,
+    }
     return stats, weights

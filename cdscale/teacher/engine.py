@@ -13,6 +13,8 @@ from typing import Any
 
 import ray
 
+from cdscale.sync.packing import PackedWeights
+
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
 
 
@@ -74,14 +76,14 @@ class TeacherEngine:
             results.append(result)
         return results
 
-    def update_weights(self, named_tensors: list[tuple[str, Any]], version: int) -> dict[str, float]:
-        """Load new weights into the running engine; cached prefixes are stale afterwards."""
+    def update_weights(self, weights: PackedWeights, version: int) -> dict[str, float]:
+        """Load new weights into the running engine; cached prefixes are stale afterwards.
+        `weights` arrives as a read-only view of the object store: no copy until the reload."""
         start = time.perf_counter()
-        self.llm.collective_rpc("reload_named_weights", args=(named_tensors,))
+        self.llm.collective_rpc("reload_named_weights", args=(weights.named_tensors(),))
         self.llm.reset_prefix_cache()
         self.weight_version = version
-        nbytes = sum(t.numel() * t.element_size() for _, t in named_tensors)
-        return {"seconds": time.perf_counter() - start, "version": version, "bytes": nbytes}
+        return {"seconds": time.perf_counter() - start, "version": version, "bytes": weights.nbytes}
 
     def get_weight_version(self) -> int:
         return self.weight_version
