@@ -1,15 +1,19 @@
-"""Atomic writes: a crash mid-save never leaves a file or folder that looks complete.
+"""What a run keeps on disk, written so that a crash mid-save never leaves a file or
+folder that looks complete: atomic files, the student as a Hugging Face folder, the
+resumable state (state/<seq>-round<r>-step<s>/ with the trainer ranks' DeepSpeed files and
+progress.json, pointed to by state/latest.json), and the data shards with their manifest.
 
 Everything is written under a temporary name in the same folder, flushed, then renamed
 into place (rename is atomic on POSIX within one filesystem).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -53,3 +57,70 @@ def save_hf_checkpoint(named_weights: list[tuple[str, torch.Tensor]], source_mod
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def commit_state(run_dir: Path, progress: dict[str, Any], save: Callable[[Path], None]) -> Path:
+    """Write a resumable state: `save(folder)` fills a temporary folder (the trainer ranks'
+    files), progress.json goes next to them, then one rename commits the folder and an
+    atomic write of state/latest.json points to it. A crash before that leaves the previous
+    state as the latest; older states are removed only after. Names are never reused."""
+    root = run_dir / "state"
+    root.mkdir(parents=True, exist_ok=True)
+    previous = load_latest_state(run_dir)
+    seq = 0 if previous is None else previous[1]["seq"] + 1
+    name = f"{seq:04d}-round{progress['round']}-step{progress['step']}"
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save(tmp)
+    write_json_atomic(tmp / "progress.json", {**progress, "seq": seq})
+    _fsync_tree(tmp)
+    os.replace(tmp, root / name)
+    write_json_atomic(root / "latest.json", {"state": name})
+    for old in root.iterdir():
+        if old.is_dir() and old.name != name:
+            shutil.rmtree(old, ignore_errors=True)  # older states and leftovers of crashed saves
+    return root / name
+
+
+def load_latest_state(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The last committed state's folder and progress, or None if the run has none."""
+    latest = run_dir / "state" / "latest.json"
+    if not latest.is_file():
+        return None
+    folder = run_dir / "state" / json.loads(latest.read_text())["state"]
+    progress_file = folder / "progress.json"
+    if not progress_file.is_file():
+        raise FileNotFoundError(f"{latest} points to {folder}, which has no progress.json; the run directory was changed by hand")
+    return folder, json.loads(progress_file.read_text())
+
+
+def write_shard(run_dir: Path, round_index: int, records: list[dict[str, Any]], counts: dict[str, int]) -> None:
+    """A round's distillation data, then its entry in data/manifest.json (size, hash, counts)."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    name = f"round_{round_index}.jsonl"
+    write_text_atomic(run_dir / "data" / name, text)
+    manifest_path = run_dir / "data" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest[str(round_index)] = {"file": name, "records": len(records), "sha256": hashlib.sha256(text.encode()).hexdigest(), "counts": counts}
+    write_json_atomic(manifest_path, manifest)
+
+
+def read_shard(run_dir: Path, round_index: int) -> tuple[list[dict[str, Any]], dict[str, int]] | None:
+    """A committed round's data and counts (checked against the manifest), or None."""
+    manifest_path = run_dir / "data" / "manifest.json"
+    entry = json.loads(manifest_path.read_text()).get(str(round_index)) if manifest_path.is_file() else None
+    if entry is None:
+        return None
+    path = run_dir / "data" / entry["file"]
+    text = path.read_text() if path.is_file() else ""
+    if hashlib.sha256(text.encode()).hexdigest() != entry["sha256"]:
+        raise ValueError(f"{path}: does not match data/manifest.json (changed or truncated since it was written); remove both to regenerate")
+    return [json.loads(line) for line in text.splitlines()], entry["counts"]

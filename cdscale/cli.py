@@ -1,6 +1,7 @@
 """The `cdscale` command.
 
     cdscale run [--config FILE] [section.field=value ...]   a distillation run
+    cdscale run --resume RUN_DIR                            continue it from its last committed state
     cdscale bootstrap                                        prepare the tiny teacher model
     cdscale prepare-model smollm2-135m                      convert packaged real weights
     cdscale config [--config FILE] [overrides ...]          print the resolved config, explained
@@ -9,15 +10,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cdscale.config import ConfigError, describe, load_config
 
 
 def _run(args: argparse.Namespace) -> int:
     from cdscale.driver import run
+    from cdscale.preemption import Preempted
 
-    cfg = load_config(args.config, args.overrides)
-    run(cfg)
+    if args.resume is not None:
+        if args.config or args.overrides:
+            raise ConfigError("--resume continues a run with the config saved in its directory; drop --config and the overrides")
+        run_dir = Path(args.resume).resolve()
+        config_file = run_dir / "config.yaml"
+        if not config_file.is_file():
+            raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a cdscale run directory?")
+        # The run directory is where it is now, whatever the working directory was at the start.
+        cfg = load_config(str(config_file), [f"run.output_root={run_dir.parent}", f"run.name={run_dir.name}"])
+    else:
+        cfg = load_config(args.config, args.overrides)
+    try:
+        run(cfg, resume=args.resume is not None)
+    except Preempted as stopped:
+        print(f"[cdscale] stopped at a safe point: {stopped}. Continue with: cdscale run --resume {cfg.run_dir}")
     return 0
 
 
@@ -57,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", help="YAML config file (default: the embedded default)")
         p.add_argument("overrides", nargs="*", help="section.field=value")
         p.set_defaults(fn=fn)
+        if name == "run":
+            p.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory from its last committed state")
 
     p = sub.add_parser("bootstrap", help="teach the tiny model scratchpad addition (the paper's starting teacher)")
     p.add_argument("--steps", type=int, default=1200)
@@ -76,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
         print(f"cdscale: error: {err}", file=sys.stderr)
         return 2
 

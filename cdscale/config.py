@@ -89,6 +89,11 @@ class RunConfig:
     ray_address: str | None = _f(None, "join this Ray cluster; default: start a local one")
     dashboard_host: str = _f("127.0.0.1", "host the local Ray dashboard binds to")
     timeout_s: float = _f(3600.0, "timeout of each remote call, so a dead actor is an error, not a hang")
+    save_by_s: float | None = _f(
+        None,
+        "stop at the next safe point (saving the state) once this many seconds have passed; set it below the "
+        "job's wall time, minus the time a save takes. SIGTERM does the same at any time",
+    )
 
 
 @dataclass

@@ -17,15 +17,18 @@ import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ray
 import yaml
 
-from cdscale.checkpoint import save_hf_checkpoint, write_json_atomic, write_text_atomic
+from cdscale.checkpoint import (
+    commit_state, load_latest_state, read_shard, save_hf_checkpoint, write_json_atomic, write_shard, write_text_atomic,
+)
 from cdscale.config import Config
 from cdscale.eval import evaluate
 from cdscale.models import resolve_model_path
+from cdscale.preemption import Preempted, StopRequest
 from cdscale.student.schedule import warmup_cosine
 from cdscale.student.trainer import StudentTrainer
 from cdscale.sync.object_store import export_weights, push_weights
@@ -35,10 +38,11 @@ from cdscale.teacher.engine import generate_across, start_engines
 
 
 class MetricsLog:
-    """metrics.jsonl in the run directory: one JSON object per event (a new run starts it afresh)."""
+    """metrics.jsonl in the run directory: one JSON object per event (a new run starts it
+    afresh, a resumed one appends)."""
 
-    def __init__(self, path: Path) -> None:
-        self.file = open(path, "w")
+    def __init__(self, path: Path, append: bool = False) -> None:
+        self.file = open(path, "a" if append else "w")
 
     def write(self, **event: Any) -> None:
         self.file.write(json.dumps({"time": time.time(), **event}) + "\n")
@@ -129,7 +133,7 @@ def sample_splits(task: Task, cfg: Config) -> tuple[list[Example], list[list[Exa
 
 def teacher_targets(
     cfg: Config, engines: list[Any], tokenizer: Any, task: Task, examples: list[Example], round_index: int,
-    clock: PhaseClock,
+    clock: PhaseClock, stop: Callable[[], bool] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Steps 2 and 3: sample the teacher on T_teacher(x), keep its signal on f(y)."""
     t = cfg.teacher
@@ -139,7 +143,7 @@ def teacher_targets(
     # use offset". Sampling is reproducible from the engines' seeds for a fixed layout.
     sampling = [{"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k}] * len(examples)
     with clock("generate"):
-        outputs = generate_across(engines, prompts, sampling, t.chunk_size, cfg.run.timeout_s, f"round {round_index} teacher")
+        outputs = generate_across(engines, prompts, sampling, t.chunk_size, cfg.run.timeout_s, f"round {round_index} teacher", stop)
     with clock("targets"):
         return _targets_from_outputs(cfg, tokenizer, task, examples, outputs, round_index)
 
@@ -185,10 +189,16 @@ def learning_rate(cfg: Config, step: int, total: int) -> float:
     return cfg.student.lr * warmup_cosine(step, total, cfg.student.warmup_steps)
 
 
-def train(cfg: Config, trainers: list[Any], records: list[dict[str, Any]], log: MetricsLog, round_index: int) -> dict[str, float]:
+def train(
+    cfg: Config, trainers: list[Any], records: list[dict[str, Any]], log: MetricsLog, round_index: int,
+    losses: list[float], stop: Callable[[], bool],
+) -> dict[str, float] | None:
     """Step 4: epochs of shuffled global batches, each split evenly across the ranks.
 
-    The records go to every rank once; each call then runs `steps_per_call` steps.
+    The records go to every rank once; each call then runs `steps_per_call` steps. The plan
+    of batches is a function of the seed, so a resumed round continues after the
+    `len(losses)` steps already done and no batch is used twice. Returns None when `stop()`
+    turned true between calls (the caller saves the state), else the round's statistics.
     """
     from tqdm import tqdm
 
@@ -203,9 +213,11 @@ def train(cfg: Config, trainers: list[Any], records: list[dict[str, Any]], log: 
         plan += [(epoch, order[b * s.batch_size : (b + 1) * s.batch_size]) for b in range(steps_per_epoch)]
     records_ref = ray.put(records)
     ray.get([t.set_records.remote(records_ref) for t in trainers], timeout=cfg.run.timeout_s)
-    losses, tokens, start = [], 0, time.perf_counter()
-    with tqdm(total=total, desc=f"round {round_index} train", unit="step", leave=False) as bar:
-        for first in range(0, total, s.steps_per_call):
+    done_before, tokens, start = len(losses), 0, time.perf_counter()
+    with tqdm(total=total, initial=done_before, desc=f"round {round_index} train", unit="step", leave=False) as bar:
+        for first in range(done_before, total, s.steps_per_call):
+            if stop():
+                return None
             chunk = range(first, min(first + s.steps_per_call, total))
             lrs = [learning_rate(cfg, step, total) for step in chunk]
             calls = [
@@ -228,7 +240,7 @@ def train(cfg: Config, trainers: list[Any], records: list[dict[str, Any]], log: 
         "steps": total,
         "loss_first": sum(head) / len(head),
         "loss_last": sum(tail) / len(tail),
-        "train_tokens_per_s": tokens / seconds,
+        "train_tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
         "train_seconds": seconds,
     }
 
@@ -253,9 +265,15 @@ def format_table(summary: dict[str, Any]) -> str:
 def _rounds(
     cfg: Config, engines: list[Any], trainers: list[Any], tokenizer: Any, task: Task,
     eval_examples: list[Example], train_rounds: list[list[Example]], model_path: str, log: MetricsLog,
-    clock: PhaseClock,
+    clock: PhaseClock, stop: StopRequest,
 ) -> dict[str, Any]:
-    """Evaluate before, then each round: targets, train, sync, evaluate; save the student."""
+    """Evaluate before, then each round: targets, train, sync, evaluate; save the student.
+
+    After each round (and when asked to stop mid-round) the trainers' state and the
+    progress are committed under state/; a resumed run starts from the last commit. A stop
+    is honoured during generation (its outputs are not kept) and between training calls
+    (the state is saved); evaluation and the sync after training run to the round's commit.
+    """
     t, run_dir = cfg.teacher, cfg.run_dir
 
     def run_eval(role: str, name: str, max_new_tokens: int) -> dict[str, float]:
@@ -268,29 +286,64 @@ def _rounds(
         print(f"[cdscale] {name}: accuracy {100 * metrics['accuracy']:.1f}% on {metrics['n']} held-out inputs")
         return metrics
 
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "model": model_path, "task": cfg.task.name}
-    if cfg.eval.before:
-        summary["teacher"] = run_eval("teacher", "teacher", t.max_new_tokens)
-        summary["student_before"] = run_eval("student", "student_before", cfg.eval.max_new_tokens_student)
+    def commit(progress: dict[str, Any]) -> None:
+        with clock("checkpoint"):
+            folder = commit_state(
+                run_dir, progress,
+                lambda tmp: ray.get([tr.save_state.remote(str(tmp)) for tr in trainers], timeout=cfg.run.timeout_s),
+            )
+        log.write(event="commit", state=folder.name, round=progress["round"], step=progress["step"])
+
+    state = load_latest_state(run_dir)
+    keep_initial = t.mode == "frozen" and cfg.run.rounds > 1
     initial_weights = None
-    for r, examples in enumerate(train_rounds):
+    if state is None:
+        progress: dict[str, Any] = {"round": 0, "step": 0, "losses": [], "summary": {}}
+        summary = progress["summary"]
+        summary.update({"run_dir": str(run_dir), "model": model_path, "task": cfg.task.name})
+        if cfg.eval.before:
+            summary["teacher"] = run_eval("teacher", "teacher", t.max_new_tokens)
+            summary["student_before"] = run_eval("student", "student_before", cfg.eval.max_new_tokens_student)
+    else:
+        folder, progress = state
+        summary = progress["summary"]
+        print(f"[cdscale] resuming {run_dir} from {folder.name} (round {progress['round']}, step {progress['step']})")
+        with clock("sync"):
+            if keep_initial:  # the trainers still hold the initial weights: keep them for the frozen teacher
+                initial_weights = export_weights(trainers, cfg.run.timeout_s)
+        with clock("checkpoint"):
+            ray.get([tr.load_state.remote(str(folder)) for tr in trainers], timeout=cfg.run.timeout_s)
+        if t.mode == "recursive" and progress["round"] > 0:
+            with clock("sync"):  # the engines teach with the last round's student
+                push_weights(trainers, engines, version=progress["round"], timeout_s=cfg.run.timeout_s)
+    student_weights = None
+    for r in range(progress["round"], cfg.run.rounds):
         if r > 0 and t.mode == "frozen":
             # The engines hold the last student; the frozen teacher is the initial weights.
             with clock("sync"):
                 push_weights(None, engines, version=0, weights=initial_weights, timeout_s=cfg.run.timeout_s)
-        records, counts = teacher_targets(cfg, engines, tokenizer, task, examples, r, clock)
-        with clock("checkpoint"):
-            write_text_atomic(run_dir / "data" / f"round_{r}.jsonl", "".join(json.dumps(x) + "\n" for x in records))
+        shard = read_shard(run_dir, r)
+        if shard is None:
+            records, counts = teacher_targets(cfg, engines, tokenizer, task, train_rounds[r], r, clock, stop)
+            with clock("checkpoint"):
+                write_shard(run_dir, r, records, counts)
+        else:
+            records, counts = shard
+            print(f"[cdscale] round {r}: reusing the {len(records)} committed distillation examples")
         log.write(event="targets", round=r, **counts)
         print(
             f"[cdscale] round {r}: {counts['kept']} distillation examples; skipped: {counts['no_answer']} without "
             f"an answer, {counts['truncated']} truncated, {counts['unaligned']} unaligned"
         )
-        if r == 0 and t.mode == "frozen" and cfg.run.rounds > 1:
+        if keep_initial and initial_weights is None:
             with clock("sync"):
                 initial_weights = export_weights(trainers, cfg.run.timeout_s)
         with clock("train"):
-            train_stats = train(cfg, trainers, records, log, r)
+            train_stats = train(cfg, trainers, records, log, r, progress["losses"], stop)
+        if train_stats is None:
+            progress["step"] = len(progress["losses"])
+            commit(progress)
+            raise Preempted(f"round {r}: stopped after step {progress['step']} ({stop.reason})")
         log.write(event="train_summary", round=r, **train_stats)
         with clock("sync"):
             sync, student_weights = push_weights(trainers, engines, version=r + 1, timeout_s=cfg.run.timeout_s)
@@ -299,24 +352,33 @@ def _rounds(
         summary["student_after"] = run_eval("student", f"student_after_round_{r}", cfg.eval.max_new_tokens_student)
         if t.mode == "recursive":
             summary[f"teacher_round_{r + 1}"] = run_eval("teacher", f"teacher_round_{r + 1}", t.max_new_tokens)
-    # The last sync already gathered the final weights; save those rather than gather again.
+        progress.update(round=r + 1, step=0, losses=[])
+        commit(progress)
     with clock("checkpoint"):
+        if student_weights is None:  # resumed after the last round's commit
+            student_weights = export_weights(trainers, cfg.run.timeout_s)
+        # The last sync already gathered the final weights; save those rather than gather again.
         save_hf_checkpoint(ray.get(student_weights).named_tensors(), model_path, run_dir / "student")
     return summary
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Run every round of `cfg` and return the summary (also written to summary.json)."""
+def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Run every round of `cfg` and return the summary (also written to summary.json).
+    With `resume`, continue the run directory's last committed state; raises `Preempted`
+    after saving when SIGTERM or `run.save_by_s` asks it to stop."""
     from transformers import AutoTokenizer
 
-    clock = PhaseClock()
+    clock, started = PhaseClock(), time.monotonic()
+    run_dir = cfg.run_dir
+    if not resume and (run_dir / "state").exists():
+        raise FileExistsError(f"{run_dir} holds a run already; continue it with `cdscale run --resume {run_dir}`, or choose another run.name")
     model_path = resolve_model_path(cfg.model.path)
     task = build_task(cfg.task.name, cfg.task.options)
-    run_dir = cfg.run_dir
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
     (run_dir / "eval").mkdir(exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    if not resume:
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log = MetricsLog(run_dir / "metrics.jsonl", append=resume)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     with clock("sample_inputs"):
         eval_examples, train_rounds = sample_splits(task, cfg)
@@ -324,18 +386,23 @@ def run(cfg: Config) -> dict[str, Any]:
     t = cfg.teacher
     with clock("startup"):
         init_ray(cfg)
-        engines = start_engines(
-            t.num_engines, t.cpus_per_engine, t.gpus_per_engine, model_path=model_path, dtype=cfg.model.dtype,
-            max_model_len=t.max_model_len, kv_cache_gib=t.kv_cache_gib, max_logprobs=t.top_k + 1,
-            enable_prefix_caching=t.enable_prefix_caching, max_num_seqs=t.max_num_seqs, seed=cfg.data.seed,
-            timeout_s=cfg.run.timeout_s,
-        )
-        trainers = start_trainers(cfg, model_path)
+    stop = StopRequest(cfg.run.save_by_s, started)
     try:
-        summary = _rounds(cfg, engines, trainers, tokenizer, task, eval_examples, train_rounds, model_path, log, clock)
+        with clock("startup"):
+            engines = start_engines(
+                t.num_engines, t.cpus_per_engine, t.gpus_per_engine, model_path=model_path, dtype=cfg.model.dtype,
+                max_model_len=t.max_model_len, kv_cache_gib=t.kv_cache_gib, max_logprobs=t.top_k + 1,
+                enable_prefix_caching=t.enable_prefix_caching, max_num_seqs=t.max_num_seqs, seed=cfg.data.seed,
+                timeout_s=cfg.run.timeout_s,
+            )
+            trainers = start_trainers(cfg, model_path)
+        try:
+            summary = _rounds(cfg, engines, trainers, tokenizer, task, eval_examples, train_rounds, model_path, log, clock, stop)
+        finally:
+            for actor in engines + trainers:
+                ray.kill(actor)
     finally:
-        for actor in engines + trainers:
-            ray.kill(actor)
+        stop.restore()
     summary["timings"] = clock.split()
     write_json_atomic(run_dir / "summary.json", summary)
     print(format_table(summary))

@@ -62,3 +62,13 @@ def test_cli_reports_config_and_model_errors_with_exit_status_2(capsys, tmp_path
     (tmp_path / "empty").mkdir()
     assert main(["run", f"model.path={tmp_path / 'empty'}"]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_overwrite_a_run_and_to_resume_a_non_run(capsys, tmp_path):
+    (tmp_path / "old" / "state").mkdir(parents=True)
+    assert main(["run", f"run.output_root={tmp_path}", "run.name=old"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "old"), "run.rounds=3"]) == 2
+    assert "drop --config and the overrides" in capsys.readouterr().err

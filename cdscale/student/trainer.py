@@ -149,6 +149,17 @@ class StudentTrainer:
 
         return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "base_bytes": self.rss_before_model}
 
+    def save_state(self, folder: str) -> None:
+        """This rank's part of the training state (weights, optimizer, step) under `folder`.
+        Every rank must call this; the driver commits the folder once all have returned."""
+        self.engine.save_checkpoint(folder, tag="trainer", save_latest=False)
+
+    def load_state(self, folder: str) -> None:
+        """Load what `save_state` wrote; every rank must call this."""
+        path, _ = self.engine.load_checkpoint(folder, tag="trainer", load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"{folder}: no trainer state for rank {self.rank}")
+
     def export_weights(self) -> PackedWeights | None:
         """Full weights in Hugging Face names as numpy arrays, on rank 0 only. Every rank
         must call this: under ZeRO-3 each parameter is gathered collectively."""

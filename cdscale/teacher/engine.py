@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
+from cdscale.preemption import Preempted
 from cdscale.sync.packing import PackedWeights
 
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
@@ -127,9 +128,11 @@ def generate_across(
     chunk_size: int,
     timeout_s: float,
     desc: str,
+    stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Spread prompts over the engines in chunks, a new chunk to whichever engine is free,
-    and return the outputs in prompt order. One SamplingParams per prompt."""
+    and return the outputs in prompt order. One SamplingParams per prompt. When `stop()`
+    turns true, raise `Preempted` (the outputs so far are not kept)."""
     from tqdm import tqdm
 
     chunks = [range(i, min(i + chunk_size, len(prompt_ids))) for i in range(0, len(prompt_ids), chunk_size)]
@@ -138,6 +141,8 @@ def generate_across(
     in_flight: dict[Any, tuple[Any, range]] = {}
     with tqdm(total=len(prompt_ids), desc=desc, unit="prompt", leave=False) as bar:
         while pending or in_flight:
+            if stop is not None and stop():
+                raise Preempted(f"{desc}: stopped after {bar.n} of {len(prompt_ids)} prompts")
             busy = {engine for engine, _ in in_flight.values()}
             for engine in engines:
                 if pending and engine not in busy:

@@ -1,0 +1,83 @@
+"""Committed run state and data shards: a failed save never replaces the last good state,
+and a changed or truncated shard is refused with the file named."""
+import json
+
+import pytest
+
+from cdscale.checkpoint import commit_state, load_latest_state, read_shard, write_shard
+
+
+def save_files(content: str):
+    def save(folder):
+        (folder / "rank0.bin").write_text(content)
+    return save
+
+
+def test_commit_points_latest_at_the_new_state_and_removes_the_old(tmp_path):
+    assert load_latest_state(tmp_path) is None
+    first = commit_state(tmp_path, {"round": 0, "step": 5}, save_files("a"))
+    second = commit_state(tmp_path, {"round": 1, "step": 0}, save_files("b"))
+    folder, progress = load_latest_state(tmp_path)
+    assert folder == second and progress["round"] == 1 and progress["seq"] == 1
+    assert (folder / "rank0.bin").read_text() == "b" and not first.exists()
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_state_latest(tmp_path):
+    good = commit_state(tmp_path, {"round": 0, "step": 3}, save_files("good"))
+
+    def crash(folder):
+        (folder / "rank0.bin").write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        commit_state(tmp_path, {"round": 0, "step": 7}, crash)
+    folder, progress = load_latest_state(tmp_path)
+    assert folder == good and progress["step"] == 3 and (folder / "rank0.bin").read_text() == "good"
+    # The next commit clears the leftover of the crashed save.
+    commit_state(tmp_path, {"round": 0, "step": 7}, save_files("next"))
+    assert [p.name for p in (tmp_path / "state").iterdir() if p.is_dir()] == ["0001-round0-step7"]
+
+
+def test_latest_pointing_to_a_missing_state_is_a_clear_error(tmp_path):
+    folder = commit_state(tmp_path, {"round": 0, "step": 1}, save_files("x"))
+    (folder / "progress.json").unlink()
+    with pytest.raises(FileNotFoundError, match="progress.json"):
+        load_latest_state(tmp_path)
+
+
+def test_shards_round_trip_and_a_changed_shard_is_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    records = [{"index": i, "input_ids": [1, 2, i]} for i in range(5)]
+    write_shard(tmp_path, 0, records, {"kept": 5})
+    assert read_shard(tmp_path, 0) == (records, {"kept": 5})
+    assert read_shard(tmp_path, 1) is None
+    path = tmp_path / "data" / "round_0.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:3]))  # truncated
+    with pytest.raises(ValueError, match="round_0.jsonl"):
+        read_shard(tmp_path, 0)
+    assert json.loads((tmp_path / "data" / "manifest.json").read_text())["0"]["records"] == 5
+
+
+def test_stop_request_from_sigterm_and_from_the_wall_time_budget():
+    import os
+    import signal
+    import time
+
+    from cdscale.preemption import StopRequest
+
+    stop = StopRequest(save_by_s=None, started=time.monotonic())
+    try:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)  # caught: the process goes on
+        assert stop() and stop.reason == "SIGTERM"
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGTERM) is stop.previous
+
+    budget = StopRequest(save_by_s=0.05, started=time.monotonic())
+    try:
+        assert not budget()
+        time.sleep(0.1)
+        assert budget() and budget.reason == "run.save_by_s reached"
+    finally:
+        budget.restore()
