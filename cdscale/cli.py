@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError) as err:
         print(f"cdscale: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a diverged loss: the run stops, its last commit stays
+        print(f"cdscale: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ addition on the bootstrapped tiny model, on a local Ray cluster, on CPU.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -55,7 +56,7 @@ class TeacherConfig:
     kv_cache_gib: float = _f(1.0, "KV cache size per engine in GiB (explicit, so it does not depend on other processes' memory)")
     enable_prefix_caching: bool = _f(True, "reuse the KV cache of shared prompt prefixes")
     max_num_seqs: int = _f(512, "sequences an engine decodes at once (larger batches amortize per-step overhead)")
-    max_answer_skip_fraction: float = _f(0.5, "fail the round when more teacher outputs than this have no extractable answer")
+    max_answer_skip_fraction: float = _f(0.5, "fail the round when a larger fraction of its inputs is skipped (no extractable answer, cut off, unaligned, prompt too long)")
     chunk_size: int = _f(2048, "prompts per engine call (progress granularity and load balancing)")
 
 
@@ -218,6 +219,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"teacher.kv_cache_gib: must be positive, got {cfg.teacher.kv_cache_gib}")
     if cfg.student.lr <= 0:
         raise ConfigError(f"student.lr: must be positive, got {cfg.student.lr}")
+    if cfg.run.timeout_s <= 0 or (cfg.run.save_by_s is not None and cfg.run.save_by_s <= 0):
+        raise ConfigError(f"run.timeout_s and run.save_by_s: must be positive, got {cfg.run.timeout_s} and {cfg.run.save_by_s}")
+    for section, values in cfg.to_dict().items():
+        for name, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{name}: must be a finite number, got {value}")
     return cfg
 
 
@@ -236,7 +243,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.field=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{key.strip()}: the value {raw!r} is not valid YAML: {err}") from None
+        _set_dotted(tree, key.strip(), value)
     return validate(_build(Config, tree, ""))
 
 

@@ -141,20 +141,33 @@ def teacher_targets(
     # No per-request seeds: on vLLM's CPU backend a seeded request whose sampled token is
     # discarded (a prompt split across prefill chunks) fails with "CPU Generator does not
     # use offset". Sampling is reproducible from the engines' seeds for a fixed layout.
-    sampling = [{"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k}] * len(examples)
+    # A prompt that leaves no room to generate in the engine's context is skipped and
+    # counted (the round fails if too many are), not sent to fail inside vLLM.
+    fits = [i for i, p in enumerate(prompts) if len(p) < t.max_model_len]
+    sampling = [{"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k}] * len(fits)
     with clock("generate"):
-        outputs = generate_across(engines, prompts, sampling, t.chunk_size, cfg.run.timeout_s, f"round {round_index} teacher", stop)
+        generated = generate_across(
+            engines, [prompts[i] for i in fits], sampling, t.chunk_size, cfg.run.timeout_s, f"round {round_index} teacher", stop
+        )
+    outputs: list[dict[str, Any] | None] = [None] * len(examples)
+    for i, out in zip(fits, generated):
+        outputs[i] = out
     with clock("targets"):
         return _targets_from_outputs(cfg, tokenizer, task, examples, outputs, round_index)
 
 
 def _targets_from_outputs(
-    cfg: Config, tokenizer: Any, task: Task, examples: list[Example], outputs: list[dict[str, Any]], round_index: int
+    cfg: Config, tokenizer: Any, task: Task, examples: list[Example], outputs: list[dict[str, Any] | None], round_index: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """`outputs[i]` is None where the prompt was too long to generate from."""
     t = cfg.teacher
-    records, counts = [], {"generated": len(outputs), "no_answer": 0, "truncated": 0, "unaligned": 0, "kept": 0}
+    records = []
+    counts = {"generated": sum(o is not None for o in outputs), "too_long": 0, "no_answer": 0, "truncated": 0, "unaligned": 0, "kept": 0}
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     for i, (x, out) in enumerate(zip(examples, outputs)):
+        if out is None:
+            counts["too_long"] += 1
+            continue
         completion = decode(out["token_ids"])
         span = task.answer_span(completion)
         if out["finish_reason"] == "length":
@@ -179,8 +192,9 @@ def _targets_from_outputs(
     skipped = len(outputs) - len(records)
     if skipped > t.max_answer_skip_fraction * len(outputs) or len(records) < cfg.student.batch_size:
         raise RuntimeError(
-            f"round {round_index}: {skipped} of {len(outputs)} teacher outputs skipped ({counts}); above "
-            f"teacher.max_answer_skip_fraction={t.max_answer_skip_fraction} or fewer left than one batch"
+            f"round {round_index}: {skipped} of {len(outputs)} inputs skipped ({counts}); above "
+            f"teacher.max_answer_skip_fraction={t.max_answer_skip_fraction} or fewer left than one batch "
+            f"(too_long: prompts of teacher.max_model_len={t.max_model_len} tokens or more)"
         )
     return records, counts
 
@@ -230,6 +244,11 @@ def train(
                 loss = sum(x["loss"] for x in stats) / len(stats)
                 acc = sum(x["token_accuracy"] for x in stats) / len(stats)
                 tokens += sum(x["tokens"] for x in stats)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"round {round_index} step {step}: the loss is {loss}; stopped without saving, so the last "
+                        f"committed state under {cfg.run_dir / 'state'} is the last good one (lower student.lr?)"
+                    )
                 losses.append(loss)
                 log.write(event="train", round=round_index, epoch=plan[step][0], step=step, loss=loss, lr=lrs[k], token_accuracy=acc)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -333,7 +352,8 @@ def _rounds(
         log.write(event="targets", round=r, **counts)
         print(
             f"[cdscale] round {r}: {counts['kept']} distillation examples; skipped: {counts['no_answer']} without "
-            f"an answer, {counts['truncated']} truncated, {counts['unaligned']} unaligned"
+            f"an answer, {counts['truncated']} truncated, {counts['unaligned']} unaligned, "
+            f"{counts.get('too_long', 0)} prompts too long"
         )
         if keep_initial and initial_weights is None:
             with clock("sync"):

@@ -1,0 +1,55 @@
+"""Bad input gets a clean, named error or a counted skip: random and malformed configs
+(property-based) and teacher outputs that cannot be used."""
+import math
+import random
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cdscale.config import Config, ConfigError, load_config
+from cdscale.driver import _targets_from_outputs
+from cdscale.tasks import build_task
+
+FIELDS = [f"{section}.{name}" for section, sub in Config().to_dict().items() if isinstance(sub, dict) for name in sub]
+VALUES = st.one_of(
+    st.text(max_size=12), st.integers(-10**12, 10**12), st.floats(allow_nan=True), st.booleans(), st.none(),
+    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.sampled_from(FIELDS), st.text(max_size=15)), st.text(max_size=12)), max_size=4))
+def test_random_dotted_overrides_load_or_raise_a_config_error(pairs):
+    try:
+        cfg = load_config(None, [f"{k}={v}" for k, v in pairs])
+    except ConfigError:
+        return
+    for values in cfg.to_dict().values():  # what is accepted is usable
+        assert all(math.isfinite(v) for v in values.values() if isinstance(v, float))
+        assert all(v > 0 for k, v in values.items() if k in ("lr", "timeout_s", "kv_cache_gib"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(FIELDS), VALUES, max_size=4), st.booleans())
+def test_random_yaml_files_load_or_raise_a_config_error_naming_the_field(tmp_path, values, flat):
+    nested: dict = {}
+    for dotted, value in values.items():
+        section, name = dotted.split(".")
+        nested.setdefault(section, {})[name] = value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(nested if not flat else list(values.items())))
+    try:
+        load_config(str(path), [])
+    except ConfigError as err:
+        assert str(path) in str(err) or any(f in str(err) for f in values) or "section" in str(err) or "field" in str(err)
+
+
+def test_outputs_of_prompts_too_long_are_counted_and_fail_the_round_above_the_threshold(tiny_tokenizer):
+    cfg = load_config(None, ["student.batch_size=2"])
+    task = build_task("addition", {})
+    examples = task.sample_inputs(4, random.Random(0))
+    with pytest.raises(RuntimeError, match="'too_long': 4") as err:
+        _targets_from_outputs(cfg, tiny_tokenizer, task, examples, [None] * 4, 0)
+    assert "teacher.max_model_len" in str(err.value)
