@@ -57,7 +57,8 @@ class TeacherConfig:
     enable_prefix_caching: bool = _f(True, "reuse the KV cache of shared prompt prefixes")
     max_num_seqs: int = _f(512, "sequences an engine decodes at once (larger batches amortize per-step overhead)")
     max_answer_skip_fraction: float = _f(0.5, "fail the round when a larger fraction of its inputs is skipped (no extractable answer, cut off, unaligned, prompt too long)")
-    chunk_size: int = _f(2048, "prompts per engine call (progress granularity and load balancing)")
+    chunk_size: int = _f(2048, "prompts per engine call (progress granularity and load balancing; an engine that dies redoes only its current chunk)")
+    max_engine_restarts: int = _f(3, "engines that may die in a run and be replaced (with the current weights) before the run fails")
 
 
 @dataclass

@@ -34,7 +34,7 @@ from cdscale.student.trainer import StudentTrainer
 from cdscale.sync.object_store import export_weights, push_weights
 from cdscale.targets import FlatTopk, build_student_record
 from cdscale.tasks import Example, Task, build_task, sample_where
-from cdscale.teacher.engine import generate_across, start_engines
+from cdscale.teacher.engine import EngineReplacer, generate_across, start_engines
 
 
 class MetricsLog:
@@ -133,7 +133,7 @@ def sample_splits(task: Task, cfg: Config) -> tuple[list[Example], list[list[Exa
 
 def teacher_targets(
     cfg: Config, engines: list[Any], tokenizer: Any, task: Task, examples: list[Example], round_index: int,
-    clock: PhaseClock, stop: Callable[[], bool] | None = None,
+    clock: PhaseClock, stop: Callable[[], bool] | None = None, replace: EngineReplacer | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Steps 2 and 3: sample the teacher on T_teacher(x), keep its signal on f(y)."""
     t = cfg.teacher
@@ -147,7 +147,8 @@ def teacher_targets(
     sampling = [{"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k}] * len(fits)
     with clock("generate"):
         generated = generate_across(
-            engines, [prompts[i] for i in fits], sampling, t.chunk_size, cfg.run.timeout_s, f"round {round_index} teacher", stop
+            engines, [prompts[i] for i in fits], sampling, t.chunk_size, cfg.run.timeout_s, f"round {round_index} teacher",
+            stop, replace,
         )
     outputs: list[dict[str, Any] | None] = [None] * len(examples)
     for i, out in zip(fits, generated):
@@ -284,7 +285,7 @@ def format_table(summary: dict[str, Any]) -> str:
 def _rounds(
     cfg: Config, engines: list[Any], trainers: list[Any], tokenizer: Any, task: Task,
     eval_examples: list[Example], train_rounds: list[list[Example]], model_path: str, log: MetricsLog,
-    clock: PhaseClock, stop: StopRequest,
+    clock: PhaseClock, stop: StopRequest, replace: EngineReplacer,
 ) -> dict[str, Any]:
     """Evaluate before, then each round: targets, train, sync, evaluate; save the student.
 
@@ -298,12 +299,18 @@ def _rounds(
     def run_eval(role: str, name: str, max_new_tokens: int) -> dict[str, float]:
         with clock("eval"):
             metrics, rows = evaluate(
-                engines, tokenizer, task, eval_examples, role, max_new_tokens, t.chunk_size, cfg.run.timeout_s
+                engines, tokenizer, task, eval_examples, role, max_new_tokens, t.chunk_size, cfg.run.timeout_s, replace
             )
             write_text_atomic(run_dir / "eval" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         log.write(event="eval", name=name, **metrics)
         print(f"[cdscale] {name}: accuracy {100 * metrics['accuracy']:.1f}% on {metrics['n']} held-out inputs")
         return metrics
+
+    def push(version: int, weights: ray.ObjectRef | None = None) -> tuple[dict[str, Any], ray.ObjectRef]:
+        with clock("sync"):
+            sync, weights = push_weights(trainers if weights is None else None, engines, version, cfg.run.timeout_s, weights)
+        replace.holds(weights, version)  # what a replaced engine must load
+        return sync, weights
 
     def commit(progress: dict[str, Any]) -> None:
         with clock("checkpoint"):
@@ -333,17 +340,15 @@ def _rounds(
         with clock("checkpoint"):
             ray.get([tr.load_state.remote(str(folder)) for tr in trainers], timeout=cfg.run.timeout_s)
         if t.mode == "recursive" and progress["round"] > 0:
-            with clock("sync"):  # the engines teach with the last round's student
-                push_weights(trainers, engines, version=progress["round"], timeout_s=cfg.run.timeout_s)
+            push(progress["round"])  # the engines teach with the last round's student
     student_weights = None
     for r in range(progress["round"], cfg.run.rounds):
         if r > 0 and t.mode == "frozen":
             # The engines hold the last student; the frozen teacher is the initial weights.
-            with clock("sync"):
-                push_weights(None, engines, version=0, weights=initial_weights, timeout_s=cfg.run.timeout_s)
+            push(0, initial_weights)
         shard = read_shard(run_dir, r)
         if shard is None:
-            records, counts = teacher_targets(cfg, engines, tokenizer, task, train_rounds[r], r, clock, stop)
+            records, counts = teacher_targets(cfg, engines, tokenizer, task, train_rounds[r], r, clock, stop, replace)
             with clock("checkpoint"):
                 write_shard(run_dir, r, records, counts)
         else:
@@ -365,8 +370,7 @@ def _rounds(
             commit(progress)
             raise Preempted(f"round {r}: stopped after step {progress['step']} ({stop.reason})")
         log.write(event="train_summary", round=r, **train_stats)
-        with clock("sync"):
-            sync, student_weights = push_weights(trainers, engines, version=r + 1, timeout_s=cfg.run.timeout_s)
+        sync, student_weights = push(r + 1)
         log.write(event="sync", round=r, **sync)
         summary[f"round_{r}"] = {**counts, **train_stats, "sync_s": sync["seconds"]}
         summary["student_after"] = run_eval("student", f"student_after_round_{r}", cfg.eval.max_new_tokens_student)
@@ -407,17 +411,20 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     with clock("startup"):
         init_ray(cfg)
     stop = StopRequest(cfg.run.save_by_s, started)
+    engine_kwargs = dict(
+        model_path=model_path, dtype=cfg.model.dtype, max_model_len=t.max_model_len, kv_cache_gib=t.kv_cache_gib,
+        max_logprobs=t.top_k + 1, enable_prefix_caching=t.enable_prefix_caching, max_num_seqs=t.max_num_seqs,
+        seed=cfg.data.seed,
+    )
+    replace = EngineReplacer(t.cpus_per_engine, t.gpus_per_engine, cfg.run.timeout_s, t.max_engine_restarts, **engine_kwargs)
     try:
         with clock("startup"):
-            engines = start_engines(
-                t.num_engines, t.cpus_per_engine, t.gpus_per_engine, model_path=model_path, dtype=cfg.model.dtype,
-                max_model_len=t.max_model_len, kv_cache_gib=t.kv_cache_gib, max_logprobs=t.top_k + 1,
-                enable_prefix_caching=t.enable_prefix_caching, max_num_seqs=t.max_num_seqs, seed=cfg.data.seed,
-                timeout_s=cfg.run.timeout_s,
-            )
+            engines = start_engines(t.num_engines, t.cpus_per_engine, t.gpus_per_engine, cfg.run.timeout_s, **engine_kwargs)
             trainers = start_trainers(cfg, model_path)
         try:
-            summary = _rounds(cfg, engines, trainers, tokenizer, task, eval_examples, train_rounds, model_path, log, clock, stop)
+            summary = _rounds(
+                cfg, engines, trainers, tokenizer, task, eval_examples, train_rounds, model_path, log, clock, stop, replace
+            )
         finally:
             for actor in engines + trainers:
                 ray.kill(actor)

@@ -2,7 +2,7 @@
 held-out inputs, greedily, through the running engines."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from cdscale.tasks import Example, Task
 from cdscale.teacher.engine import generate_across
@@ -17,6 +17,7 @@ def evaluate(
     max_new_tokens: int,
     chunk_size: int,
     timeout_s: float,
+    replace: Callable[[list[Any], Any], Any] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Greedy accuracy of `role` ("teacher": T_teacher prompts, "student": T_student prompts).
 
@@ -26,7 +27,7 @@ def evaluate(
     build_prompt = task.teacher_prompt if role == "teacher" else task.student_prompt
     prompts = [tokenizer(build_prompt(x))["input_ids"] for x in examples]
     greedy = {"temperature": 0.0, "max_tokens": max_new_tokens}
-    outputs = generate_across(engines, prompts, [greedy] * len(prompts), chunk_size, timeout_s, f"eval {role}")
+    outputs = generate_across(engines, prompts, [greedy] * len(prompts), chunk_size, timeout_s, f"eval {role}", replace=replace)
     rows, correct, extracted, prompt_tokens, generated_tokens = [], 0.0, 0, 0, 0
     for x, prompt, out in zip(examples, prompts, outputs):
         completion = tokenizer.decode(out["token_ids"], skip_special_tokens=True)

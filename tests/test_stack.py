@@ -110,3 +110,48 @@ def test_one_round_leaves_a_complete_run_directory(teacher_model, ray_cluster, t
 
     student = AutoModelForCausalLM.from_pretrained(run_dir / "student")
     assert student.num_parameters() > 0
+
+
+def test_a_dead_engine_is_replaced_with_the_current_weights_and_generation_goes_on(teacher_model, ray_cluster):
+    """SIGKILL the engine process; the next generation replaces it, loads the weights the
+    engines held (not the model's own), and gives the same greedy outputs as before."""
+    import os
+    import signal
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cdscale.sync.packing import pack
+    from cdscale.teacher.engine import EngineReplacer, generate_across, start_engines
+
+    kwargs = dict(model_path=str(teacher_model), dtype="float32", max_model_len=256, kv_cache_gib=0.25,
+                  max_logprobs=21, enable_prefix_caching=True, seed=0)
+    engines = start_engines(1, 1, 0, 300, **kwargs)
+    replace = EngineReplacer(1, 0, 300, 1, **kwargs)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=torch.float32)
+        with torch.no_grad():  # weights unlike the model's own, so a stale replacement would show
+            hf.model.layers[0].mlp.down_proj.weight.mul_(0.5)
+        tokenizer = AutoTokenizer.from_pretrained(teacher_model)
+        task = build_task("addition", TASK)
+        prompts = [tokenizer(task.teacher_prompt(x))["input_ids"] for x in task.sample_inputs(12, random.Random(3))]
+        greedy = [{"temperature": 0.0, "max_tokens": 40}] * len(prompts)
+        own = generate_across(engines, prompts, greedy, 4, 300, "own weights")
+        weights = ray.put(pack(hf.named_parameters(), copy=True))
+        ray.get(engines[0].update_weights.remote(weights, 7))
+        replace.holds(weights, 7)
+        before = generate_across(engines, prompts, greedy, 4, 300, "before")
+        assert [o["token_ids"] for o in before] != [o["token_ids"] for o in own]  # the check below has teeth
+
+        dead = engines[0]
+        os.kill(ray.get(dead.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
+        after = generate_across(engines, prompts, greedy, 4, 300, "after", replace=replace)
+        assert engines[0] is not dead and replace.replaced == 1
+        assert ray.get(engines[0].get_weight_version.remote()) == 7
+        assert [o["token_ids"] for o in after] == [o["token_ids"] for o in before]
+
+        os.kill(ray.get(engines[0].__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="max_engine_restarts=1"):
+            generate_across(engines, prompts, greedy, 4, 300, "over the limit", replace=replace)
+    finally:
+        for engine in engines:
+            ray.kill(engine)

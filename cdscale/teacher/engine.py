@@ -96,6 +96,10 @@ class TeacherEngine:
         return True
 
 
+def _engine_actor(cpus: float, gpus: float) -> Any:
+    return ray.remote(TeacherEngine).options(num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": ENGINE_ENV})
+
+
 def start_engines(
     num_engines: int,
     cpus: float,
@@ -105,11 +109,7 @@ def start_engines(
 ) -> list[Any]:
     """Start the engine actors and wait until every engine has loaded its model (or fail
     after timeout_s, e.g. when the cluster cannot place the requested CPUs/GPUs)."""
-    actor = ray.remote(TeacherEngine).options(
-        num_cpus=cpus,
-        num_gpus=gpus,
-        runtime_env={"env_vars": ENGINE_ENV},
-    )
+    actor = _engine_actor(cpus, gpus)
     engines = [actor.remote(**{**engine_kwargs, "seed": engine_kwargs["seed"] + i}) for i in range(num_engines)]
     try:
         ray.get([e.ready.remote() for e in engines], timeout=timeout_s)
@@ -121,6 +121,35 @@ def start_engines(
     return engines
 
 
+class EngineReplacer:
+    """Replaces an engine actor that died with a new one of the same settings, loaded with
+    the weights the engines hold (the caller records them with `holds` after every sync),
+    so a replacement never teaches or answers with stale weights. At most `limit` times per run."""
+
+    def __init__(self, cpus: float, gpus: float, timeout_s: float, limit: int, **engine_kwargs: Any) -> None:
+        self.actor, self.timeout_s, self.limit, self.engine_kwargs = _engine_actor(cpus, gpus), timeout_s, limit, engine_kwargs
+        self.weights: ray.ObjectRef | None = None  # None: the model's own weights, as loaded at start
+        self.version = 0
+        self.replaced = 0
+
+    def holds(self, weights: ray.ObjectRef, version: int) -> None:
+        self.weights, self.version = weights, version
+
+    def __call__(self, engines: list[Any], dead: Any) -> Any:
+        if self.replaced >= self.limit:
+            raise RuntimeError(f"{self.replaced} teacher engines died already (teacher.max_engine_restarts={self.limit})")
+        i = engines.index(dead)
+        ray.kill(dead)
+        seed = self.engine_kwargs["seed"] + len(engines) + self.replaced  # a fresh random stream
+        new = self.actor.remote(**{**self.engine_kwargs, "seed": seed})
+        ray.get(new.ready.remote(), timeout=self.timeout_s)
+        if self.weights is not None:
+            ray.get(new.update_weights.remote(self.weights, self.version), timeout=self.timeout_s)
+        engines[i] = new
+        self.replaced += 1
+        return new
+
+
 def generate_across(
     engines: list[Any],
     prompt_ids: list[list[int]],
@@ -129,10 +158,13 @@ def generate_across(
     timeout_s: float,
     desc: str,
     stop: Callable[[], bool] | None = None,
+    replace: Callable[[list[Any], Any], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Spread prompts over the engines in chunks, a new chunk to whichever engine is free,
     and return the outputs in prompt order. One SamplingParams per prompt. When `stop()`
-    turns true, raise `Preempted` (the outputs so far are not kept)."""
+    turns true, raise `Preempted` (the outputs so far are not kept). When an engine dies,
+    `replace(engines, dead)` puts a new one in its place in `engines` and only the dead
+    engine's unfinished chunk is sent again."""
     from tqdm import tqdm
 
     chunks = [range(i, min(i + chunk_size, len(prompt_ids))) for i in range(0, len(prompt_ids), chunk_size)]
@@ -153,7 +185,16 @@ def generate_across(
             if not done:
                 raise TimeoutError(f"{desc}: no engine answered within {timeout_s:.0f}s (run.timeout_s)")
             engine, chunk = in_flight.pop(done[0])
-            for i, out in zip(chunk, ray.get(done[0])):
+            try:
+                outputs = ray.get(done[0])
+            except ray.exceptions.RayActorError:
+                if replace is None:
+                    raise
+                print(f"[cdscale] {desc}: an engine died; replacing it and redoing its {len(chunk)} prompts")
+                replace(engines, engine)
+                pending.append(chunk)
+                continue
+            for i, out in zip(chunk, outputs):
                 results[i] = out
             bar.update(len(chunk))
     return results  # type: ignore[return-value]
