@@ -41,12 +41,12 @@ def _measure(path: str, model_dir: str, batch_size: int, prompt_len: int, answer
         Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS (VmHWM) to the current RSS
         base = _proc_status_bytes("VmRSS")
     if path == "answer_positions":
-        logprobs = torch.log_softmax(answer_logits(model, batch).float(), -1)
+        logits = answer_logits(model, batch)
     else:  # the whole sequence's logits and log-probabilities, then the answer rows picked out
         full = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1)
         positions = batch["keep"][batch["cols"]]
-        logprobs = full[batch["rows"], positions]
-    distillation_loss("forward_kl_topk", logprobs, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]).backward()
+        logits = full[batch["rows"], positions]  # log-probabilities, which the loss normalizes again as logits
+    distillation_loss("forward_kl_topk", logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]).backward()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _proc_status_bytes("VmHWM")
     queue.put(peak - base)
 

@@ -65,8 +65,8 @@ def bench_plain(model_dir: Path, batches: list[list[dict]], dtype: str, device: 
     for records in batches:
         start = sync_time(device)
         batch = {k: v.to(device) for k, v in collate(records, 0).items()}
-        lp = torch.log_softmax(answer_logits(model, batch).float(), -1)
-        distillation_loss("forward_kl_topk", lp, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]).backward()
+        logits = answer_logits(model, batch)
+        distillation_loss("forward_kl_topk", logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

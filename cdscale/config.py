@@ -67,7 +67,16 @@ class StudentConfig:
     cpus_per_rank: float = _f(1.0, "Ray CPUs reserved per rank")
     gpus_per_rank: float = _f(0.0, "Ray GPUs reserved per rank (0 on CPU)")
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage", (1, 2, 3))
-    loss: str = _f("forward_kl_topk", "forward KL on the teacher's top-k with a tail bucket, or hard labels on f(y)", ("forward_kl_topk", "hard"))
+    loss: str = _f(
+        "forward_kl_topk",
+        "forward_kl_topk: KL(teacher || student) on the teacher's top-k plus a tail bucket; sampled_soft: the paper's "
+        "label, the empirical distribution of soft_label_samples teacher draws per position; jsd: generalized "
+        "Jensen-Shannon with weight jsd_beta on the teacher; hard: NLL of the teacher's tokens f(y)",
+        ("forward_kl_topk", "sampled_soft", "jsd", "hard"),
+    )
+    temperature: float = _f(1.0, "softens teacher and student in the soft losses (loss scaled by T^2); not used by hard")
+    jsd_beta: float = _f(0.5, "jsd: weight of the teacher in the mixture m = beta p + (1 - beta) q; in (0, 1)")
+    soft_label_samples: int = _f(100, "sampled_soft: teacher draws per position (paper: 100)")
     lr: float = _f(3e-3, "peak learning rate (AdamW)")
     weight_decay: float = _f(0.0, "AdamW weight decay (paper: 0)")
     warmup_steps: int = _f(50, "linear warm-up steps, then cosine decay to 10% of lr")
@@ -218,6 +227,13 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.teacher.kv_cache_gib <= 0:
         raise ConfigError(f"teacher.kv_cache_gib: must be positive, got {cfg.teacher.kv_cache_gib}")
+    if not 0 < cfg.student.jsd_beta < 1:
+        raise ConfigError(f"student.jsd_beta: must be in (0, 1), got {cfg.student.jsd_beta}")
+    if cfg.student.temperature <= 0 or cfg.student.soft_label_samples < 1:
+        raise ConfigError(
+            f"student.temperature and student.soft_label_samples: must be positive, got "
+            f"{cfg.student.temperature} and {cfg.student.soft_label_samples}"
+        )
     if cfg.student.lr <= 0:
         raise ConfigError(f"student.lr: must be positive, got {cfg.student.lr}")
     if cfg.run.timeout_s <= 0 or (cfg.run.save_by_s is not None and cfg.run.save_by_s <= 0):

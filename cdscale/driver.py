@@ -105,7 +105,10 @@ def start_trainers(cfg: Config, model_path: str) -> list[Any]:
     }
     actor = ray.remote(StudentTrainer).options(num_cpus=s.cpus_per_rank, num_gpus=s.gpus_per_rank)
     trainers = [
-        actor.remote(rank, s.num_ranks, model_path, cfg.model.dtype, ds_config, s.loss, cfg.data.seed)
+        actor.remote(
+            rank, s.num_ranks, model_path, cfg.model.dtype, ds_config, s.loss, cfg.data.seed,
+            {"temperature": s.temperature, "jsd_beta": s.jsd_beta, "soft_label_samples": s.soft_label_samples},
+        )
         for rank in range(s.num_ranks)
     ]
     addr, port = ray.get(trainers[0].master_address.remote(), timeout=cfg.run.timeout_s)

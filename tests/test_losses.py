@@ -1,9 +1,12 @@
-"""The distillation loss against references computed directly over the full vocabulary."""
+"""The distillation losses against references computed directly over the full vocabulary
+or over explicitly bucketed distributions."""
 import math
+
+import pytest
 
 import torch
 
-from cdscale.student.losses import distillation_loss, forward_kl_topk, hard_label_nll
+from cdscale.student.losses import bucket_logprobs, distillation_loss, empirical, forward_kl_topk, hard_label_nll, jsd
 
 
 def _random_dists(n=6, vocab=11, seed=0):
@@ -60,3 +63,82 @@ def test_hard_label_is_nll_of_the_sampled_token():
     targets = torch.tensor([0, 3, 5, 1, 2, 7])
     expected = torch.stack([-student[i, t] for i, t in enumerate(targets)])
     assert torch.allclose(hard_label_nll(student, targets), expected)
+
+
+# --- the loss family: references over the full vocabulary or the explicit buckets ---
+
+
+def _bucketed_reference(teacher, student, k):
+    """Teacher and student probabilities over (top-k of the teacher, the rest), by hand."""
+    top = teacher.topk(k, -1)
+    ps, qs = [], []
+    for i in range(teacher.shape[0]):
+        keep = top.indices[i].tolist()
+        rest = [v for v in range(teacher.shape[1]) if v not in keep]
+        ps.append([teacher[i, v].exp().item() for v in keep] + [teacher[i, rest].exp().sum().item()])
+        qs.append([student[i, v].exp().item() for v in keep] + [student[i, rest].exp().sum().item()])
+    return top, torch.tensor(ps, dtype=torch.float64), torch.tensor(qs, dtype=torch.float64)
+
+
+def _jsd_reference(p, q, beta):
+    m = beta * p + (1 - beta) * q
+    kl_pm = (p * (p / m).log()).where(p > 0, torch.zeros_like(p)).sum(-1)
+    kl_qm = (q * (q / m).log()).where(q > 0, torch.zeros_like(q)).sum(-1)
+    return beta * kl_pm + (1 - beta) * kl_qm
+
+
+def test_temperature_with_full_support_equals_the_softened_full_vocab_kl_times_t_squared():
+    teacher, student_logits = _random_dists(seed=5)
+    t = 2.5
+    ids = torch.arange(teacher.shape[1]).expand_as(teacher)
+    got = distillation_loss("forward_kl_topk", student_logits, ids[:, 0], ids, teacher, temperature=t)
+    p, q = torch.log_softmax(teacher / t, -1), torch.log_softmax(student_logits / t, -1)
+    expected = (p.exp() * (p - q)).sum(-1).mean() * t**2
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
+def test_jsd_on_top_k_with_tail_equals_the_jsd_of_the_bucketed_distributions(beta):
+    teacher, student = _random_dists(seed=6)
+    top, p, q = _bucketed_reference(teacher, student, 4)
+    got = distillation_loss("jsd", student, top.indices[:, 0], top.indices, top.values, jsd_beta=beta)
+    assert abs(got.item() - _jsd_reference(p, q, beta).mean().item()) < 1e-5
+
+
+def test_jsd_is_zero_for_equal_distributions_and_symmetric_at_one_half():
+    teacher, student = _random_dists(seed=7)
+    assert jsd(teacher, teacher, 0.3).abs().max() < 1e-6
+    assert torch.allclose(jsd(teacher, student, 0.5), jsd(student, teacher, 0.5), atol=1e-6)
+    full = _jsd_reference(teacher.double().exp(), student.double().exp(), 0.3)
+    assert torch.allclose(jsd(teacher, student, 0.3).double(), full, atol=1e-5)
+
+
+def test_empirical_soft_label_has_the_teacher_distribution_as_its_expectation():
+    teacher, student = _random_dists(seed=8)
+    top = teacher.topk(3, -1)
+    p_log, _ = bucket_logprobs(student, top.indices, top.values)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([empirical(p_log, 100, g).exp() for _ in range(400)])
+    assert torch.allclose(draws.mean(0), p_log.exp(), atol=0.01)  # 40,000 draws per row: std below 0.0025
+    assert torch.allclose(draws.sum(-1), torch.ones(draws.shape[:2]))  # each label is a distribution
+    assert set(torch.unique(draws * 100).round().tolist()) <= set(range(101))  # counts out of S = 100
+
+
+def test_sampled_soft_expected_gradient_is_the_forward_kl_gradient():
+    teacher, student = _random_dists(seed=9)
+    top = teacher.topk(4, -1)
+
+    def grad(name, generator=None):
+        logits = student.clone().requires_grad_(True)
+        distillation_loss(name, logits, top.indices[:, 0], top.indices, top.values, soft_label_samples=50, generator=generator).backward()
+        return logits.grad
+
+    g = torch.Generator().manual_seed(1)
+    mean_sampled = torch.stack([grad("sampled_soft", g) for _ in range(600)]).mean(0)
+    assert torch.allclose(mean_sampled, grad("forward_kl_topk"), atol=0.01)
+
+
+def test_unknown_loss_names_the_field():
+    teacher, student = _random_dists()
+    with pytest.raises(ValueError, match="student.loss"):
+        distillation_loss("reverse", student, teacher.argmax(-1), teacher.topk(2, -1).indices, teacher.topk(2, -1).values)

@@ -2,39 +2,79 @@
 
 The teacher signal at each answer position is its top-k next-token logprobs
 (`ids`, `logprobs`: [N, K], padded with logprob = -inf). Tokens outside the top-k are
-lumped into one tail bucket, so the teacher's target is a proper distribution over
-k + 1 outcomes and no probability mass is silently dropped.
+lumped into one tail bucket, so teacher and student are compared as distributions over the
+same k + 1 outcomes and no probability mass is silently dropped. Every loss below works
+on those buckets:
+
+- `forward_kl_topk` (default): KL(teacher || student).
+- `sampled_soft`: the paper's own label, the empirical distribution of S tokens sampled
+  from the teacher at each position (S = 100 in the paper); its expectation is the
+  teacher's distribution, so its expected gradient is forward KL's.
+- `jsd`: generalized Jensen-Shannon divergence with weight beta on the teacher,
+  beta KL(p || m) + (1 - beta) KL(q || m) with m = beta p + (1 - beta) q.
+- `hard`: negative log-likelihood of the teacher's own tokens f(y).
+
+A temperature T (soft losses only) softens both sides (the teacher by renormalizing p^(1/T) over the buckets,
+the student exactly through its logits) and scales the loss by T^2. With a non-empty tail
+the teacher's tail bucket is softened as one outcome: exact only for full support.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-LOSSES = ("forward_kl_topk", "hard")
+LOSSES = ("forward_kl_topk", "sampled_soft", "jsd", "hard")
+TAIL_EPS = 1e-6  # teacher tail mass below this is float noise from sum(top-k) ~= 1
 
 
-def forward_kl_topk(student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) over the teacher's top-k plus a tail bucket, per position.
-
-    student_logprobs: [N, V] log-softmax of the student at the answer positions.
-    ids, logprobs: [N, K] the teacher's top-k token ids and logprobs; padding has -inf.
-    Returns [N].
-    """
+def bucket_logprobs(student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student log-probabilities over the top-k ids plus the tail, [N, K + 1]
+    each; -inf where an outcome is absent (padding; a teacher tail of no mass)."""
     valid = torch.isfinite(logprobs)
-    p_log = torch.where(valid, logprobs, torch.zeros_like(logprobs)).float()
-    p = torch.where(valid, p_log.exp(), torch.zeros_like(p_log))
-    q_log = torch.gather(student_logprobs.float(), 1, ids.clamp(min=0))
-    q_log = torch.where(valid, q_log, torch.full_like(q_log, -torch.inf))
-    kl_topk = (p * (p_log - torch.where(valid, q_log, torch.zeros_like(q_log)))).sum(-1)
+    p_log_topk = torch.where(valid, logprobs.float(), torch.full_like(logprobs, -math.inf, dtype=torch.float32))
+    p_tail = (1.0 - p_log_topk.exp().sum(-1)).clamp(min=0.0)
+    p_tail_log = torch.where(p_tail > TAIL_EPS, p_tail.clamp(min=1e-30).log(), torch.full_like(p_tail, -math.inf))
 
-    p_tail = (1.0 - p.sum(-1)).clamp(min=0.0)
-    # The student's tail mass as a logsumexp over the tokens outside the top-k: exact, where
+    q_log_topk = torch.gather(student_logprobs.float(), 1, ids.clamp(min=0))
+    q_log_topk = torch.where(valid, q_log_topk, torch.full_like(q_log_topk, -math.inf))
+    # The student's tail as a logsumexp over the tokens outside the top-k: exact, where
     # 1 - sum(q_topk) would cancel to 0 in float32 and stop the gradient into the tail.
     # (scatter_add, not scatter: padding entries may repeat a real top-k id)
     in_topk = torch.zeros(student_logprobs.shape, dtype=torch.int32, device=ids.device).scatter_add_(1, ids.clamp(min=0), valid.int()) > 0
-    q_tail_log = student_logprobs.float().masked_fill(in_topk, -torch.inf).logsumexp(-1)
-    p_tail_log = torch.log(p_tail.clamp(min=1e-30))
-    kl_tail = torch.where(p_tail > 1e-6, p_tail * (p_tail_log - q_tail_log), torch.zeros_like(p_tail))
-    return kl_topk + kl_tail
+    q_tail_log = student_logprobs.float().masked_fill(in_topk, -math.inf).logsumexp(-1)
+    return torch.cat([p_log_topk, p_tail_log[:, None]], -1), torch.cat([q_log_topk, q_tail_log[:, None]], -1)
+
+
+def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row over the last axis; outcomes with p = 0 contribute nothing."""
+    present = torch.isfinite(p_log)
+    p_safe = torch.where(present, p_log, torch.zeros_like(p_log))
+    q_safe = torch.where(present, q_log, torch.zeros_like(q_log))
+    return torch.where(present, p_safe.exp() * (p_safe - q_safe), torch.zeros_like(p_safe)).sum(-1)
+
+
+def jsd(p_log: torch.Tensor, q_log: torch.Tensor, beta: float) -> torch.Tensor:
+    """Generalized JSD per row: beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q."""
+    m_log = torch.logaddexp(p_log + math.log(beta), q_log + math.log(1.0 - beta))
+    return beta * kl(p_log, m_log) + (1.0 - beta) * kl(q_log, m_log)
+
+
+def temper(p_log: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p^(1/T), renormalized over the outcomes present."""
+    return torch.log_softmax(p_log / temperature, -1) if temperature != 1.0 else p_log
+
+
+def empirical(p_log: torch.Tensor, samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Log of the empirical distribution of `samples` draws from each row of exp(p_log)."""
+    draws = torch.multinomial(p_log.exp(), samples, replacement=True, generator=generator)
+    counts = torch.zeros_like(p_log).scatter_add_(1, draws, torch.ones_like(draws, dtype=p_log.dtype))
+    return (counts / samples).log()
+
+
+def forward_kl_topk(student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) over the teacher's top-k plus a tail bucket, per position."""
+    return kl(*bucket_logprobs(student_logprobs, ids, logprobs))
 
 
 def hard_label_nll(student_logprobs: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
@@ -44,16 +84,27 @@ def hard_label_nll(student_logprobs: torch.Tensor, target_ids: torch.Tensor) -> 
 
 def distillation_loss(
     name: str,
-    student_logprobs: torch.Tensor,
+    student_logits: torch.Tensor,
     target_ids: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_logprobs: torch.Tensor,
+    temperature: float = 1.0,
+    jsd_beta: float = 0.5,
+    soft_label_samples: int = 100,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Mean loss over the answer positions in the batch."""
-    if name == "forward_kl_topk":
-        per_position = forward_kl_topk(student_logprobs, topk_ids, topk_logprobs)
-    elif name == "hard":
-        per_position = hard_label_nll(student_logprobs, target_ids)
-    else:
+    """Mean loss over the answer positions in the batch; `student_logits`: [N, V] at those positions."""
+    if name not in LOSSES:
         raise ValueError(f"student.loss: unknown loss {name!r}; allowed: {list(LOSSES)}")
-    return per_position.mean()
+    if name == "hard":  # a label, not a distribution: no temperature
+        return hard_label_nll(torch.log_softmax(student_logits.float(), -1), target_ids).mean()
+    student_logprobs = torch.log_softmax(student_logits.float() / temperature, -1)
+    p_log, q_log = bucket_logprobs(student_logprobs, topk_ids, topk_logprobs)
+    p_log = temper(p_log, temperature)
+    if name == "forward_kl_topk":
+        per_position = kl(p_log, q_log)
+    elif name == "sampled_soft":
+        per_position = kl(empirical(p_log, soft_label_samples, generator), q_log)
+    else:
+        per_position = jsd(p_log, q_log, jsd_beta)
+    return per_position.mean() * temperature**2

@@ -73,9 +73,14 @@ def answer_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class StudentTrainer:
-    def __init__(self, rank: int, world_size: int, model_path: str, dtype: str, ds_config: dict, loss: str, seed: int):
+    def __init__(
+        self, rank: int, world_size: int, model_path: str, dtype: str, ds_config: dict, loss: str, seed: int,
+        loss_options: dict[str, Any] | None = None,
+    ):
+        """`loss`: a name in `losses.LOSSES`; `loss_options`: its temperature, jsd_beta, soft_label_samples."""
         self.rank, self.world_size = rank, world_size
         self.model_path, self.dtype, self.ds_config, self.loss_name, self.seed = model_path, dtype, ds_config, loss, seed
+        self.loss_options = loss_options or {}
 
     def master_address(self) -> tuple[str, int]:
         import ray
@@ -128,9 +133,11 @@ class StudentTrainer:
         batch = {k: v.to(self.device) for k, v in collate(records, self.pad_id).items()}
         self.engine.train()
         logits = answer_logits(self.engine, batch)
-        student_logprobs = torch.log_softmax(logits.float(), dim=-1)
+        # Sampled soft labels draw from a stream fixed by seed, rank and step: a resumed run draws the same.
+        generator = torch.Generator(device=self.device).manual_seed(hash((self.seed, self.rank, self.engine.global_steps)) % 2**63)
         loss = distillation_loss(
-            self.loss_name, student_logprobs, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
+            self.loss_name, logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"],
+            generator=generator, **self.loss_options,
         )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"rank {self.rank}: loss is {loss.item()}; stopping before the update")
