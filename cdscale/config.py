@@ -100,6 +100,7 @@ class RunConfig:
     ray_address: str | None = _f(None, "join this Ray cluster; default: start a local one")
     dashboard_host: str = _f("127.0.0.1", "host the local Ray dashboard binds to")
     timeout_s: float = _f(3600.0, "timeout of each remote call, so a dead actor is an error, not a hang")
+    max_trainer_restarts: int = _f(2, "times the trainer ranks may be restarted from the last commit after one dies, before the run fails")
     save_by_s: float | None = _f(
         None,
         "stop at the next safe point (saving the state) once this many seconds have passed; set it below the "
@@ -236,6 +237,8 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.student.lr <= 0:
         raise ConfigError(f"student.lr: must be positive, got {cfg.student.lr}")
+    if cfg.run.max_trainer_restarts < 0:
+        raise ConfigError(f"run.max_trainer_restarts: must not be negative, got {cfg.run.max_trainer_restarts}")
     if cfg.run.timeout_s <= 0 or (cfg.run.save_by_s is not None and cfg.run.save_by_s <= 0):
         raise ConfigError(f"run.timeout_s and run.save_by_s: must be positive, got {cfg.run.timeout_s} and {cfg.run.save_by_s}")
     for section, values in cfg.to_dict().items():

@@ -425,9 +425,23 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
             engines = start_engines(t.num_engines, t.cpus_per_engine, t.gpus_per_engine, cfg.run.timeout_s, **engine_kwargs)
             trainers = start_trainers(cfg, model_path)
         try:
-            summary = _rounds(
-                cfg, engines, trainers, tokenizer, task, eval_examples, train_rounds, model_path, log, clock, stop, replace
-            )
+            for restart in range(cfg.run.max_trainer_restarts + 1):
+                try:
+                    summary = _rounds(
+                        cfg, engines, trainers, tokenizer, task, eval_examples, train_rounds, model_path, log, clock, stop, replace
+                    )
+                    break
+                except ray.exceptions.RayActorError as err:
+                    # A rank process died (OOM killer, lost node). The ranks form one process
+                    # group, so all are replaced, and the rounds go on from the last commit.
+                    if restart == cfg.run.max_trainer_restarts or err.actor_id not in {t._actor_id.hex() for t in trainers}:
+                        raise
+                    log.write(event="restart", what="trainers", restart=restart + 1)
+                    print(f"[cdscale] a trainer rank died; restarting the ranks from the last commit ({restart + 1} of {cfg.run.max_trainer_restarts})")
+                    for trainer in trainers:
+                        ray.kill(trainer)
+                    with clock("startup"):
+                        trainers = start_trainers(cfg, model_path)
         finally:
             for actor in engines + trainers:
                 ray.kill(actor)

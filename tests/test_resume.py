@@ -1,7 +1,8 @@
 """Faults on the real stack: the driver process is killed with SIGKILL after a round's
-commit, resumed, stopped with SIGTERM in the middle of the next round's training, and
-resumed again. Nothing committed is redone, no training step is used twice, and the result
-matches an uninterrupted run with the same seed.
+commit, resumed, stopped with SIGTERM in the middle of the next round's training, resumed
+again, and there a trainer rank's process is killed mid-training (the driver restarts the
+ranks from the last commit). Nothing committed is redone, no training step is used twice in
+what is kept, and the result matches an uninterrupted run with the same seed.
 
 Each `cdscale run` is a real process (Ray, a vLLM engine, 2 DeepSpeed ranks), about a
 minute on 2 CPUs.
@@ -21,14 +22,14 @@ pytestmark = pytest.mark.stack
 
 SETTINGS = [
     "task.options.max_digits=2", "run.rounds=2", "data.num_train=128", "data.num_eval=16", "student.batch_size=32",
-    "student.epochs=3", "student.steps_per_call=1", "student.warmup_steps=2", "teacher.num_engines=1",
+    "student.epochs=10", "student.steps_per_call=1", "student.warmup_steps=2", "teacher.num_engines=1",
     "teacher.max_new_tokens=64", "run.timeout_s=300",
 ]
 
 
 def steps_of_round(run_dir: Path, r: int) -> int:
     kept = json.loads((run_dir / "data" / "manifest.json").read_text())[str(r)]["counts"]["kept"]
-    return 3 * (kept // 32)  # epochs x full batches
+    return 10 * (kept // 32)  # epochs x full batches
 
 
 def start(args: list[str]) -> subprocess.Popen:
@@ -100,11 +101,17 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     assert progress["round"] == 1 and 2 <= progress["step"] < steps_of_round(faulty_dir, 1)
     stopped_at = progress["step"]
 
-    # 3. Resume to the end.
+    # 3. Resume to the end; on the way, SIGKILL one trainer rank's process mid-training.
     mark2 = len(events(faulty_dir))
-    code, out = finish(start(["--resume", str(faulty_dir)]), 900)
+    proc = start(["--resume", str(faulty_dir)])
+    wait_for(proc, faulty_dir, mark2, lambda e: e["event"] == "train" and e["step"] >= stopped_at + 2)
+    ranks = subprocess.run(["pgrep", "-f", "ray::StudentTrainer"], capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 2, ranks
+    os.kill(int(ranks[0]), signal.SIGKILL)
+    code, out = finish(proc, 900)
     assert code == 0, out[-3000:]
     assert "reusing the" in out  # round 1's data came from disk, not from the teacher again
+    assert "a trainer rank died" in out
 
     # Committed data was never regenerated, and every shard is whole, without duplicates.
     assert sha(faulty_dir / "data" / "round_0.jsonl") == round0
@@ -114,10 +121,13 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
         assert len(rows) == manifest[r]["records"] == manifest[r]["counts"]["kept"]
         assert len({row["index"] for row in rows}) == len(rows)
 
-    # Round 1's steps: 0..stopped_at-1 before the SIGTERM, the rest after it, each once.
+    # Round 1's steps kept: 0..stopped_at-1 before the SIGTERM, the rest after the ranks'
+    # restart from that commit, each once (the steps before the rank died were discarded).
     before = [e["step"] for e in events(faulty_dir, mark)[: len(events(faulty_dir, mark)) - len(events(faulty_dir, mark2))]
               if e["event"] == "train" and e["round"] == 1]
-    after = [e["step"] for e in events(faulty_dir, mark2) if e["event"] == "train"]
+    tail = events(faulty_dir, mark2)
+    restart = max(i for i, e in enumerate(tail) if e["event"] == "restart")  # the ranks went back to the commit
+    after = [e["step"] for e in tail[restart:] if e["event"] == "train"]
     assert before == list(range(stopped_at)) and after == list(range(stopped_at, steps_of_round(faulty_dir, 1)))
 
     straight = json.loads((straight_dir / "summary.json").read_text())
