@@ -242,17 +242,18 @@ def train(
                 t.train_steps.remote([plan[step][1][rank :: s.num_ranks] for step in chunk], lrs)
                 for rank, t in enumerate(trainers)
             ]
-            per_rank = ray.get(calls, timeout=cfg.run.timeout_s)
+            try:
+                per_rank = ray.get(calls, timeout=cfg.run.timeout_s)
+            except FloatingPointError as err:  # a rank's loss was NaN or inf; it stopped before its update
+                raise FloatingPointError(
+                    f"round {round_index}, steps {chunk.start}-{chunk.stop - 1}: {str(err).splitlines()[-1]}; nothing was "
+                    f"saved after it, so the last commit under {cfg.run_dir / 'state'} is the last good state (lower student.lr?)"
+                ) from None
             for k, step in enumerate(chunk):
                 stats = [rank_stats[k] for rank_stats in per_rank]
                 loss = sum(x["loss"] for x in stats) / len(stats)
                 acc = sum(x["token_accuracy"] for x in stats) / len(stats)
                 tokens += sum(x["tokens"] for x in stats)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"round {round_index} step {step}: the loss is {loss}; stopped without saving, so the last "
-                        f"committed state under {cfg.run_dir / 'state'} is the last good one (lower student.lr?)"
-                    )
                 losses.append(loss)
                 log.write(event="train", round=round_index, epoch=plan[step][0], step=step, loss=loss, lr=lrs[k], token_accuracy=acc)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -361,7 +362,7 @@ def _rounds(
         print(
             f"[cdscale] round {r}: {counts['kept']} distillation examples; skipped: {counts['no_answer']} without "
             f"an answer, {counts['truncated']} truncated, {counts['unaligned']} unaligned, "
-            f"{counts.get('too_long', 0)} prompts too long"
+            f"{counts['too_long']} prompts too long"
         )
         if keep_initial and initial_weights is None:
             with clock("sync"):
@@ -434,7 +435,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
                 except ray.exceptions.RayActorError as err:
                     # A rank process died (OOM killer, lost node). The ranks form one process
                     # group, so all are replaced, and the rounds go on from the last commit.
-                    if restart == cfg.run.max_trainer_restarts or err.actor_id not in {t._actor_id.hex() for t in trainers}:
+                    if restart == cfg.run.max_trainer_restarts or err.actor_id not in {tr._actor_id.hex() for tr in trainers}:
                         raise
                     log.write(event="restart", what="trainers", restart=restart + 1)
                     print(f"[cdscale] a trainer rank died; restarting the ranks from the last commit ({restart + 1} of {cfg.run.max_trainer_restarts})")

@@ -1,7 +1,7 @@
 """The CPU transport: rank 0's full weights go through Ray's object store to every engine.
 
 Every rank takes part in the export (ZeRO-3 gathers each parameter collectively); only
-rank 0 returns the weights, packed into one buffer (`packing.py`). Its return value stays
+rank 0 returns the weights as numpy arrays (`packing.py`). Its return value stays
 in the object store: the engines on the node read it there without a copy, and the driver
 never copies the weights through its own process.
 """
