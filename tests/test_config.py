@@ -72,3 +72,16 @@ def test_cli_refuses_to_overwrite_a_run_and_to_resume_a_non_run(capsys, tmp_path
     assert "no config.yaml" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "old"), "run.rounds=3"]) == 2
     assert "drop --config and the overrides" in capsys.readouterr().err
+
+
+def test_cli_exits_1_with_the_drivers_message_on_a_diverged_loss(capsys, monkeypatch):
+    """The exit status only: the message itself comes from the real ranks and driver in
+    tests/test_stack.py (a NaN loss on one rank)."""
+    import cdscale.driver
+
+    def diverge(cfg, resume=False):
+        raise FloatingPointError("round 0, steps 0-2: rank 0: a rank's loss is not finite")
+
+    monkeypatch.setattr(cdscale.driver, "run", diverge)
+    assert main(["run"]) == 1
+    assert "cdscale: error: round 0, steps 0-2" in capsys.readouterr().err

@@ -142,3 +142,15 @@ def test_unknown_loss_names_the_field():
     teacher, student = _random_dists()
     with pytest.raises(ValueError, match="student.loss"):
         distillation_loss("reverse", student, teacher.argmax(-1), teacher.topk(2, -1).indices, teacher.topk(2, -1).values)
+
+
+@pytest.mark.parametrize("name", ["forward_kl_topk", "sampled_soft", "jsd"])
+def test_a_nan_in_the_teacher_signal_makes_the_loss_nan_not_padding(name):
+    """Only -inf marks padding; a broken teacher logprob must reach the trainer's finite check."""
+    torch.manual_seed(0)
+    logits, ids = torch.randn(3, 10), torch.stack([torch.randperm(10)[:4] for _ in range(3)])
+    logprobs = torch.log_softmax(torch.randn(3, 4), -1)
+    logprobs[1, 2] = math.nan
+    assert torch.isnan(distillation_loss(name, logits, ids[:, 0], ids, logprobs))
+    logprobs[1, 2] = -math.inf
+    assert torch.isfinite(distillation_loss(name, logits, ids[:, 0], ids, logprobs))

@@ -37,12 +37,13 @@ def _config(model, tmp_path, *extra):
     )
 
 
-def test_sync_makes_the_engine_match_hf_generate_on_trainer_weights(teacher_model, ray_cluster, tmp_path):
+def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank(teacher_model, ray_cluster, tmp_path):
     """ZeRO-3 (the gather path): train a few steps, push the weights into the running
-    engine, and compare its greedy output with Hugging Face generate on the same weights."""
+    engine, and compare its greedy output with Hugging Face generate on the same weights.
+    Then a NaN loss on one rank (sharing the ranks' start-up with the above)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cdscale.driver import PhaseClock, start_trainers, teacher_targets
+    from cdscale.driver import MetricsLog, PhaseClock, start_trainers, teacher_targets, train
     from cdscale.teacher.engine import generate_across, start_engines
 
     cfg = _config(teacher_model, tmp_path, "student.zero_stage=3", "student.lr=3e-3")
@@ -74,6 +75,21 @@ def test_sync_makes_the_engine_match_hf_generate_on_trainer_weights(teacher_mode
             hf_ids = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
             assert out["token_ids"] == hf_ids
+
+        # A non-finite loss (poisoned teacher logprobs) on one rank stops both ranks before the
+        # update: the clean rank does not hang in the gradient all-reduce, and no weight moves.
+        def poison(recs):
+            return [dict(r, topk_logprobs=[[float("nan")] * len(row) for row in r["topk_logprobs"]]) for r in recs]
+
+        calls = [trainers[0].train_step.remote(poison(records[:8]), 3e-3), trainers[1].train_step.remote(records[8:16], 3e-3)]
+        for call in calls:
+            with pytest.raises(FloatingPointError, match="not finite"):
+                ray.get(call, timeout=120)
+        unchanged = dict(ray.get(export_weights(trainers, 300)).named_tensors())
+        assert all(torch.equal(unchanged[name], weights[name]) for name in weights)
+        # The driver names the round and steps and points to the last good state.
+        with pytest.raises(FloatingPointError, match=r"round 0, steps 0-\d+: .*not finite.*last good state"):
+            train(cfg, trainers, poison(records), MetricsLog(tmp_path / "metrics.jsonl"), 0, [], stop=lambda: False)
     finally:
         for actor in [engine, *trainers]:
             ray.kill(actor)
@@ -112,9 +128,10 @@ def test_one_round_leaves_a_complete_run_directory(teacher_model, ray_cluster, t
     assert student.num_parameters() > 0
 
 
-def test_a_dead_engine_is_replaced_with_the_current_weights_and_generation_goes_on(teacher_model, ray_cluster):
-    """SIGKILL the engine process; the next generation replaces it, loads the weights the
-    engines held (not the model's own), and gives the same greedy outputs as before."""
+def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redone(teacher_model, ray_cluster):
+    """Two engines; SIGKILL one while a generation call is under way (some chunks done, some
+    pending). The call replaces it, loads the weights the engines held (not the model's own),
+    sends again only the dead engine's unfinished chunk, and gives the same greedy outputs."""
     import os
     import signal
 
@@ -125,33 +142,47 @@ def test_a_dead_engine_is_replaced_with_the_current_weights_and_generation_goes_
 
     kwargs = dict(model_path=str(teacher_model), dtype="float32", max_model_len=256, kv_cache_gib=0.25,
                   max_logprobs=21, enable_prefix_caching=True, seed=0)
-    engines = start_engines(1, 1, 0, 300, **kwargs)
+    engines = start_engines(2, 1, 0, 300, **kwargs)
     replace = EngineReplacer(1, 0, 300, 1, **kwargs)
+
+    def pid(engine):
+        return ray.get(engine.__ray_call__.remote(lambda self: os.getpid()))
+
     try:
         hf = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=torch.float32)
         with torch.no_grad():  # weights unlike the model's own, so a stale replacement would show
             hf.model.layers[0].mlp.down_proj.weight.mul_(0.5)
         tokenizer = AutoTokenizer.from_pretrained(teacher_model)
         task = build_task("addition", TASK)
-        prompts = [tokenizer(task.teacher_prompt(x))["input_ids"] for x in task.sample_inputs(12, random.Random(3))]
+        prompts = [tokenizer(task.teacher_prompt(x))["input_ids"] for x in task.sample_inputs(48, random.Random(3))]
         greedy = [{"temperature": 0.0, "max_tokens": 40}] * len(prompts)
-        own = generate_across(engines, prompts, greedy, 4, 300, "own weights")
+        own = generate_across(engines, prompts, greedy, 8, 300, "own weights")
         weights = ray.put(pack(hf.named_parameters(), copy=True))
-        ray.get(engines[0].update_weights.remote(weights, 7))
+        ray.get([engine.update_weights.remote(weights, 7) for engine in engines])
         replace.holds(weights, 7)
-        before = generate_across(engines, prompts, greedy, 4, 300, "before")
+        before = generate_across(engines, prompts, greedy, 8, 300, "before")
         assert [o["token_ids"] for o in before] != [o["token_ids"] for o in own]  # the check below has teeth
 
-        dead = engines[0]
-        os.kill(ray.get(dead.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
-        after = generate_across(engines, prompts, greedy, 4, 300, "after", replace=replace)
-        assert engines[0] is not dead and replace.replaced == 1
-        assert ray.get(engines[0].get_weight_version.remote()) == 7
+        # `stop` is polled once per finished chunk: kill engine 1 after the first chunk came
+        # back, with the other chunks in flight or pending.
+        dead, dead_pid, polls = engines[1], pid(engines[1]), []
+
+        def kill_after_first_chunk():
+            polls.append(1)
+            if len(polls) == 2:
+                os.kill(dead_pid, signal.SIGKILL)
+            return False
+
+        after = generate_across(engines, prompts, greedy, 8, 300, "after", stop=kill_after_first_chunk, replace=replace)
+        assert len(polls) > 2  # the kill came while chunks were still to come
+        assert engines[1] is not dead and replace.replaced == 1
+        assert replace.redone_prompts == 8  # one chunk of 48 prompts, not the whole call
+        assert ray.get(engines[1].get_weight_version.remote()) == 7
         assert [o["token_ids"] for o in after] == [o["token_ids"] for o in before]
 
-        os.kill(ray.get(engines[0].__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
+        os.kill(pid(engines[0]), signal.SIGKILL)
         with pytest.raises(RuntimeError, match="max_engine_restarts=1"):
-            generate_across(engines, prompts, greedy, 4, 300, "over the limit", replace=replace)
+            generate_across(engines, prompts, greedy, 8, 300, "over the limit", replace=replace)
     finally:
         for engine in engines:
             ray.kill(engine)

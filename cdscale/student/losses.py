@@ -31,7 +31,8 @@ TAIL_EPS = 1e-6  # teacher tail mass below this is float noise from sum(top-k) ~
 def bucket_logprobs(student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher and student log-probabilities over the top-k ids plus the tail, [N, K + 1]
     each; -inf where an outcome is absent (padding; a teacher tail of no mass)."""
-    valid = torch.isfinite(logprobs)
+    # Only -inf is padding: a NaN or +inf from a broken teacher must reach the loss and stop the run.
+    valid = ~torch.isneginf(logprobs)
     p_log_topk = torch.where(valid, logprobs.float(), torch.full_like(logprobs, -math.inf, dtype=torch.float32))
     p_tail = (1.0 - p_log_topk.exp().sum(-1)).clamp(min=0.0)
     p_tail_log = torch.where(p_tail > TAIL_EPS, p_tail.clamp(min=1e-30).log(), torch.full_like(p_tail, -math.inf))
@@ -47,8 +48,9 @@ def bucket_logprobs(student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs:
 
 
 def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per row over the last axis; outcomes with p = 0 contribute nothing."""
-    present = torch.isfinite(p_log)
+    """KL(p || q) per row over the last axis; outcomes with p = 0 contribute nothing (a NaN
+    in p is not such an outcome: it makes the row NaN)."""
+    present = ~torch.isneginf(p_log)
     p_safe = torch.where(present, p_log, torch.zeros_like(p_log))
     q_safe = torch.where(present, q_log, torch.zeros_like(q_log))
     return torch.where(present, p_safe.exp() * (p_safe - q_safe), torch.zeros_like(p_safe)).sum(-1)
@@ -66,10 +68,14 @@ def temper(p_log: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def empirical(p_log: torch.Tensor, samples: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Log of the empirical distribution of `samples` draws from each row of exp(p_log)."""
-    draws = torch.multinomial(p_log.exp(), samples, replacement=True, generator=generator)
+    """Log of the empirical distribution of `samples` draws from each row of exp(p_log);
+    all NaN for a row that is not a distribution (NaN or inf), so the loss shows it."""
+    probs = p_log.exp()
+    broken = ~torch.isfinite(probs).all(-1, keepdim=True)
+    probs = torch.where(broken, torch.ones_like(probs), probs)  # anything multinomial accepts
+    draws = torch.multinomial(probs, samples, replacement=True, generator=generator)
     counts = torch.zeros_like(p_log).scatter_add_(1, draws, torch.ones_like(draws, dtype=p_log.dtype))
-    return (counts / samples).log()
+    return torch.where(broken, torch.full_like(counts, math.nan), (counts / samples).log())
 
 
 def forward_kl_topk(student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:

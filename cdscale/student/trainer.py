@@ -139,8 +139,14 @@ class StudentTrainer:
             self.loss_name, logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"],
             generator=generator, **self.loss_options,
         )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"rank {self.rank}: loss is {loss.item()}; stopping before the update")
+        # Every rank learns whether any rank's loss is non-finite, so all stop together: a rank
+        # that went on to backward alone would wait forever in the gradient all-reduce.
+        finite = torch.tensor([float(torch.isfinite(loss))], device=self.device)
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if finite.item() == 0:
+            raise FloatingPointError(
+                f"rank {self.rank}: a rank's loss is not finite (this rank's: {loss.item()}); all ranks stopped before the update"
+            )
         self.engine.backward(loss)
         self.engine.step()
         with torch.no_grad():

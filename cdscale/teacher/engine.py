@@ -131,11 +131,13 @@ class EngineReplacer:
         self.weights: ray.ObjectRef | None = None  # None: the model's own weights, as loaded at start
         self.version = 0
         self.replaced = 0
+        self.redone_prompts = 0
 
     def holds(self, weights: ray.ObjectRef, version: int) -> None:
         self.weights, self.version = weights, version
 
-    def __call__(self, engines: list[Any], dead: Any) -> Any:
+    def __call__(self, engines: list[Any], dead: Any, unfinished: int) -> Any:
+        """Put a new engine in `dead`'s place in `engines`; `unfinished` prompts will be sent again."""
         if self.replaced >= self.limit:
             raise RuntimeError(f"{self.replaced} teacher engines died already (teacher.max_engine_restarts={self.limit})")
         i = engines.index(dead)
@@ -147,6 +149,7 @@ class EngineReplacer:
             ray.get(new.update_weights.remote(self.weights, self.version), timeout=self.timeout_s)
         engines[i] = new
         self.replaced += 1
+        self.redone_prompts += unfinished
         return new
 
 
@@ -158,13 +161,13 @@ def generate_across(
     timeout_s: float,
     desc: str,
     stop: Callable[[], bool] | None = None,
-    replace: Callable[[list[Any], Any], Any] | None = None,
+    replace: Callable[[list[Any], Any, int], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Spread prompts over the engines in chunks, a new chunk to whichever engine is free,
     and return the outputs in prompt order. One SamplingParams per prompt. When `stop()`
     turns true, raise `Preempted` (the outputs so far are not kept). When an engine dies,
-    `replace(engines, dead)` puts a new one in its place in `engines` and only the dead
-    engine's unfinished chunk is sent again."""
+    `replace(engines, dead, unfinished)` puts a new one in its place in `engines` and only
+    the dead engine's unfinished chunk is sent again."""
     from tqdm import tqdm
 
     chunks = [range(i, min(i + chunk_size, len(prompt_ids))) for i in range(0, len(prompt_ids), chunk_size)]
@@ -191,7 +194,7 @@ def generate_across(
                 if replace is None:
                     raise
                 print(f"[cdscale] {desc}: an engine died; replacing it and redoing its {len(chunk)} prompts")
-                replace(engines, engine)
+                replace(engines, engine, len(chunk))
                 pending.append(chunk)
                 continue
             for i, out in zip(chunk, outputs):
