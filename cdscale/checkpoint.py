@@ -1,7 +1,7 @@
 """What a run keeps on disk, written so that a crash mid-save never leaves a file or
 folder that looks complete: atomic files, the student as a Hugging Face folder, the
-resumable state (state/<seq>-round<r>-step<s>/ with the trainer ranks' DeepSpeed files and
-progress.json, pointed to by state/latest.json), and the data shards with their manifest.
+resumable state (state/<seq>-round<r>-step<s>/ with the trainer ranks' DeepSpeed files,
+their random states and progress.json, pointed to by state/latest.json), and the data shards with their manifest.
 
 Everything is written under a temporary name in the same folder, flushed, then renamed
 into place (rename is atomic on POSIX within one filesystem).
@@ -57,6 +57,37 @@ def save_hf_checkpoint(named_weights: list[tuple[str, torch.Tensor]], source_mod
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random states (Python, NumPy, torch CPU and CUDA), as plain JSON."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    import random
+
+    import numpy as np
+
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -37,6 +37,28 @@ class TaskConfig:
 
 
 @dataclass
+class OperationConfig:
+    name: str = _f("", "label in the summary, the data and the eval files (default: the task's name); unique in the run")
+    task: TaskConfig = _f(None, "the operation's task: name and options, as in the task section", factory=TaskConfig)
+    num_train: int | None = _f(None, "raw inputs drawn per round for this operation (default: data.num_train)")
+    inputs: str = _f(
+        "own",
+        "own: x ~ this task's D (the paper's 'naive'); mixed: x ~ a uniform mixture of the D of every operation "
+        "in the stage, prompted with this operation's templates (the paper's 'mixed', H3)",
+        ("own", "mixed"),
+    )
+
+
+@dataclass
+class StageConfig:
+    name: str = _f("", "label of the stage (default: stage<k>)")
+    rounds: int = _f(1, "distillation rounds of this stage")
+    operations: list[OperationConfig] = _f(
+        None, "operations distilled together (simultaneous): their examples form one shuffled mixture, one loss", factory=list
+    )
+
+
+@dataclass
 class DataConfig:
     num_train: int = _f(65536, "raw inputs x ~ D drawn per round for distillation")
     num_eval: int = _f(500, "held-out inputs for evaluation (disjoint from training inputs)")
@@ -117,6 +139,12 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    stages: list[StageConfig] = _f(
+        None,
+        "sequential stages, each starting from the student the previous one left; empty: one stage of `task` "
+        "for run.rounds rounds",
+        factory=list,
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -185,6 +213,11 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         f, typ = known[name], hints[name]
         if dataclasses.is_dataclass(typ):
             kwargs[name] = _build(typ, value, f"{prefix}{name}.")
+        elif typing.get_origin(typ) is list:
+            if not isinstance(value, list):
+                raise ConfigError(f"{prefix}{name}: expected a list, got {value!r}")
+            item = typing.get_args(typ)[0]
+            kwargs[name] = [_build(item, v, f"{prefix}{name}[{i}].") for i, v in enumerate(value)]
         else:
             kwargs[name] = _coerce(f"{prefix}{name}", value, typ, dict(f.metadata))
     return cls(**kwargs)
@@ -242,10 +275,39 @@ def validate(cfg: Config) -> Config:
     if cfg.run.timeout_s <= 0 or (cfg.run.save_by_s is not None and cfg.run.save_by_s <= 0):
         raise ConfigError(f"run.timeout_s and run.save_by_s: must be positive, got {cfg.run.timeout_s} and {cfg.run.save_by_s}")
     for section, values in cfg.to_dict().items():
-        for name, value in values.items():
+        for name, value in values.items() if isinstance(values, dict) else ():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{section}.{name}: must be a finite number, got {value}")
+    resolve_stages(cfg)
     return cfg
+
+
+def resolve_stages(cfg: Config) -> list[StageConfig]:
+    """The run's stages with every default filled in: `stages` as given, or one stage of
+    one operation (`task`, data.num_train) for run.rounds rounds."""
+    if not cfg.stages:
+        operation = OperationConfig(name=cfg.task.name, task=cfg.task, num_train=cfg.data.num_train)
+        return [StageConfig(name="main", rounds=cfg.run.rounds, operations=[operation])]
+    if cfg.run.rounds != 1:
+        raise ConfigError("run.rounds: with stages given, set stages[k].rounds instead")
+    stages, names = [], set()
+    for k, stage in enumerate(cfg.stages):
+        if stage.rounds < 1:
+            raise ConfigError(f"stages[{k}].rounds: must be at least 1, got {stage.rounds}")
+        if not stage.operations:
+            raise ConfigError(f"stages[{k}].operations: a stage needs at least one operation")
+        operations = []
+        for i, op in enumerate(stage.operations):
+            where = f"stages[{k}].operations[{i}]"
+            op = dataclasses.replace(op, name=op.name or op.task.name, num_train=op.num_train or cfg.data.num_train)
+            if op.name in names:
+                raise ConfigError(f"{where}.name: {op.name!r} is used twice; operation names are unique in a run")
+            if op.num_train < cfg.student.batch_size:
+                raise ConfigError(f"{where}.num_train: {op.num_train} is below student.batch_size={cfg.student.batch_size}")
+            names.add(op.name)
+            operations.append(op)
+        stages.append(dataclasses.replace(stage, name=stage.name or f"stage{k}", operations=operations))
+    return stages
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -273,14 +335,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def describe(cfg: Config) -> str:
     """Every field with its value, allowed values and meaning, as commented YAML."""
+    def line(indent: str, f: dataclasses.Field, value: Any) -> str:
+        value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+        choices = f" (one of {list(f.metadata['choices'])})" if f.metadata.get("choices") else ""
+        return f"{indent}{f.name}: {text}  # {f.metadata.get('help', '')}{choices}"
+
     lines = []
     for section in fields(cfg):
-        lines.append(f"{section.name}:")
         sub = getattr(cfg, section.name)
-        for f in fields(sub):
-            value = yaml.safe_dump(getattr(sub, f.name), default_flow_style=True).strip().removesuffix("...").strip()
-            choices = f" (one of {list(f.metadata['choices'])})" if f.metadata.get("choices") else ""
-            lines.append(f"  {f.name}: {value}  # {f.metadata.get('help', '')}{choices}")
+        if isinstance(sub, list):  # stages: the value, then what a stage and an operation hold
+            lines.append(line("", section, [dataclasses.asdict(s) for s in sub]))
+            for cls, indent in ((StageConfig, "#   "), (OperationConfig, "#       ")):
+                lines += [line(indent, f, getattr(cls(), f.name)) for f in fields(cls)]
+            continue
+        lines.append(f"{section.name}:")
+        lines += [line("  ", f, getattr(sub, f.name)) for f in fields(sub)]
     return "\n".join(lines)
 
 

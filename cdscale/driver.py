@@ -25,7 +25,7 @@ import yaml
 from cdscale.checkpoint import (
     commit_state, load_latest_state, read_shard, save_hf_checkpoint, write_json_atomic, write_shard, write_text_atomic,
 )
-from cdscale.config import Config
+from cdscale.config import Config, StageConfig, resolve_stages
 from cdscale.eval import evaluate
 from cdscale.models import resolve_model_path
 from cdscale.preemption import Preempted, StopRequest
@@ -116,22 +116,48 @@ def start_trainers(cfg: Config, model_path: str) -> list[Any]:
     return trainers
 
 
-def sample_splits(task: Task, cfg: Config) -> tuple[list[Example], list[list[Example]]]:
-    """Distinct held-out eval inputs, then each round's training inputs x ~ D (never held out).
+def build_tasks(stages: list[StageConfig]) -> dict[str, Task]:
+    """Every operation's task, by operation name (checks each task's options and files now)."""
+    return {op.name: build_task(op.task.name, op.task.options) for stage in stages for op in stage.operations}
+
+
+def sample_splits(
+    cfg: Config, stages: list[StageConfig], tasks: dict[str, Task]
+) -> tuple[dict[str, list[Example]], list[dict[str, list[Example]]]]:
+    """Distinct held-out eval inputs per operation, then for each round of the run the
+    training inputs of each operation of its stage (never held out).
 
     Training inputs are drawn from D as it is, repeats included. Drawing them distinct
     instead skews addition's mix towards 3-digit sums (the 1- and 2-digit ones run out), and
     the student then failed to learn at all (4% after, in a run that also had 3 epochs and
     temperature 0.5; 79% with D as it is): the easy sums seen again and again are its curriculum.
+    An operation with `inputs: mixed` draws each input from the D of a uniformly chosen
+    operation of its stage.
     """
-    eval_examples = sample_where(
-        task, cfg.data.num_eval, random.Random(f"{cfg.data.seed}-eval"), held_out=True, distinct=True, what="data.num_eval"
-    )
-    rounds = [
-        sample_where(task, cfg.data.num_train, random.Random(f"{cfg.data.seed}-train-{r}"), held_out=False, what="data.num_train")
-        for r in range(cfg.run.rounds)
-    ]
-    return eval_examples, rounds
+    seed = cfg.data.seed
+    suffix = (lambda name: "") if len(tasks) == 1 else (lambda name: f"-{name}")  # a one-task run keeps its streams
+    eval_sets = {
+        name: sample_where(task, cfg.data.num_eval, random.Random(f"{seed}-eval{suffix(name)}"), held_out=True, distinct=True,
+                           what=f"data.num_eval ({name})")
+        for name, task in tasks.items()
+    }
+    rounds: list[dict[str, list[Example]]] = []
+    for stage in stages:
+        for _ in range(stage.rounds):
+            inputs = {}
+            for op in stage.operations:
+                rng = random.Random(f"{seed}-train-{len(rounds)}{suffix(op.name)}")
+                what = f"num_train ({op.name})"
+                if op.inputs == "own":
+                    inputs[op.name] = sample_where(tasks[op.name], op.num_train, rng, held_out=False, what=what)
+                    continue
+                sources = [tasks[o.name] for o in stage.operations]
+                picks = [rng.randrange(len(sources)) for _ in range(op.num_train)]
+                mixed = [x for j, src in enumerate(sources) for x in sample_where(src, picks.count(j), rng, held_out=False, what=what)]
+                rng.shuffle(mixed)
+                inputs[op.name] = mixed
+            rounds.append(inputs)
+    return eval_sets, rounds
 
 
 def teacher_targets(
@@ -270,44 +296,53 @@ def train(
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    rows = [("teacher (with context)", "teacher"), ("student before", "student_before"), ("student after", "student_after")]
-    lines = ["| model | accuracy | tokens per answer |", "| --- | --- | --- |"]
-    for label, key in rows:
-        if key in summary:
-            m = summary[key]
-            lines.append(f"| {label} | {100 * m['accuracy']:.1f}% | {m['tokens_per_answer']:.1f} |")
-    if "teacher" in summary and "student_after" in summary:
-        ratio = summary["teacher"]["tokens_per_answer"] / summary["student_after"]["tokens_per_answer"]
-        lines.append(f"\ninference-token ratio teacher/student: {ratio:.1f}x")
+    """Accuracy per operation: the teacher with its context, the student before, and the
+    student after each stage (the paper's layout), then the inference-token ratio."""
+    stages = list(summary.get("after_stage", {}))
+    after = [f"after {name}" for name in stages] if len(stages) > 1 else ["student after"]
+    head = ["operation", "teacher (with context)", "student before", *after, "tokens per answer: teacher / student"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    pct = lambda m: f"{100 * m['accuracy']:.1f}%" if m else "-"  # noqa: E731
+    for op in summary.get("teacher") or summary.get("after_stage", {}).get(stages[-1] if stages else "", {}):
+        teacher, before = summary.get("teacher", {}).get(op), summary.get("student_before", {}).get(op)
+        afters = [summary["after_stage"][name].get(op) for name in stages]
+        last = summary.get("student_after", {}).get(op)
+        tokens = f"{teacher['tokens_per_answer']:.1f} / {last['tokens_per_answer']:.1f}" if teacher and last else "-"
+        lines.append("| " + " | ".join([op, pct(teacher), pct(before), *map(pct, afters or [None]), tokens]) + " |")
     if "timings" in summary:
         split = summary["timings"]
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in split.items() if k != "total")
-        lines.append(f"wall time {split['total']:.0f}s: {phases}")
+        lines.append(f"\nwall time {split['total']:.0f}s: {phases}")
     return "\n".join(lines)
 
 
 def _rounds(
-    cfg: Config, engines: list[Any], trainers: list[Any], tokenizer: Any, task: Task,
-    eval_examples: list[Example], train_rounds: list[list[Example]], model_path: str, log: MetricsLog,
+    cfg: Config, stages: list[StageConfig], engines: list[Any], trainers: list[Any], tokenizer: Any, tasks: dict[str, Task],
+    eval_sets: dict[str, list[Example]], train_rounds: list[dict[str, list[Example]]], model_path: str, log: MetricsLog,
     clock: PhaseClock, stop: StopRequest, replace: EngineReplacer,
 ) -> dict[str, Any]:
-    """Evaluate before, then each round: targets, train, sync, evaluate; save the student.
+    """Evaluate before, then each round of each stage: targets of every operation of the
+    stage (one mixture), train, sync, evaluate; save the student.
 
-    After each round (and when asked to stop mid-round) the trainers' state and the
-    progress are committed under state/; a resumed run starts from the last commit. A stop
-    is honoured during generation (its outputs are not kept) and between training calls
-    (the state is saved); evaluation and the sync after training run to the round's commit.
+    Stages run one after the other on the same trainer ranks, so stage k+1 starts from the
+    student of stage k. After each round (and when asked to stop mid-round) the trainers'
+    state and the progress are committed under state/; a resumed run starts from the last
+    commit. A stop is honoured during generation (its outputs are not kept) and between
+    training calls (the state is saved); evaluation and the sync after training run to the
+    round's commit.
     """
     t, run_dir = cfg.teacher, cfg.run_dir
+    plan = [(k, stage, i == stage.rounds - 1) for k, stage in enumerate(stages) for i in range(stage.rounds)]  # (stage index, stage, its last round?)
 
-    def run_eval(role: str, name: str, max_new_tokens: int) -> dict[str, float]:
+    def run_eval(op: str, role: str, label: str, max_new_tokens: int) -> dict[str, float]:
         with clock("eval"):
             metrics, rows = evaluate(
-                engines, tokenizer, task, eval_examples, role, max_new_tokens, t.chunk_size, cfg.run.timeout_s, replace
+                engines, tokenizer, tasks[op], eval_sets[op], role, max_new_tokens, t.chunk_size, cfg.run.timeout_s, replace
             )
-            write_text_atomic(run_dir / "eval" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        log.write(event="eval", name=name, **metrics)
-        print(f"[cdscale] {name}: accuracy {100 * metrics['accuracy']:.1f}% on {metrics['n']} held-out inputs")
+            (run_dir / "eval" / op).mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "eval" / op / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        log.write(event="eval", operation=op, name=label, **metrics)
+        print(f"[cdscale] {op} {label}: accuracy {100 * metrics['accuracy']:.1f}% on {metrics['n']} held-out inputs")
         return metrics
 
     def push(version: int, weights: ray.ObjectRef | None = None) -> tuple[dict[str, Any], ray.ObjectRef]:
@@ -325,15 +360,17 @@ def _rounds(
         log.write(event="commit", state=folder.name, round=progress["round"], step=progress["step"])
 
     state = load_latest_state(run_dir)
-    keep_initial = t.mode == "frozen" and cfg.run.rounds > 1
+    keep_initial = t.mode == "frozen" and len(plan) > 1
     initial_weights = None
     if state is None:
         progress: dict[str, Any] = {"round": 0, "step": 0, "losses": [], "summary": {}}
         summary = progress["summary"]
-        summary.update({"run_dir": str(run_dir), "model": model_path, "task": cfg.task.name})
+        summary.update({"run_dir": str(run_dir), "model": model_path, "stages": [s.name for s in stages],
+                        "teacher": {}, "student_before": {}, "student_after": {}, "after_stage": {}})
         if cfg.eval.before:
-            summary["teacher"] = run_eval("teacher", "teacher", t.max_new_tokens)
-            summary["student_before"] = run_eval("student", "student_before", cfg.eval.max_new_tokens_student)
+            for op in tasks:
+                summary["teacher"][op] = run_eval(op, "teacher", "teacher", t.max_new_tokens)
+                summary["student_before"][op] = run_eval(op, "student", "student_before", cfg.eval.max_new_tokens_student)
     else:
         folder, progress = state
         summary = progress["summary"]
@@ -346,22 +383,30 @@ def _rounds(
         if t.mode == "recursive" and progress["round"] > 0:
             push(progress["round"])  # the engines teach with the last round's student
     student_weights = None
-    for r in range(progress["round"], cfg.run.rounds):
+    for r in range(progress["round"], len(plan)):
+        k, stage, last_of_stage = plan[r]
+        seen = [op.name for earlier in stages[: k + 1] for op in earlier.operations]  # the student is evaluated on all
         if r > 0 and t.mode == "frozen":
             # The engines hold the last student; the frozen teacher is the initial weights.
             push(0, initial_weights)
         shard = read_shard(run_dir, r)
         if shard is None:
-            records, counts = teacher_targets(cfg, engines, tokenizer, task, train_rounds[r], r, clock, stop, replace)
+            records, counts = [], {"by_operation": {}}
+            for op in stage.operations:
+                op_records, op_counts = teacher_targets(cfg, engines, tokenizer, tasks[op.name], train_rounds[r][op.name], r, clock, stop, replace)
+                records += [{**rec, "operation": op.name} for rec in op_records]
+                counts["by_operation"][op.name] = op_counts
+                for key, value in op_counts.items():
+                    counts[key] = counts.get(key, 0) + value
             with clock("checkpoint"):
                 write_shard(run_dir, r, records, counts)
         else:
             records, counts = shard
             print(f"[cdscale] round {r}: reusing the {len(records)} committed distillation examples")
-        log.write(event="targets", round=r, **counts)
+        log.write(event="targets", round=r, stage=stage.name, **counts)
         print(
-            f"[cdscale] round {r}: {counts['kept']} distillation examples; skipped: {counts['no_answer']} without "
-            f"an answer, {counts['truncated']} truncated, {counts['unaligned']} unaligned, "
+            f"[cdscale] {stage.name} round {r}: {counts['kept']} distillation examples; skipped: {counts['no_answer']} "
+            f"without an answer, {counts['truncated']} truncated, {counts['unaligned']} unaligned, "
             f"{counts['too_long']} prompts too long"
         )
         if keep_initial and initial_weights is None:
@@ -376,10 +421,14 @@ def _rounds(
         log.write(event="train_summary", round=r, **train_stats)
         sync, student_weights = push(r + 1)
         log.write(event="sync", round=r, **sync)
-        summary[f"round_{r}"] = {**counts, **train_stats, "sync_s": sync["seconds"]}
-        summary["student_after"] = run_eval("student", f"student_after_round_{r}", cfg.eval.max_new_tokens_student)
+        summary[f"round_{r}"] = {"stage": stage.name, **counts, **train_stats, "sync_s": sync["seconds"]}
+        for op in seen:
+            summary["student_after"][op] = run_eval(op, "student", f"student_after_round_{r}", cfg.eval.max_new_tokens_student)
+        if last_of_stage:
+            summary["after_stage"][stage.name] = {op: summary["student_after"][op] for op in seen}
         if t.mode == "recursive":
-            summary[f"teacher_round_{r + 1}"] = run_eval("teacher", f"teacher_round_{r + 1}", t.max_new_tokens)
+            for op in stage.operations:
+                summary.setdefault(f"teacher_round_{r + 1}", {})[op.name] = run_eval(op.name, "teacher", f"teacher_round_{r + 1}", t.max_new_tokens)
         progress.update(round=r + 1, step=0, losses=[])
         commit(progress)
     with clock("checkpoint"):
@@ -400,8 +449,9 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     run_dir = cfg.run_dir
     if not resume and (run_dir / "state").exists():
         raise FileExistsError(f"{run_dir} holds a run already; continue it with `cdscale run --resume {run_dir}`, or choose another run.name")
+    stages = resolve_stages(cfg)
+    tasks = build_tasks(stages)  # a bad records file fails here, before anything starts
     model_path = resolve_model_path(cfg.model.path)
-    task = build_task(cfg.task.name, cfg.task.options)
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
     (run_dir / "eval").mkdir(exist_ok=True)
     if not resume:
@@ -409,7 +459,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     log = MetricsLog(run_dir / "metrics.jsonl", append=resume)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     with clock("sample_inputs"):
-        eval_examples, train_rounds = sample_splits(task, cfg)
+        eval_sets, train_rounds = sample_splits(cfg, stages, tasks)
 
     t = cfg.teacher
     with clock("startup"):
@@ -429,7 +479,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
             for restart in range(cfg.run.max_trainer_restarts + 1):
                 try:
                     summary = _rounds(
-                        cfg, engines, trainers, tokenizer, task, eval_examples, train_rounds, model_path, log, clock, stop, replace
+                        cfg, stages, engines, trainers, tokenizer, tasks, eval_sets, train_rounds, model_path, log, clock, stop, replace
                     )
                     break
                 except ray.exceptions.RayActorError as err:

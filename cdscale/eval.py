@@ -17,7 +17,7 @@ def evaluate(
     max_new_tokens: int,
     chunk_size: int,
     timeout_s: float,
-    replace: Callable[[list[Any], Any], Any] | None = None,
+    replace: Callable[[list[Any], Any, int], Any] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Greedy accuracy of `role` ("teacher": T_teacher prompts, "student": T_student prompts).
 

@@ -1,5 +1,6 @@
 """Bad input gets a clean, named error or a counted skip: random and malformed configs
 (property-based) and teacher outputs that cannot be used."""
+import json
 import math
 import random
 
@@ -8,7 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdscale.config import Config, ConfigError, load_config
+from cdscale.config import Config, ConfigError, load_config, resolve_stages
 from cdscale.driver import _targets_from_outputs
 from cdscale.tasks import build_task
 
@@ -26,9 +27,24 @@ def test_random_dotted_overrides_load_or_raise_a_config_error(pairs):
         cfg = load_config(None, [f"{k}={v}" for k, v in pairs])
     except ConfigError:
         return
-    for values in cfg.to_dict().values():  # what is accepted is usable
+    for values in (v for v in cfg.to_dict().values() if isinstance(v, dict)):  # what is accepted is usable
         assert all(math.isfinite(v) for v in values.values() if isinstance(v, float))
         assert all(v > 0 for k, v in values.items() if k in ("lr", "timeout_s", "kv_cache_gib"))
+
+
+OPERATIONS = st.lists(st.dictionaries(st.sampled_from(["name", "task", "num_train", "inputs", "other"]), VALUES, max_size=3), max_size=3)
+STAGES = st.one_of(VALUES, st.lists(st.dictionaries(st.sampled_from(["name", "rounds", "operations", "other"]),
+                                                    st.one_of(VALUES, OPERATIONS), max_size=3), max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(STAGES)
+def test_random_stages_load_or_raise_a_config_error(stages):
+    try:
+        cfg = load_config(None, [f"stages={json.dumps(stages)}"])
+    except ConfigError:
+        return
+    assert all(stage.operations for stage in resolve_stages(cfg))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -85,3 +85,31 @@ def test_cli_exits_1_with_the_drivers_message_on_a_diverged_loss(capsys, monkeyp
     monkeypatch.setattr(cdscale.driver, "run", diverge)
     assert main(["run"]) == 1
     assert "cdscale: error: round 0, steps 0-2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    from cdscale.config import resolve_stages
+    from cdscale.driver import build_tasks, sample_splits
+
+    cfg = load_config(str(path))
+    stages = resolve_stages(cfg)
+    eval_sets, rounds = sample_splits(cfg, stages, build_tasks(stages))  # the tasks and their input spaces fit too
+    assert len(rounds) == sum(stage.rounds for stage in stages)
+    assert all(len(examples) == cfg.data.num_eval for examples in eval_sets.values())
+
+
+def test_stages_are_checked_with_the_field_named():
+    base = "stages=[{operations: [{name: a}, {name: a}]}]"
+    with pytest.raises(ConfigError, match=r"stages\[0\].operations\[1\].name: 'a' is used twice"):
+        load_config(None, [base])
+    with pytest.raises(ConfigError, match=r"stages\[0\].operations: a stage needs at least one operation"):
+        load_config(None, ["stages=[{operations: []}]"])
+    with pytest.raises(ConfigError, match=r"stages\[0\].operations\[0\].inputs: 'all' is not allowed"):
+        load_config(None, ["stages=[{operations: [{inputs: all}]}]"])
+    with pytest.raises(ConfigError, match=r"stages\[1\].operations\[0\].num_train: 8 is below student.batch_size"):
+        load_config(None, ["stages=[{operations: [{name: a}]}, {operations: [{name: b, num_train: 8}]}]"])
+    with pytest.raises(ConfigError, match="run.rounds: with stages given"):
+        load_config(None, ["stages=[{operations: [{name: a}]}]", "run.rounds=2"])
+    with pytest.raises(ConfigError, match="stages: expected a list"):
+        load_config(None, ["stages={name: a}"])

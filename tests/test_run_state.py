@@ -81,3 +81,23 @@ def test_stop_request_from_sigterm_and_from_the_wall_time_budget():
         assert budget() and budget.reason == "run.save_by_s reached"
     finally:
         budget.restore()
+
+
+def test_random_states_round_trip_through_json(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from cdscale.checkpoint import rng_state, set_rng_state, write_json_atomic
+
+    def draws():
+        return random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist()
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    draws()  # a used generator (numpy's cached gaussian set), not a freshly seeded one
+    write_json_atomic(tmp_path / "rng.json", rng_state())
+    expected = draws()
+    assert draws() != expected  # the generators moved on
+    set_rng_state(json.loads((tmp_path / "rng.json").read_text()))
+    assert draws() == expected

@@ -95,34 +95,55 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
             ray.kill(actor)
 
 
-def test_one_round_leaves_a_complete_run_directory(teacher_model, ray_cluster, tmp_path):
+STAGES = (
+    "stages=[{name: both, operations: [{name: short, task: {name: addition, options: {max_digits: 2}}},"
+    " {name: long, inputs: mixed, task: {name: addition, options: {min_digits: 2, max_digits: 2}}}]},"
+    " {name: again, operations: [{name: long_again, task: {name: addition, options: {min_digits: 2, max_digits: 2}}}]}]"
+)
+
+
+def test_simultaneous_then_sequential_stages_leave_a_complete_run_directory(teacher_model, ray_cluster, tmp_path):
+    """Stage "both": two operations distilled together (one of them on mixed inputs); stage
+    "again": one more, starting from the student stage "both" left; the teacher stays frozen."""
     from transformers import AutoModelForCausalLM
 
     from cdscale.driver import run
 
-    cfg = _config(teacher_model, tmp_path)
+    cfg = _config(teacher_model, tmp_path, "data.num_train=96", STAGES)
     summary = run(cfg)
     run_dir = tmp_path / "e2e"
     on_disk = json.loads((run_dir / "summary.json").read_text())
-    for key in ("teacher", "student_before", "student_after"):
-        assert 0.0 <= on_disk[key]["accuracy"] <= 1.0
-        assert on_disk[key]["tokens_per_answer"] > 0
-    # The teacher writes a scratchpad, the student answers directly: far fewer tokens.
-    assert on_disk["teacher"]["tokens_per_answer"] > 2 * on_disk["student_after"]["tokens_per_answer"]
     assert summary["student_after"] == on_disk["student_after"]
+    ops = ["short", "long", "long_again"]
+    for key in ("teacher", "student_before", "student_after"):
+        assert sorted(on_disk[key]) == sorted(ops)
+        assert all(0.0 <= m["accuracy"] <= 1.0 and m["tokens_per_answer"] > 0 for m in on_disk[key].values())
+    assert sorted(on_disk["after_stage"]["both"]) == ["long", "short"]  # the student is evaluated on every operation so far
+    assert sorted(on_disk["after_stage"]["again"]) == sorted(ops)
+    # The teacher writes a scratchpad, the student answers directly: far fewer tokens.
+    assert on_disk["teacher"]["long"]["tokens_per_answer"] > 2 * on_disk["student_after"]["long"]["tokens_per_answer"]
 
-    train_losses = [e["loss"] for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if e["event"] == "train"]
-    assert len(train_losses) == 3 * (on_disk["round_0"]["kept"] // 32)
-    assert sum(train_losses[-3:]) / 3 < 0.7 * sum(train_losses[:3]) / 3  # the distillation loss falls
-
+    # Round 0 trains one shuffled mixture of both operations; "long" drew inputs from both D (1-digit operands from "short")
     data = [json.loads(line) for line in (run_dir / "data" / "round_0.jsonl").read_text().splitlines()]
-    assert len(data) == on_disk["round_0"]["kept"] > 0
+    counts = on_disk["round_0"]
+    assert len(data) == counts["kept"] == sum(c["kept"] for c in counts["by_operation"].values())
+    assert {d["operation"] for d in data} == {"short", "long"}
+    long_inputs = [d["input"] for d in data if d["operation"] == "long"]
+    assert any(len(x.split("+")[0].split()) == 1 for x in long_inputs) and any(len(x.split("+")[0].split()) == 2 for x in long_inputs)
     assert all(len(d["topk_ids"]) == len(d["input_ids"]) - d["answer_start"] for d in data)
+
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = {r: [e["loss"] for e in events if e["event"] == "train" and e["round"] == r] for r in (0, 1)}
+    assert len(losses[0]) == 3 * (counts["kept"] // 32) and len(losses[1]) == 3 * (on_disk["round_1"]["kept"] // 32)
+    assert sum(losses[0][-3:]) / 3 < 0.7 * sum(losses[0][:3]) / 3  # the distillation loss falls
+    # Stage "again" starts from the student of stage "both" (2-digit sums learned there), not afresh.
+    assert losses[1][0] < 0.7 * losses[0][0]
 
     split = on_disk["timings"]  # every phase of the run, and the rest as overhead, add up to the whole
     assert split["generate"] > 0 and split["train"] > 0 and split["startup"] > 0
     assert sum(v for k, v in split.items() if k != "total") == pytest.approx(split["total"])
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "eval" / "teacher.jsonl").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "eval" / "long" / "teacher.jsonl").is_file()
+    assert (run_dir / "eval" / "short" / "student_after_round_1.jsonl").is_file()
 
     student = AutoModelForCausalLM.from_pretrained(run_dir / "student")
     assert student.num_parameters() > 0
@@ -131,12 +152,15 @@ def test_one_round_leaves_a_complete_run_directory(teacher_model, ray_cluster, t
 def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redone(teacher_model, ray_cluster):
     """Two engines; SIGKILL one while a generation call is under way (some chunks done, some
     pending). The call replaces it, loads the weights the engines held (not the model's own),
-    sends again only the dead engine's unfinished chunk, and gives the same greedy outputs."""
+    sends again only the dead engine's unfinished chunk, and gives the same greedy outputs.
+    Then a stop request in the middle of a chunk, and one death more than allowed."""
     import os
     import signal
+    import time
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cdscale.preemption import Preempted
     from cdscale.sync.packing import pack
     from cdscale.teacher.engine import EngineReplacer, generate_across, start_engines
 
@@ -163,22 +187,28 @@ def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redon
         before = generate_across(engines, prompts, greedy, 8, 300, "before")
         assert [o["token_ids"] for o in before] != [o["token_ids"] for o in own]  # the check below has teeth
 
-        # `stop` is polled once per finished chunk: kill engine 1 after the first chunk came
-        # back, with the other chunks in flight or pending.
+        # `stop` is polled before each wait for a chunk (and each second of it): at the second
+        # poll the first chunks are under way or one came back, and the others are pending.
         dead, dead_pid, polls = engines[1], pid(engines[1]), []
 
-        def kill_after_first_chunk():
+        def kill_at_second_poll():
             polls.append(1)
             if len(polls) == 2:
                 os.kill(dead_pid, signal.SIGKILL)
             return False
 
-        after = generate_across(engines, prompts, greedy, 8, 300, "after", stop=kill_after_first_chunk, replace=replace)
+        after = generate_across(engines, prompts, greedy, 8, 300, "after", stop=kill_at_second_poll, replace=replace)
         assert len(polls) > 2  # the kill came while chunks were still to come
         assert engines[1] is not dead and replace.replaced == 1
         assert replace.redone_prompts == 8  # one chunk of 48 prompts, not the whole call
         assert ray.get(engines[1].get_weight_version.remote()) == 7
         assert [o["token_ids"] for o in after] == [o["token_ids"] for o in before]
+
+        # A stop request (SIGTERM) during generation is seen within a second, not after the chunk.
+        started = time.monotonic()
+        with pytest.raises(Preempted, match="after 0 of 384 prompts"):
+            generate_across(engines, prompts * 8, greedy * 8, 384, 300, "stopped", stop=lambda: time.monotonic() > started + 0.5)
+        assert time.monotonic() - started < 2.5
 
         os.kill(pid(engines[0]), signal.SIGKILL)
         with pytest.raises(RuntimeError, match="max_engine_restarts=1"):

@@ -6,12 +6,15 @@ global batch; DeepSpeed averages gradients across ranks.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from cdscale.checkpoint import rng_state, set_rng_state, write_json_atomic
 from cdscale.student.losses import distillation_loss
 from cdscale.sync.packing import PackedWeights, pack
 
@@ -166,12 +169,16 @@ class StudentTrainer:
         """This rank's part of the training state (weights, optimizer, step) under `folder`.
         Every rank must call this; the driver commits the folder once all have returned."""
         self.engine.save_checkpoint(folder, tag="trainer", save_latest=False)
+        # Nothing draws from the global generators yet (the sampled soft labels use a
+        # generator seeded per step), but a model with dropout would: resume restores them.
+        write_json_atomic(Path(folder) / f"rng_rank{self.rank}.json", rng_state())
 
     def load_state(self, folder: str) -> None:
         """Load what `save_state` wrote; every rank must call this."""
         path, _ = self.engine.load_checkpoint(folder, tag="trainer", load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"{folder}: no trainer state for rank {self.rank}")
+        set_rng_state(json.loads((Path(folder) / f"rng_rank{self.rank}.json").read_text()))
 
     def export_weights(self) -> PackedWeights | None:
         """Full weights in Hugging Face names as numpy arrays, on rank 0 only. Every rank

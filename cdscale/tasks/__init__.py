@@ -100,7 +100,7 @@ def sample_where(
 
 
 _REGISTRY: dict[str, type[Task]] = {}
-_BUILTIN_MODULES = {"addition": "cdscale.tasks.addition"}
+_BUILTIN_MODULES = {"addition": "cdscale.tasks.addition", "records": "cdscale.tasks.records"}
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:

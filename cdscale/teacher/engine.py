@@ -176,15 +176,19 @@ def generate_across(
     in_flight: dict[Any, tuple[Any, range]] = {}
     with tqdm(total=len(prompt_ids), desc=desc, unit="prompt", leave=False) as bar:
         while pending or in_flight:
-            if stop is not None and stop():
-                raise Preempted(f"{desc}: stopped after {bar.n} of {len(prompt_ids)} prompts")
             busy = {engine for engine, _ in in_flight.values()}
             for engine in engines:
                 if pending and engine not in busy:
                     chunk = pending.pop()
                     ref = engine.generate_many.remote([prompt_ids[i] for i in chunk], [sampling[i] for i in chunk])
                     in_flight[ref] = (engine, chunk)
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=timeout_s)
+            # Wait in slices, so a stop request is seen within a second, not after a whole chunk.
+            waited, done = 0.0, []
+            while not done and waited < timeout_s:
+                if stop is not None and stop():
+                    raise Preempted(f"{desc}: stopped after {bar.n} of {len(prompt_ids)} prompts")
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=min(1.0, timeout_s - waited))
+                waited += 1.0
             if not done:
                 raise TimeoutError(f"{desc}: no engine answered within {timeout_s:.0f}s (run.timeout_s)")
             engine, chunk = in_flight.pop(done[0])

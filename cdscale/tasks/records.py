@@ -1,0 +1,132 @@
+"""A task read from a file of records: one JSON object per line, no code to write.
+
+    {"input": "What is the capital of France?", "gold": "Paris"}
+
+Both fields are required: every run evaluates on a held-out part of the file.
+
+D draws records from the file uniformly (repeats allowed, as from any distribution; the
+held-out partition still keeps evaluation inputs out of training). The teacher's prompt
+adds `context` (instructions, examples) through `teacher_template`; the student sees
+`student_template` alone. f is the first line with text in the completion, counted from
+after the last `answer_marker` when one is set and present (so a teacher may reason first,
+and a student that answers directly has no marker to find). The score is an exact match
+after collapsing whitespace.
+
+Records are checked when the task is built: a line that is not JSON, not an object, lacks
+a field, has one of the wrong type, or lacks a field a template uses is an error naming the
+file and the line.
+Fields other than `input` and `gold` are kept in `Example.meta` and usable in templates.
+"""
+from __future__ import annotations
+
+import json
+import random
+import string
+from pathlib import Path
+from typing import Any
+
+from cdscale.tasks import Example, Task, register_task
+
+
+class RecordError(ValueError):
+    pass
+
+
+def load_records(path: str | Path) -> list[tuple[int, Example]]:
+    """Parse and check a records file into (1-based line, example) pairs; every problem
+    names the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path}: records file does not exist")
+    examples = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path} line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise RecordError(f"{where}: not UTF-8 ({err.reason} at byte {err.start})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RecordError(f"{where}: not valid JSON: {err.msg} (column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise RecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            for name in ("input", "gold"):
+                if name not in record:
+                    raise RecordError(f"{where}: missing field {name!r} (fields: {sorted(record)})")
+                if not isinstance(record[name], str):
+                    raise RecordError(f"{where}: field {name!r} must be a string, got {type(record[name]).__name__}")
+            if not record["input"].strip():
+                raise RecordError(f"{where}: field 'input' is empty")
+            meta = {k: v for k, v in record.items() if k not in ("input", "gold")}
+            examples.append((number, Example(input=record["input"], gold=record["gold"], meta=meta)))
+    if not examples:
+        raise RecordError(f"{path}: no records (an empty dataset)")
+    return examples
+
+
+def _placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+@register_task("records")
+class Records(Task):
+    def __init__(
+        self,
+        path: str,
+        context: str = "",
+        teacher_template: str = "{context}\nInput: {input}\nAnswer:",
+        student_template: str = "Input: {input}\nAnswer:",
+        answer_marker: str | None = None,
+    ):
+        lines = load_records(path)
+        self.examples = [x for _, x in lines]
+        self.context, self.answer_marker = context, answer_marker
+        self.teacher_template, self.student_template = teacher_template, student_template
+        used: set[str] = set()
+        for name, template in (("teacher_template", teacher_template), ("student_template", student_template)):
+            try:
+                names = _placeholders(template)
+            except ValueError as err:
+                raise RecordError(f"{name}: {err}") from None
+            if "input" not in names:
+                raise RecordError(f"{name}: must contain {{input}}")
+            used |= names - {"input", "context"}
+        for number, x in lines:
+            if used - x.meta.keys():
+                raise RecordError(f"{path} line {number}: missing field(s) {sorted(used - x.meta.keys())} that a template uses")
+
+    def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
+        return [self.examples[rng.randrange(len(self.examples))] for _ in range(n)]
+
+    def _fill(self, template: str, x: Example) -> str:
+        values: dict[str, Any] = {**x.meta, "input": x.input, "context": self.context}
+        return template.format(**values)
+
+    def teacher_prompt(self, x: Example) -> str:
+        return self._fill(self.teacher_template, x)
+
+    def student_prompt(self, x: Example) -> str:
+        return self._fill(self.student_template, x)
+
+    def answer_span(self, completion: str) -> tuple[int, int] | None:
+        start = 0
+        if self.answer_marker:
+            at = completion.rfind(self.answer_marker)
+            start = 0 if at < 0 else at + len(self.answer_marker)
+        # The first line with text from `start`, without its surrounding whitespace.
+        while start < len(completion):
+            end = completion.find("\n", start)
+            end = len(completion) if end < 0 else end
+            line = completion[start:end]
+            if line.strip():
+                left = start + len(line) - len(line.lstrip())
+                return left, start + len(line.rstrip())
+            start = end + 1
+        return None
+
+    def score(self, x: Example, answer: str | None) -> float:
+        return float(answer is not None and " ".join(answer.split()) == " ".join(x.gold.split()))
