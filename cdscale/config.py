@@ -39,14 +39,34 @@ class TaskConfig:
 @dataclass
 class OperationConfig:
     name: str = _f("", "label in the summary, the data and the eval files (default: the task's name); unique in the run")
-    task: TaskConfig = _f(None, "the operation's task: name and options, as in the task section", factory=TaskConfig)
-    num_train: int | None = _f(None, "raw inputs drawn per round for this operation (default: data.num_train)")
+    task: TaskConfig | None = _f(None, "the operation's task: name and options (default: the task section)")
+    num_train: int | None = _f(
+        None, "raw inputs drawn per round for this operation (default: data.num_train); 0: evaluated only, e.g. a wrong task id (H3)"
+    )
     inputs: str = _f(
         "own",
         "own: x ~ this task's D (the paper's 'naive'); mixed: x ~ a uniform mixture of the D of every operation "
-        "in the stage, prompted with this operation's templates (the paper's 'mixed', H3)",
-        ("own", "mixed"),
+        "in the stage, prompted with this operation's templates (the paper's 'mixed', H3); synthetic: x sampled "
+        "from the teacher engines, few-shot prompted with inputs from D (paper 3.1-3.2), deduplicated",
+        ("own", "mixed", "synthetic"),
     )
+    targets: str = _f(
+        "teacher",
+        "teacher: distil the teacher's distribution on f(y); gold: supervised, the student prompt then the gold "
+        "answer (direct gradient descent, H4; 'Dir' and replay data, H6-H7); gold_demonstration: supervised, the "
+        "teacher prompt then the task's gold demonstration, e.g. a scratchpad ('Sc', H6); text: the student prompt "
+        "itself as plain language-modelling data (replay mixing against forgetting, H7)",
+        ("teacher", "gold", "gold_demonstration", "text"),
+    )
+    ensemble: int = _f(
+        1,
+        "teacher prompts per input (H5): each teacher sample is scored under this many prompt variants (e.g. other "
+        "subsets of in-context examples) and the student's target is the per-token mean of their distributions",
+    )
+    synthetic_shots: int = _f(4, "synthetic: example inputs from D shown in each generation prompt")
+    synthetic_temperature: float = _f(1.0, "synthetic: sampling temperature of the generated inputs")
+    synthetic_max_new_tokens: int = _f(48, "synthetic: cap on a generated input's length in tokens (a line cut off is dropped)")
+    synthetic_max_passes: int = _f(4, "synthetic: generations to fill num_train after drops (malformed, duplicate, held out)")
 
 
 @dataclass
@@ -211,6 +231,9 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         f, typ = known[name], hints[name]
+        optional = [a for a in typing.get_args(typ) if a is not type(None)] if typing.get_origin(typ) in (typing.Union, types.UnionType) else []
+        if value is not None and len(optional) == 1 and dataclasses.is_dataclass(optional[0]):
+            typ = optional[0]  # an optional section that was given
         if dataclasses.is_dataclass(typ):
             kwargs[name] = _build(typ, value, f"{prefix}{name}.")
         elif typing.get_origin(typ) is list:
@@ -299,13 +322,22 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
         operations = []
         for i, op in enumerate(stage.operations):
             where = f"stages[{k}].operations[{i}]"
-            op = dataclasses.replace(op, name=op.name or op.task.name, num_train=op.num_train or cfg.data.num_train)
+            task = op.task or cfg.task
+            num_train = cfg.data.num_train if op.num_train is None else op.num_train
+            op = dataclasses.replace(op, name=op.name or task.name, task=task, num_train=num_train)
             if op.name in names:
                 raise ConfigError(f"{where}.name: {op.name!r} is used twice; operation names are unique in a run")
-            if op.num_train < cfg.student.batch_size:
-                raise ConfigError(f"{where}.num_train: {op.num_train} is below student.batch_size={cfg.student.batch_size}")
+            if 0 < op.num_train < cfg.student.batch_size or op.num_train < 0:
+                raise ConfigError(f"{where}.num_train: {op.num_train} is below student.batch_size={cfg.student.batch_size} (0: evaluate only)")
+            for name in ("ensemble", "synthetic_shots", "synthetic_max_new_tokens", "synthetic_max_passes"):
+                if getattr(op, name) < 1:
+                    raise ConfigError(f"{where}.{name}: must be at least 1, got {getattr(op, name)}")
+            if not 0 <= op.synthetic_temperature < math.inf:
+                raise ConfigError(f"{where}.synthetic_temperature: must be a finite number >= 0, got {op.synthetic_temperature}")
             names.add(op.name)
             operations.append(op)
+        if not any(op.num_train for op in operations):
+            raise ConfigError(f"stages[{k}].operations: every operation has num_train 0; a stage needs one to train")
         stages.append(dataclasses.replace(stage, name=stage.name or f"stage{k}", operations=operations))
     return stages
 

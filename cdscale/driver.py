@@ -25,16 +25,17 @@ import yaml
 from cdscale.checkpoint import (
     commit_state, load_latest_state, read_shard, save_hf_checkpoint, write_json_atomic, write_shard, write_text_atomic,
 )
-from cdscale.config import Config, StageConfig, resolve_stages
+from cdscale.config import Config, OperationConfig, StageConfig, resolve_stages
 from cdscale.eval import evaluate
 from cdscale.models import resolve_model_path
 from cdscale.preemption import Preempted, StopRequest
 from cdscale.student.schedule import warmup_cosine
 from cdscale.student.trainer import StudentTrainer
 from cdscale.sync.object_store import export_weights, push_weights
-from cdscale.targets import FlatTopk, build_student_record
+from cdscale.targets import FlatTopk, average_topk, build_student_record, flatten_topk, gold_record
 from cdscale.tasks import Example, Task, build_task, sample_where
 from cdscale.teacher.engine import EngineReplacer, generate_across, start_engines
+from cdscale.teacher.synthetic_inputs import synthesize_inputs
 
 
 class MetricsLog:
@@ -132,7 +133,7 @@ def sample_splits(
     the student then failed to learn at all (4% after, in a run that also had 3 epochs and
     temperature 0.5; 79% with D as it is): the easy sums seen again and again are its curriculum.
     An operation with `inputs: mixed` draws each input from the D of a uniformly chosen
-    operation of its stage.
+    training operation of its stage; one with num_train 0 is only evaluated.
     """
     seed = cfg.data.seed
     suffix = (lambda name: "") if len(tasks) == 1 else (lambda name: f"-{name}")  # a one-task run keeps its streams
@@ -148,10 +149,12 @@ def sample_splits(
             for op in stage.operations:
                 rng = random.Random(f"{seed}-train-{len(rounds)}{suffix(op.name)}")
                 what = f"num_train ({op.name})"
+                if op.inputs == "synthetic" or op.num_train == 0:  # drawn when the round starts; or evaluated only
+                    continue
                 if op.inputs == "own":
                     inputs[op.name] = sample_where(tasks[op.name], op.num_train, rng, held_out=False, what=what)
                     continue
-                sources = [tasks[o.name] for o in stage.operations]
+                sources = [tasks[o.name] for o in stage.operations if o.num_train > 0]
                 picks = [rng.randrange(len(sources)) for _ in range(op.num_train)]
                 mixed = [x for j, src in enumerate(sources) for x in sample_where(src, picks.count(j), rng, held_out=False, what=what)]
                 rng.shuffle(mixed)
@@ -160,11 +163,35 @@ def sample_splits(
     return eval_sets, rounds
 
 
+def synthetic_inputs(
+    cfg: Config, op: OperationConfig, engines: list[Any], tokenizer: Any, task: Task, round_index: int, clock: PhaseClock,
+    stop: Callable[[], bool], replace: EngineReplacer,
+) -> tuple[list[Example], dict[str, int]]:
+    """Step 1 for `inputs: synthetic`: x sampled from the engines (which hold the teacher),
+    few-shot prompted with inputs from D. Fails when too few come out usable."""
+    sampling = {"temperature": op.synthetic_temperature, "max_tokens": op.synthetic_max_new_tokens}
+    rng = random.Random(f"{cfg.data.seed}-synthetic-{round_index}-{op.name}")
+    with clock("sample_inputs"):
+        examples, counts = synthesize_inputs(
+            engines, tokenizer, task, op.num_train, rng, op.synthetic_shots, sampling, op.synthetic_max_passes,
+            cfg.teacher.chunk_size, cfg.run.timeout_s, f"round {round_index} {op.name} inputs", stop, replace,
+        )
+    print(f"[cdscale] round {round_index} {op.name}: {len(examples)} synthetic inputs; counts {counts}")
+    if len(examples) < (1 - cfg.teacher.max_answer_skip_fraction) * op.num_train:
+        raise RuntimeError(
+            f"round {round_index}, {op.name}: only {len(examples)} usable synthetic inputs of num_train={op.num_train} "
+            f"after {op.synthetic_max_passes} passes ({counts}); the model does not continue the few-shot prompt "
+            f"with new inputs (raise synthetic_max_passes or synthetic_temperature, or use inputs: own)"
+        )
+    return examples, counts
+
+
 def teacher_targets(
     cfg: Config, engines: list[Any], tokenizer: Any, task: Task, examples: list[Example], round_index: int,
-    clock: PhaseClock, stop: Callable[[], bool] | None = None, replace: EngineReplacer | None = None,
+    clock: PhaseClock, stop: Callable[[], bool] | None = None, replace: EngineReplacer | None = None, ensemble: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Steps 2 and 3: sample the teacher on T_teacher(x), keep its signal on f(y)."""
+    """Steps 2 and 3: sample the teacher on T_teacher(x), keep its signal on f(y). With
+    `ensemble` K > 1 the signal is the mean over K prompt variants (`ensemble_signal`)."""
     t = cfg.teacher
     prompts = [tokenizer(task.teacher_prompt(x))["input_ids"] for x in examples]
     # No per-request seeds: on vLLM's CPU backend a seeded request whose sampled token is
@@ -182,8 +209,41 @@ def teacher_targets(
     outputs: list[dict[str, Any] | None] = [None] * len(examples)
     for i, out in zip(fits, generated):
         outputs[i] = out
+    if ensemble > 1:
+        with clock("generate"):
+            ensemble_signal(cfg, engines, tokenizer, task, examples, outputs, ensemble, f"round {round_index} ensemble", stop, replace)
     with clock("targets"):
         return _targets_from_outputs(cfg, tokenizer, task, examples, outputs, round_index)
+
+
+def ensemble_signal(
+    cfg: Config, engines: list[Any], tokenizer: Any, task: Task, examples: list[Example], outputs: list[dict[str, Any] | None],
+    k: int, desc: str, stop: Callable[[], bool] | None = None, replace: EngineReplacer | None = None,
+) -> None:
+    """Replace each output's logprobs with the ensemble teacher's (paper H5, App. B.5): the
+    sampled y is scored under K prompt variants (`prompt_logprobs`, one prefill each) and
+    every generated position gets the mean of the K distributions. Outputs cut off are left
+    as they are (they are skipped later); one whose scoring prompts do not all fit the
+    engine's context is dropped (counted as too long)."""
+    t = cfg.teacher
+    jobs, prompts = [], []  # (output index, variant)
+    for i, (x, out) in enumerate(zip(examples, outputs)):
+        if out is None or out["finish_reason"] == "length":
+            continue
+        variants = [tokenizer(task.teacher_prompt_variant(x, v))["input_ids"] + out["token_ids"] for v in range(k)]
+        if max(map(len, variants)) >= t.max_model_len:
+            outputs[i] = None  # no ensemble signal for it: skipped and counted as too long
+            continue
+        jobs += [(i, len(p) - len(out["token_ids"])) for p in variants]
+        prompts += variants
+    scoring = [{"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": t.top_k}] * len(prompts)
+    scored = generate_across(engines, prompts, scoring, t.chunk_size, cfg.run.timeout_s, desc, stop, replace)
+    for start in range(0, len(jobs), k):
+        i = jobs[start][0]
+        rows = [FlatTopk(scored[start + v], prefix="prompt_") for v in range(k)]
+        # Generated position j is predicted at prompt position len(variant prompt) + j.
+        averaged = [average_topk([rows[v][jobs[start + v][1] + j] for v in range(k)]) for j in range(len(outputs[i]["token_ids"]))]
+        outputs[i] = {**outputs[i], **flatten_topk(averaged)}
 
 
 def _targets_from_outputs(
@@ -226,6 +286,36 @@ def _targets_from_outputs(
             f"teacher.max_answer_skip_fraction={t.max_answer_skip_fraction} or fewer left than one batch "
             f"(too_long: prompts of teacher.max_model_len={t.max_model_len} tokens or more)"
         )
+    return records, counts
+
+
+def gold_targets(
+    cfg: Config, tokenizer: Any, task: Task, examples: list[Example], kind: str
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Supervised records for `targets: gold` (student prompt, gold answer),
+    `gold_demonstration` (teacher prompt, the task's gold demonstration) or `text` (the
+    student prompt itself as plain language-modelling data, e.g. replay), as one-hot rows."""
+    records = []
+    counts = {"generated": 0, "too_long": 0, "no_answer": 0, "truncated": 0, "unaligned": 0, "kept": 0}
+    for i, x in enumerate(examples):
+        if kind == "text":
+            ids = tokenizer(task.student_prompt(x))["input_ids"]
+            prompt_ids, target, target_ids = ids[:1], task.student_prompt(x), ids[1:]  # every token after the first
+        else:
+            prompt, target = (task.student_prompt(x), x.gold) if kind == "gold" else (task.teacher_prompt(x), task.teacher_demonstration(x))
+            if target is None:
+                counts["no_answer"] += 1  # no gold answer, or a task that writes no demonstration
+                continue
+            prompt_ids, target_ids = tokenizer(prompt)["input_ids"], tokenizer(target, add_special_tokens=False)["input_ids"]
+        rec = gold_record(prompt_ids, target_ids, tokenizer.eos_token_id, cfg.teacher.top_k)
+        if len(rec.input_ids) > cfg.teacher.max_model_len:
+            counts["too_long"] += 1
+            continue
+        records.append({"index": i, "input": x.input, "gold": x.gold, "target": target, "input_ids": rec.input_ids,
+                        "answer_start": rec.answer_start, "topk_ids": rec.topk_ids, "topk_logprobs": rec.topk_logprobs})
+    counts["kept"] = len(records)
+    if len(records) < cfg.student.batch_size:
+        raise RuntimeError(f"{kind} targets: only {len(records)} examples with a target ({counts}); fewer than student.batch_size")
     return records, counts
 
 
@@ -391,13 +481,23 @@ def _rounds(
             push(0, initial_weights)
         shard = read_shard(run_dir, r)
         if shard is None:
-            records, counts = [], {"by_operation": {}}
-            for op in stage.operations:
-                op_records, op_counts = teacher_targets(cfg, engines, tokenizer, tasks[op.name], train_rounds[r][op.name], r, clock, stop, replace)
+            records, counts = [], {}
+            by_operation, synthetic = {}, {}
+            for op in (op for op in stage.operations if op.num_train > 0):
+                inputs = train_rounds[r].get(op.name)
+                if op.inputs == "synthetic":
+                    inputs, synthetic[op.name] = synthetic_inputs(cfg, op, engines, tokenizer, tasks[op.name], r, clock, stop, replace)
+                    log.write(event="synthetic_inputs", round=r, operation=op.name, **synthetic[op.name])
+                if op.targets == "teacher":
+                    op_records, by_operation[op.name] = teacher_targets(
+                        cfg, engines, tokenizer, tasks[op.name], inputs, r, clock, stop, replace, op.ensemble
+                    )
+                else:
+                    op_records, by_operation[op.name] = gold_targets(cfg, tokenizer, tasks[op.name], inputs, op.targets)
                 records += [{**rec, "operation": op.name} for rec in op_records]
-                counts["by_operation"][op.name] = op_counts
-                for key, value in op_counts.items():
+                for key, value in by_operation[op.name].items():
                     counts[key] = counts.get(key, 0) + value
+            counts.update(by_operation=by_operation, synthetic_inputs=synthetic)
             with clock("checkpoint"):
                 write_shard(run_dir, r, records, counts)
         else:

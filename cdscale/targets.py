@@ -9,15 +9,18 @@ the student learns to stop after answering.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 
 class FlatTopk:
-    """Per-position {token id: logprob} views over an engine's flat logprob lists."""
+    """Per-position {token id: logprob} views over an engine's flat logprob lists (those of
+    the generated positions, or with prefix="prompt_" those of the prompt's)."""
 
-    def __init__(self, output: dict):
-        self.ids, self.values, self.starts = output["logprob_ids"], output["logprob_values"], output["logprob_starts"]
+    def __init__(self, output: dict, prefix: str = ""):
+        self.ids, self.values = output[f"{prefix}logprob_ids"], output[f"{prefix}logprob_values"]
+        self.starts = output[f"{prefix}logprob_starts"]
 
     def __len__(self) -> int:
         return len(self.starts) - 1
@@ -25,6 +28,28 @@ class FlatTopk:
     def __getitem__(self, j: int) -> dict[int, float]:
         a, b = self.starts[j], self.starts[j + 1]
         return dict(zip(self.ids[a:b], self.values[a:b]))
+
+
+def average_topk(rows: "Sequence[dict[int, float]]") -> dict[int, float]:
+    """The ensemble teacher's distribution at one position (paper H5, App. B.5): the mean of
+    K prompts' probabilities, as {token id: logprob}. A token outside one prompt's top-k
+    counts as 0 there, so its true mean is at least the value given, and the mass missing
+    from the top-k lands in the tail bucket of the loss."""
+    total: dict[int, float] = {}
+    for row in rows:
+        for token, logprob in row.items():
+            total[token] = total.get(token, 0.0) + math.exp(logprob)
+    return {token: math.log(p / len(rows)) for token, p in total.items() if p > 0}
+
+
+def flatten_topk(rows: "Sequence[dict[int, float]]") -> dict[str, list]:
+    """Per-position {token id: logprob} dicts back into an engine output's flat fields."""
+    ids, values, starts = [], [], []
+    for row in rows:
+        starts.append(len(ids))
+        ids += list(row)
+        values += list(row.values())
+    return {"logprob_ids": ids, "logprob_values": values, "logprob_starts": starts + [len(ids)]}
 
 
 @dataclass
@@ -101,4 +126,18 @@ def build_student_record(
         answer_start=len(student_prompt_ids),
         topk_ids=ids_rows,
         topk_logprobs=lp_rows,
+    )
+
+
+def gold_record(prompt_ids: list[int], target_ids: list[int], eos_token_id: int | None, top_k: int) -> StudentRecord:
+    """A supervised example in the distillation format: the target tokens (then EOS) as
+    one-hot teacher rows, so forward KL on it is the negative log-likelihood of the target.
+    Lets gold-label baselines and replay data share a batch with distillation records."""
+    answer = list(target_ids) + ([eos_token_id] if eos_token_id is not None else [])
+    width = top_k + 1
+    return StudentRecord(
+        input_ids=list(prompt_ids) + answer,
+        answer_start=len(prompt_ids),
+        topk_ids=[[t] + [0] * (width - 1) for t in answer],
+        topk_logprobs=[[0.0] + [float("-inf")] * (width - 1) for _ in answer],
     )

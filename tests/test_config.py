@@ -88,10 +88,11 @@ def test_cli_exits_1_with_the_drivers_message_on_a_diverged_loss(capsys, monkeyp
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_loads(path):
+def test_every_shipped_config_loads(path, monkeypatch):
     from cdscale.config import resolve_stages
     from cdscale.driver import build_tasks, sample_splits
 
+    monkeypatch.chdir(CONFIGS.parent)  # records paths are relative to the repository root
     cfg = load_config(str(path))
     stages = resolve_stages(cfg)
     eval_sets, rounds = sample_splits(cfg, stages, build_tasks(stages))  # the tasks and their input spaces fit too
@@ -100,6 +101,8 @@ def test_every_shipped_config_loads(path):
 
 
 def test_stages_are_checked_with_the_field_named():
+    from cdscale.config import resolve_stages
+
     base = "stages=[{operations: [{name: a}, {name: a}]}]"
     with pytest.raises(ConfigError, match=r"stages\[0\].operations\[1\].name: 'a' is used twice"):
         load_config(None, [base])
@@ -111,5 +114,9 @@ def test_stages_are_checked_with_the_field_named():
         load_config(None, ["stages=[{operations: [{name: a}]}, {operations: [{name: b, num_train: 8}]}]"])
     with pytest.raises(ConfigError, match="run.rounds: with stages given"):
         load_config(None, ["stages=[{operations: [{name: a}]}]", "run.rounds=2"])
+    with pytest.raises(ConfigError, match=r"stages\[0\].operations: every operation has num_train 0"):
+        load_config(None, ["stages=[{operations: [{name: a, num_train: 0}]}]"])
+    evaluated_only = load_config(None, ["stages=[{operations: [{name: a}, {name: b, num_train: 0}]}]"])
+    assert [op.num_train for op in resolve_stages(evaluated_only)[0].operations] == [65536, 0]
     with pytest.raises(ConfigError, match="stages: expected a list"):
         load_config(None, ["stages={name: a}"])

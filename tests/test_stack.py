@@ -97,14 +97,17 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
 
 STAGES = (
     "stages=[{name: both, operations: [{name: short, task: {name: addition, options: {max_digits: 2}}},"
-    " {name: long, inputs: mixed, task: {name: addition, options: {min_digits: 2, max_digits: 2}}}]},"
-    " {name: again, operations: [{name: long_again, task: {name: addition, options: {min_digits: 2, max_digits: 2}}}]}]"
+    " {name: long, inputs: mixed, task: {name: addition, options: {min_digits: 2, max_digits: 2}}},"
+    " {name: probe, num_train: 0, task: {name: addition, options: {min_digits: 2, max_digits: 2}}}]},"
+    " {name: again, operations: [{name: long_again, task: {name: addition, options: {min_digits: 2, max_digits: 2}}},"
+    " {name: direct, targets: gold, num_train: 64, task: {name: addition, options: {min_digits: 2, max_digits: 2}}}]}]"
 )
 
 
 def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_model, ray_cluster, tmp_path):
     """Stage "both": two operations distilled together (one of them on mixed inputs); stage
-    "again": one more, starting from the student stage "both" left. The teacher is recursive:
+    "again": one more and a supervised one (gold answers), starting from the student stage
+    "both" left. The teacher is recursive:
     each round's student teaches the next round. (A frozen teacher over several rounds runs
     in tests/test_resume.py.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,11 +120,11 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
     run_dir = tmp_path / "e2e"
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert summary["student_after"] == on_disk["student_after"]
-    ops = ["short", "long", "long_again"]
+    ops = ["short", "long", "probe", "long_again", "direct"]
     for key in ("teacher", "student_before", "student_after"):
         assert sorted(on_disk[key]) == sorted(ops)
         assert all(0.0 <= m["accuracy"] <= 1.0 and m["tokens_per_answer"] > 0 for m in on_disk[key].values())
-    assert sorted(on_disk["after_stage"]["both"]) == ["long", "short"]  # the student is evaluated on every operation so far
+    assert sorted(on_disk["after_stage"]["both"]) == ["long", "probe", "short"]  # the student is evaluated on every operation so far
     assert sorted(on_disk["after_stage"]["again"]) == sorted(ops)
     # The teacher writes a scratchpad, the student answers directly: far fewer tokens.
     assert on_disk["teacher"]["long"]["tokens_per_answer"] > 2 * on_disk["student_after"]["long"]["tokens_per_answer"]
@@ -130,10 +133,16 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
     data = [json.loads(line) for line in (run_dir / "data" / "round_0.jsonl").read_text().splitlines()]
     counts = on_disk["round_0"]
     assert len(data) == counts["kept"] == sum(c["kept"] for c in counts["by_operation"].values())
-    assert {d["operation"] for d in data} == {"short", "long"}
+    assert {d["operation"] for d in data} == {"short", "long"}  # "probe" (num_train 0) is evaluated only
     long_inputs = [d["input"] for d in data if d["operation"] == "long"]
     assert any(len(x.split("+")[0].split()) == 1 for x in long_inputs) and any(len(x.split("+")[0].split()) == 2 for x in long_inputs)
     assert all(len(d["topk_ids"]) == len(d["input_ids"]) - d["answer_start"] for d in data)
+
+    # Round 1 mixes distillation records with supervised ones (gold answers, one-hot rows).
+    data1 = [json.loads(line) for line in (run_dir / "data" / "round_1.jsonl").read_text().splitlines()]
+    direct = [d for d in data1 if d["operation"] == "direct"]
+    assert len(direct) == 64 and all(d["target"] == d["gold"] and d["topk_logprobs"][0][0] == 0.0 for d in direct)
+    assert on_disk["round_1"]["by_operation"]["direct"]["generated"] == 0  # no teacher generation for them
 
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = {r: [e["loss"] for e in events if e["event"] == "train" and e["round"] == r] for r in (0, 1)}

@@ -85,3 +85,72 @@ def test_flat_topk_views_match_per_position_dicts():
     flat = FlatTopk(out)
     assert len(flat) == 2
     assert flat[0] == {5: -0.1, 7: -2.0, 9: -3.0} and flat[1] == {5: -0.5, 2: -1.0}
+
+
+def test_a_gold_record_trains_the_negative_log_likelihood_of_its_target():
+    """One-hot teacher rows: forward KL on the top-k + tail buckets equals the NLL of the
+    target tokens and the EOS, computed independently from the full softmax."""
+    import torch
+
+    from cdscale.student.losses import distillation_loss
+    from cdscale.student.trainer import collate
+    from cdscale.targets import gold_record
+
+    rec = gold_record([5, 6, 7], [8, 9], eos_token_id=2, top_k=4)
+    assert rec.input_ids == [5, 6, 7, 8, 9, 2] and rec.answer_ids == [8, 9, 2]
+    assert all(len(row) == 5 for row in rec.topk_ids + rec.topk_logprobs)
+    batch = collate([rec.__dict__], pad_id=0)
+    torch.manual_seed(0)
+    logits = torch.randn(len(batch["target_ids"]), 12)
+    loss = distillation_loss("forward_kl_topk", logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"])
+    nll = -torch.log_softmax(logits, -1)[torch.arange(3), torch.tensor([8, 9, 2])].mean()
+    assert loss.item() == pytest.approx(nll.item(), rel=1e-6)
+
+
+def test_the_ensemble_target_is_the_mean_of_the_prompts_distributions():
+    """Full support: the averaged logprobs are the log of the mean of the K softmaxes. Top-k
+    rows: a token outside a prompt's top-k counts 0 there, and the rest is the tail."""
+    import math
+
+    import torch
+
+    from cdscale.targets import FlatTopk, average_topk, flatten_topk
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 7)  # K = 4 prompts, 7 tokens
+    probs = torch.softmax(logits, -1)
+    rows = [dict(enumerate(torch.log_softmax(row, -1).tolist())) for row in logits]
+    averaged = average_topk(rows)
+    assert [math.exp(averaged[t]) for t in range(7)] == pytest.approx(probs.mean(0).tolist(), rel=1e-6)
+
+    top3 = [dict(sorted(row.items(), key=lambda kv: -kv[1])[:3]) for row in rows]
+    averaged = average_topk(top3)
+    for t in range(7):
+        expected = sum(probs[k, t].item() for k in range(4) if t in top3[k]) / 4
+        assert math.exp(averaged[t]) == pytest.approx(expected, rel=1e-6) if expected else t not in averaged
+    assert sum(map(math.exp, averaged.values())) < 1  # the missing mass is the tail bucket's
+
+    flat = FlatTopk(flatten_topk([averaged, rows[0]]))  # back to an engine output's layout
+    assert flat[0] == averaged and flat[1] == rows[0] and len(flat) == 2
+
+
+def test_supervised_records_for_gold_answers_demonstrations_and_plain_text(tiny_tokenizer):
+    import random
+
+    from cdscale.config import load_config
+    from cdscale.driver import gold_targets
+
+    cfg = load_config(None, ["student.batch_size=2"])
+    task = Addition(1, 2)
+    xs = task.sample_inputs(3, random.Random(0))
+    eos = tiny_tokenizer.eos_token_id
+    gold, _ = gold_targets(cfg, tiny_tokenizer, task, xs, "gold")
+    prompt = tiny_tokenizer(task.student_prompt(xs[0]))["input_ids"]
+    assert gold[0]["input_ids"] == prompt + tiny_tokenizer(xs[0].gold, add_special_tokens=False)["input_ids"] + [eos]
+    assert gold[0]["answer_start"] == len(prompt)
+    demo, _ = gold_targets(cfg, tiny_tokenizer, task, xs, "gold_demonstration")
+    answer = tiny_tokenizer.decode(demo[0]["input_ids"][demo[0]["answer_start"]:], skip_special_tokens=True)
+    assert answer == task.teacher_demonstration(xs[0])
+    text, counts = gold_targets(cfg, tiny_tokenizer, task, xs, "text")
+    assert text[0]["input_ids"] == prompt + [eos] and text[0]["answer_start"] == 1 and counts["kept"] == 3
+    assert [row[0] for row in text[0]["topk_ids"]] == prompt[1:] + [eos]  # every token after the first is a target

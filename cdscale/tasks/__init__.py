@@ -57,6 +57,23 @@ class Task(ABC):
     def score(self, x: Example, answer: str | None) -> float:
         """1.0 for a correct answer, 0.0 for a wrong or missing one (or a graded value)."""
 
+    def teacher_prompt_variant(self, x: Example, variant: int) -> str:
+        """The teacher prompt with its `variant`-th choice of context (e.g. another k-of-n
+        subset of in-context examples) for an ensemble teacher (paper H5); variant 0 is
+        `teacher_prompt(x)`. Tasks with one teacher prompt do not override this."""
+        raise ConfigError(f"task {self.name or type(self).__name__!r} has a single teacher prompt; an ensemble needs prompt variants")
+
+    def input_generation_prompt(self, shots: list[Example]) -> str:
+        """A few-shot prompt whose continuation's first line is a new raw input (synthetic
+        D, paper sections 3.1-3.2): the shots' inputs, one per line after "Input:"."""
+        return "".join(f"Input: {x.input}\n" for x in shots) + "Input:"
+
+    def parse_input(self, line: str) -> Example | str:
+        """A generated line as an input (with its gold when the task can compute one), or
+        the reason it is not one."""
+        line = line.strip()
+        return Example(input=line) if line else "empty"
+
     def teacher_demonstration(self, x: Example) -> str | None:
         """The gold teacher-format completion, when the task can write one. Used only to
         bootstrap a model with the teacher's skill (`cdscale bootstrap`)."""

@@ -25,6 +25,7 @@ from cdscale.tasks import Example, Task, register_task
 
 SCRATCH_OPEN, SCRATCH_CLOSE = "<scratch>", "</scratch>"
 _DIGITS = re.compile(r"\d( \d)*")
+_PROBLEM = re.compile(r"(\d(?: \d)*) \+ (\d(?: \d)*)")
 
 
 def spaced(digits: str) -> str:
@@ -92,6 +93,21 @@ class Addition(Task):
 
     def score(self, x: Example, answer: str | None) -> float:
         return float(answer is not None and answer.strip() == x.gold)
+
+    def input_generation_prompt(self, shots: list[Example]) -> str:
+        # The model's own input format, so a model that knows the task continues it.
+        return "".join(f"Input:\n{x.input}\n" for x in shots) + "Input:\n"
+
+    def parse_input(self, line: str) -> Example | str:
+        match = _PROBLEM.fullmatch(line.strip())
+        if match is None:
+            return "not a sum of two spaced numbers"
+        if any(g.startswith("0 ") for g in match.groups()):
+            return "leading zero"
+        a, b = (int(group.replace(" ", "")) for group in match.groups())
+        if any(not self.min_digits <= len(str(n)) <= self.max_digits for n in (a, b)):
+            return "operand outside the task's digit range"
+        return Example(input=line.strip(), gold=spaced(str(a + b)), meta={"a": a, "b": b})
 
     def teacher_demonstration(self, x: Example) -> str:
         return f"{scratchpad(x.meta['a'], x.meta['b'])}\n{x.gold}"

@@ -16,6 +16,11 @@ Records are checked when the task is built: a line that is not JSON, not an obje
 a field, has one of the wrong type, or lacks a field a template uses is an error naming the
 file and the line.
 Fields other than `input` and `gold` are kept in `Example.meta` and usable in templates.
+
+In-context examples come from a second records file (`demonstrations_path`) into the
+`{demonstrations}` placeholder: the teacher's prompt shows a random k-of-n subset chosen per
+input (`demonstrations_per_prompt`), and each prompt variant of an ensemble teacher its own
+subset; a student template shows the first k, the same for every input.
 """
 from __future__ import annotations
 
@@ -81,11 +86,21 @@ class Records(Task):
         teacher_template: str = "{context}\nInput: {input}\nAnswer:",
         student_template: str = "Input: {input}\nAnswer:",
         answer_marker: str | None = None,
+        demonstrations_path: str | None = None,
+        demonstrations_per_prompt: int | None = None,
+        demonstration_template: str = "Input: {input}\nAnswer: {gold}\n",
     ):
         lines = load_records(path)
         self.examples = [x for _, x in lines]
         self.context, self.answer_marker = context, answer_marker
         self.teacher_template, self.student_template = teacher_template, student_template
+        # In-context examples for {demonstrations}: each prompt variant shows its own
+        # k-of-n subset, in its own order (an ensemble teacher beyond the window, H5).
+        self.demonstrations = [x for _, x in load_records(demonstrations_path)] if demonstrations_path else []
+        self.per_prompt = demonstrations_per_prompt or len(self.demonstrations)
+        if self.demonstrations and not 1 <= self.per_prompt <= len(self.demonstrations):
+            raise RecordError(f"demonstrations_per_prompt: must be in [1, {len(self.demonstrations)}] (the demonstrations), got {demonstrations_per_prompt}")
+        self.demonstration_template = demonstration_template
         used: set[str] = set()
         for name, template in (("teacher_template", teacher_template), ("student_template", student_template)):
             try:
@@ -94,7 +109,9 @@ class Records(Task):
                 raise RecordError(f"{name}: {err}") from None
             if "input" not in names:
                 raise RecordError(f"{name}: must contain {{input}}")
-            used |= names - {"input", "context"}
+            used |= names - {"input", "context", "demonstrations"}
+            if "demonstrations" in names and not self.demonstrations:
+                raise RecordError(f"{name}: uses {{demonstrations}} but no demonstrations_path is given")
         for number, x in lines:
             if used - x.meta.keys():
                 raise RecordError(f"{path} line {number}: missing field(s) {sorted(used - x.meta.keys())} that a template uses")
@@ -102,15 +119,27 @@ class Records(Task):
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
         return [self.examples[rng.randrange(len(self.examples))] for _ in range(n)]
 
-    def _fill(self, template: str, x: Example) -> str:
-        values: dict[str, Any] = {**x.meta, "input": x.input, "context": self.context}
+    def _fill(self, template: str, x: Example, variant: int | None) -> str:
+        """`variant`: which random subset of demonstrations the prompt shows; None: the first
+        ones in file order, the same for every input (the student's fixed examples, H5)."""
+        if variant is None:
+            shown = self.demonstrations[: self.per_prompt]
+        else:
+            shown = random.Random(f"{x.input}\0{variant}").sample(self.demonstrations, self.per_prompt)
+        demonstrations = "".join(self.demonstration_template.format(input=d.input, gold=d.gold, **d.meta) for d in shown)
+        values: dict[str, Any] = {**x.meta, "input": x.input, "context": self.context, "demonstrations": demonstrations}
         return template.format(**values)
 
     def teacher_prompt(self, x: Example) -> str:
-        return self._fill(self.teacher_template, x)
+        return self._fill(self.teacher_template, x, 0)
+
+    def teacher_prompt_variant(self, x: Example, variant: int) -> str:
+        if "demonstrations" not in _placeholders(self.teacher_template):
+            return super().teacher_prompt_variant(x, variant)
+        return self._fill(self.teacher_template, x, variant)
 
     def student_prompt(self, x: Example) -> str:
-        return self._fill(self.student_template, x)
+        return self._fill(self.student_template, x, None)
 
     def answer_span(self, completion: str) -> tuple[int, int] | None:
         start = 0

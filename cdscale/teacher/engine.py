@@ -56,7 +56,9 @@ class TeacherEngine:
         With `logprobs=k`, each output carries them flat: for generated position j, the
         entries `logprob_starts[j]:logprob_starts[j + 1]` of `logprob_ids` and
         `logprob_values` (the top-k plus the sampled token). With `n > 1` the fields describe
-        the first sample, and `samples` holds the token ids of all n.
+        the first sample, and `samples` holds the token ids of all n. With
+        `prompt_logprobs=k`, the `prompt_logprob_*` fields give the same for every prompt
+        position (position 0 has no entries).
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -72,6 +74,11 @@ class TeacherEngine:
                 result["logprob_ids"] = flat.token_ids
                 result["logprob_values"] = flat.logprobs
                 result["logprob_starts"] = list(flat.start_indices) + [len(flat.token_ids)]
+            if out.prompt_logprobs is not None:  # scoring a given continuation (`prompt_logprobs=k`): the same layout
+                flat = out.prompt_logprobs
+                result["prompt_logprob_ids"] = flat.token_ids
+                result["prompt_logprob_values"] = flat.logprobs
+                result["prompt_logprob_starts"] = list(flat.start_indices) + [len(flat.token_ids)]
             if len(out.outputs) > 1:
                 result["samples"] = [list(c.token_ids) for c in out.outputs]
             results.append(result)
