@@ -27,7 +27,7 @@ demo: install
 	$(BIN)/cdscale run
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 # Unit tests only (no Ray / vLLM / DeepSpeed): seconds.
 test-fast: install

@@ -5,6 +5,7 @@
     cdscale bootstrap                                        prepare the tiny teacher model
     cdscale prepare-model smollm2-135m                      convert packaged real weights
     cdscale config [--config FILE] [overrides ...]          print the resolved config, explained
+    cdscale report RUN_DIR... [--out DIR]                   results table (markdown) and plots of runs
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdscale.config import ConfigError, describe, load_config
+from cdscale.config import ConfigError, RunFailed, describe, load_config
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -59,6 +60,17 @@ def _prepare_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from cdscale.report import write_report
+
+    run_dirs = [Path(d) for d in args.run_dirs]
+    out = Path(args.out) if args.out else run_dirs[0] / "report"
+    path = write_report(run_dirs, out)
+    print(path.read_text())
+    print(f"[cdscale] wrote {path}, {out / 'accuracy.png'} and {out / 'loss.png'}")
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     print(describe(load_config(args.config, args.overrides)))
     return 0
@@ -86,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=_bootstrap)
 
+    p = sub.add_parser("report", help="results table and plots of finished runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/report of the first run)")
+    p.set_defaults(fn=_report)
+
     p = sub.add_parser("prepare-model", help="convert packaged real weights into a cached safetensors folder")
     p.add_argument("name", choices=["smollm2-135m"])
     p.add_argument("--force", action="store_true")
@@ -97,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError) as err:
         print(f"cdscale: error: {err}", file=sys.stderr)
         return 2
-    except FloatingPointError as err:  # a diverged loss: the run stops, its last commit stays
+    except (FloatingPointError, RunFailed) as err:  # a diverged loss, too little usable data: the last commit stays
         print(f"cdscale: error: {err}", file=sys.stderr)
         return 1
 

@@ -176,7 +176,12 @@ class Config:
 
 
 class ConfigError(ValueError):
-    pass
+    """A config that cannot run; the CLI reports it without a traceback (exit 2)."""
+
+
+class RunFailed(RuntimeError):
+    """A run that cannot go on with what it got (too many inputs skipped, engines that keep
+    dying); the last commit stays. The CLI reports it without a traceback (exit 1)."""
 
 
 def _coerce(path: str, value: Any, typ: Any, meta: dict) -> Any:

@@ -25,7 +25,7 @@ import yaml
 from cdscale.checkpoint import (
     commit_state, load_latest_state, read_shard, save_hf_checkpoint, write_json_atomic, write_shard, write_text_atomic,
 )
-from cdscale.config import Config, OperationConfig, StageConfig, resolve_stages
+from cdscale.config import Config, OperationConfig, RunFailed, StageConfig, resolve_stages
 from cdscale.eval import evaluate
 from cdscale.models import resolve_model_path
 from cdscale.preemption import Preempted, StopRequest
@@ -103,6 +103,7 @@ def start_trainers(cfg: Config, model_path: str) -> list[Any]:
         "steps_per_print": 10**9,
         "_lr": s.lr,
         "_weight_decay": s.weight_decay,
+        "_timeout_s": cfg.run.timeout_s,
     }
     actor = ray.remote(StudentTrainer).options(num_cpus=s.cpus_per_rank, num_gpus=s.gpus_per_rank)
     trainers = [
@@ -178,7 +179,7 @@ def synthetic_inputs(
         )
     print(f"[cdscale] round {round_index} {op.name}: {len(examples)} synthetic inputs; counts {counts}")
     if len(examples) < (1 - cfg.teacher.max_answer_skip_fraction) * op.num_train:
-        raise RuntimeError(
+        raise RunFailed(
             f"round {round_index}, {op.name}: only {len(examples)} usable synthetic inputs of num_train={op.num_train} "
             f"after {op.synthetic_max_passes} passes ({counts}); the model does not continue the few-shot prompt "
             f"with new inputs (raise synthetic_max_passes or synthetic_temperature, or use inputs: own)"
@@ -281,7 +282,7 @@ def _targets_from_outputs(
     counts["kept"] = len(records)
     skipped = len(outputs) - len(records)
     if skipped > t.max_answer_skip_fraction * len(outputs) or len(records) < cfg.student.batch_size:
-        raise RuntimeError(
+        raise RunFailed(
             f"round {round_index}: {skipped} of {len(outputs)} inputs skipped ({counts}); above "
             f"teacher.max_answer_skip_fraction={t.max_answer_skip_fraction} or fewer left than one batch "
             f"(too_long: prompts of teacher.max_model_len={t.max_model_len} tokens or more)"
@@ -315,7 +316,7 @@ def gold_targets(
                         "answer_start": rec.answer_start, "topk_ids": rec.topk_ids, "topk_logprobs": rec.topk_logprobs})
     counts["kept"] = len(records)
     if len(records) < cfg.student.batch_size:
-        raise RuntimeError(f"{kind} targets: only {len(records)} examples with a target ({counts}); fewer than student.batch_size")
+        raise RunFailed(f"{kind} targets: only {len(records)} examples with a target ({counts}); fewer than student.batch_size")
     return records, counts
 
 
@@ -441,12 +442,16 @@ def _rounds(
         replace.holds(weights, version)  # what a replaced engine must load
         return sync, weights
 
-    def commit(progress: dict[str, Any]) -> None:
+    def commit(progress: dict[str, Any], weights: ray.ObjectRef | None = None) -> None:
+        """Commit the ranks' DeepSpeed state and the student as safetensors (`weights`: its
+        export if the caller has one, else it is gathered here)."""
+        def save(tmp: Path) -> None:
+            ray.get([tr.save_state.remote(str(tmp)) for tr in trainers], timeout=cfg.run.timeout_s)
+            student = weights if weights is not None else export_weights(trainers, cfg.run.timeout_s)
+            save_hf_checkpoint(ray.get(student).named_tensors(), model_path, tmp / "student")
+
         with clock("checkpoint"):
-            folder = commit_state(
-                run_dir, progress,
-                lambda tmp: ray.get([tr.save_state.remote(str(tmp)) for tr in trainers], timeout=cfg.run.timeout_s),
-            )
+            folder = commit_state(run_dir, progress, save)
         log.write(event="commit", state=folder.name, round=progress["round"], step=progress["step"])
 
     state = load_latest_state(run_dir)
@@ -530,7 +535,7 @@ def _rounds(
             for op in stage.operations:
                 summary.setdefault(f"teacher_round_{r + 1}", {})[op.name] = run_eval(op.name, "teacher", f"teacher_round_{r + 1}", t.max_new_tokens)
         progress.update(round=r + 1, step=0, losses=[])
-        commit(progress)
+        commit(progress, student_weights)
     with clock("checkpoint"):
         if student_weights is None:  # resumed after the last round's commit
             student_weights = export_weights(trainers, cfg.run.timeout_s)

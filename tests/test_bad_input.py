@@ -9,7 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdscale.config import Config, ConfigError, load_config, resolve_stages
+from cdscale.config import Config, ConfigError, RunFailed, load_config, resolve_stages
 from cdscale.driver import _targets_from_outputs
 from cdscale.tasks import build_task
 
@@ -66,6 +66,6 @@ def test_outputs_of_prompts_too_long_are_counted_and_fail_the_round_above_the_th
     cfg = load_config(None, ["student.batch_size=2"])
     task = build_task("addition", {})
     examples = task.sample_inputs(4, random.Random(0))
-    with pytest.raises(RuntimeError, match="'too_long': 4") as err:
+    with pytest.raises(RunFailed, match="'too_long': 4") as err:
         _targets_from_outputs(cfg, tiny_tokenizer, task, examples, [None] * 4, 0)
     assert "teacher.max_model_len" in str(err.value)

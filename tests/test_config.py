@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from cdscale.cli import main
-from cdscale.config import Config, ConfigError, describe, load_config
+from cdscale.config import Config, ConfigError, RunFailed, describe, load_config
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -74,17 +74,19 @@ def test_cli_refuses_to_overwrite_a_run_and_to_resume_a_non_run(capsys, tmp_path
     assert "drop --config and the overrides" in capsys.readouterr().err
 
 
-def test_cli_exits_1_with_the_drivers_message_on_a_diverged_loss(capsys, monkeypatch):
-    """The exit status only: the message itself comes from the real ranks and driver in
-    tests/test_stack.py (a NaN loss on one rank)."""
+@pytest.mark.parametrize("error", [FloatingPointError, RunFailed])
+def test_cli_exits_1_with_the_drivers_message_when_a_run_cannot_go_on(capsys, monkeypatch, error):
+    """The exit status only: the messages come from the real ranks and driver elsewhere (a
+    NaN loss on one rank in tests/test_stack.py; too many skipped inputs in
+    tests/test_bad_input.py)."""
     import cdscale.driver
 
-    def diverge(cfg, resume=False):
-        raise FloatingPointError("round 0, steps 0-2: rank 0: a rank's loss is not finite")
+    def fail(cfg, resume=False):
+        raise error("round 0, steps 0-2: the cause")
 
-    monkeypatch.setattr(cdscale.driver, "run", diverge)
+    monkeypatch.setattr(cdscale.driver, "run", fail)
     assert main(["run"]) == 1
-    assert "cdscale: error: round 0, steps 0-2" in capsys.readouterr().err
+    assert "cdscale: error: round 0, steps 0-2: the cause" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

@@ -161,7 +161,10 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
     # trainer's export) generates, through Hugging Face, what the engines generated when
     # evaluated as the next round's teacher and as the student. (A checksum of the engine's
     # weights misses vLLM CPU's repacked linear layers; generations do not.)
+    latest = run_dir / "state" / json.loads((run_dir / "state" / "latest.json").read_text())["state"]
+    committed = AutoModelForCausalLM.from_pretrained(latest / "student", dtype=torch.float32)  # safetensors in every commit
     student = AutoModelForCausalLM.from_pretrained(run_dir / "student", dtype=torch.float32).eval()
+    assert all(torch.equal(a, b) for a, b in zip(committed.state_dict().values(), student.state_dict().values()))
     tokenizer, task = AutoTokenizer.from_pretrained(run_dir / "student"), build_task("addition", {"min_digits": 2, "max_digits": 2})
     for name, prompt, max_new in (("teacher_round_2", task.teacher_prompt, 64), ("student_after_round_1", task.student_prompt, 16)):
         rows = [json.loads(line) for line in (run_dir / "eval" / "long_again" / f"{name}.jsonl").read_text().splitlines()][:8]
@@ -170,6 +173,19 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
             out = student.generate(ids, max_new_tokens=max_new, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             assert tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == row["completion"], (name, row["input"])
     assert "long_again" in on_disk["teacher_round_2"] and "short" in on_disk["teacher_round_1"]
+
+    # `cdscale report` on this run: one row per operation in the paper's layout, and two plots.
+    from cdscale.cli import main
+
+    assert main(["report", str(run_dir)]) == 0
+    rows = {line.split(" | ")[1]: line for line in (run_dir / "report" / "report.md").read_text().splitlines()
+            if line.startswith("| e2e | ")}
+    assert sorted(rows) == sorted(ops)
+    assert f"| {100 * on_disk['teacher']['long']['accuracy']:.1f} |" in rows["long"]
+    assert "| - |" in rows["long_again"]  # not yet an operation after stage "both"
+    for png in ("accuracy.png", "loss.png"):
+        data = (run_dir / "report" / png).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
 
 
 def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redone(teacher_model, ray_cluster):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,10 @@ class StudentTrainer:
         )
         torch.manual_seed(self.seed)
         self.rss_before_model = _rss_bytes()
-        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+        # A collective whose peer died fails after run.timeout_s instead of waiting forever.
+        deepspeed.init_distributed(
+            dist_backend=get_accelerator().communication_backend_name(), timeout=timedelta(seconds=self.ds_config["_timeout_s"])
+        )
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
         # Plain torch AdamW: works on CPU and GPU alike, no op compilation at start-up.

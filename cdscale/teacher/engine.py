@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import ray
 
+from cdscale.config import RunFailed
 from cdscale.preemption import Preempted
 from cdscale.sync.packing import PackedWeights
 
@@ -146,7 +147,7 @@ class EngineReplacer:
     def __call__(self, engines: list[Any], dead: Any, unfinished: int) -> Any:
         """Put a new engine in `dead`'s place in `engines`; `unfinished` prompts will be sent again."""
         if self.replaced >= self.limit:
-            raise RuntimeError(f"{self.replaced} teacher engines died already (teacher.max_engine_restarts={self.limit})")
+            raise RunFailed(f"{self.replaced} teacher engines died already (teacher.max_engine_restarts={self.limit})")
         i = engines.index(dead)
         ray.kill(dead)
         seed = self.engine_kwargs["seed"] + len(engines) + self.replaced  # a fresh random stream

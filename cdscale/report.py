@@ -1,0 +1,123 @@
+"""`cdscale report RUN_DIR...`: the runs' results as a markdown table in the paper's layout
+and PNG plots, from what each run directory holds (summary.json, metrics.jsonl).
+
+    report.md             one row per (run, operation): teacher with its context, student
+                          before, student after each stage, inference tokens and their ratio
+    accuracy.png          student accuracy per operation after each round (round -1: before)
+    loss.png              training loss per step, rounds one after another
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run's summary and events; a clear error for a folder that is not a finished run."""
+    summary_file, metrics_file = run_dir / "summary.json", run_dir / "metrics.jsonl"
+    if not summary_file.is_file() or not metrics_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no summary.json and metrics.jsonl; is it a finished cdscale run?")
+    events = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    return json.loads(summary_file.read_text()), events
+
+
+def _pct(metrics: dict[str, Any] | None) -> str:
+    return "-" if metrics is None else f"{100 * metrics['accuracy']:.1f}"
+
+
+def results_table(runs: dict[str, dict[str, Any]]) -> str:
+    """Accuracy (%) per run and operation, the columns of the paper's tables."""
+    stage_names = list(dict.fromkeys(name for s in runs.values() for name in s.get("after_stage", {})))
+    head = ["run", "operation", "teacher (with context)", "student before"]
+    head += [f"after {name}" for name in stage_names] if len(stage_names) > 1 else ["student after"]
+    head += ["tokens per answer: teacher / student", "token ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for run, s in runs.items():
+        ops = list(dict.fromkeys([*s.get("teacher", {}), *s.get("student_after", {})]))
+        for op in ops:
+            teacher, last = s.get("teacher", {}).get(op), s.get("student_after", {}).get(op)
+            afters = [s.get("after_stage", {}).get(name, {}).get(op) for name in stage_names] or [last]
+            tokens, ratio = "-", "-"
+            if teacher and last:
+                tokens = f"{teacher['tokens_per_answer']:.1f} / {last['tokens_per_answer']:.1f}"
+                ratio = f"{teacher['tokens_per_answer'] / last['tokens_per_answer']:.1f}x"
+            row = [run, op, _pct(teacher), _pct(s.get("student_before", {}).get(op)), *map(_pct, afters), tokens, ratio]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _axes() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _save(fig: Any, ax: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    fig, ax = _axes()
+    for run, events in runs.items():
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for e in events:
+            if e["event"] != "eval" or "operation" not in e:
+                continue
+            if e["name"] == "student_before":
+                curves.setdefault(e["operation"], []).append((-1, e["accuracy"]))
+            elif e["name"].startswith("student_after_round_"):
+                curves.setdefault(e["operation"], []).append((int(e["name"].rsplit("_", 1)[1]), e["accuracy"]))
+        for op, points in curves.items():
+            points = sorted(dict(points).items())  # a resumed run may have evaluated a round twice: keep the last
+            ax.plot([r for r, _ in points], [100 * a for _, a in points], marker="o", label=f"{run}: {op}")
+    ax.set_xlabel("after round (-1: before distillation)")
+    ax.set_ylabel("student accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Student accuracy, without context")
+    _save(fig, ax, path)
+
+
+def plot_loss(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    fig, ax = _axes()
+    for run, events in runs.items():
+        # One point per (round, step), the last logged (a resumed run may log a step again).
+        losses = {(e["round"], e["step"]): e["loss"] for e in events if e["event"] == "train"}
+        ax.plot(range(len(losses)), [losses[k] for k in sorted(losses)], label=run, linewidth=1)
+    ax.set_xlabel("optimizer step (rounds one after another)")
+    ax.set_ylabel("distillation loss")
+    ax.set_yscale("log")
+    ax.set_title("Training loss")
+    _save(fig, ax, path)
+
+
+def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
+    """report.md, accuracy.png and loss.png in out_dir; returns the markdown's path."""
+    summaries, events = {}, {}
+    for run_dir in run_dirs:
+        name = run_dir.resolve().name
+        if name in summaries:
+            name = str(run_dir)
+        summaries[name], events[name] = load_run(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_accuracy(events, out_dir / "accuracy.png")
+    plot_loss(events, out_dir / "loss.png")
+    sources = "\n".join(f"- `{name}`: {run_dir}" for name, run_dir in zip(summaries, run_dirs))
+    text = (
+        f"# cdscale report\n\nAccuracy in % on each operation's held-out inputs (greedy).\n\n{results_table(summaries)}\n\n"
+        f"![student accuracy](accuracy.png)\n\n![training loss](loss.png)\n\nRuns:\n{sources}\n"
+    )
+    (out_dir / "report.md").write_text(text)
+    return out_dir / "report.md"
