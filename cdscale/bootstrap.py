@@ -21,10 +21,12 @@ from cdscale.student.schedule import warmup_cosine
 from cdscale.tasks import Task, sample_where
 
 
-def demonstration_batch(task: Task, tokenizer, n: int, rng: random.Random) -> dict[str, torch.Tensor]:
-    """Teacher prompt + gold scratchpad completion + EOS; loss on the completion only."""
+def demonstration_batch(tasks: list[Task], tokenizer, n: int, rng: random.Random) -> dict[str, torch.Tensor]:
+    """Teacher prompt + gold completion + EOS, each from a task chosen uniformly; loss on the
+    completion only."""
     seqs, starts = [], []
-    for x in sample_where(task, n, rng, held_out=False):
+    for task in (rng.choice(tasks) for _ in range(n)):
+        [x] = sample_where(task, 1, rng, held_out=False)
         prompt = tokenizer(task.teacher_prompt(x))["input_ids"]
         completion = tokenizer(task.teacher_demonstration(x), add_special_tokens=False)["input_ids"]
         seqs.append(prompt + completion + [tokenizer.eos_token_id])
@@ -53,7 +55,7 @@ def greedy_accuracy(model, tokenizer, task: Task, n: int, seed: int, max_new_tok
 
 
 def bootstrap(
-    task: Task,
+    task: Task | list[Task],
     out_dir: Path,
     steps: int = 1200,
     batch_size: int = 64,
@@ -62,7 +64,9 @@ def bootstrap(
     eval_every: int = 10**9,
     log=print,
 ) -> dict:
-    """Train a tiny Llama on the task's teacher demonstrations and save it to out_dir atomically."""
+    """Train a tiny Llama on the teacher demonstrations of one task (or a uniform mixture of
+    several) and save it to out_dir atomically."""
+    tasks = task if isinstance(task, list) else [task]
     torch.manual_seed(seed)
     rng = random.Random(f"bootstrap-{seed}")
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -76,7 +80,7 @@ def bootstrap(
     start = time.time()
     history = []
     for step in range(1, steps + 1):
-        loss = model(**demonstration_batch(task, tokenizer, batch_size, rng)).loss
+        loss = model(**demonstration_batch(tasks, tokenizer, batch_size, rng)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -85,11 +89,11 @@ def bootstrap(
         if step % 50 == 0:
             log(f"bootstrap step {step}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
         if step % eval_every == 0 or step == steps:
-            acc = greedy_accuracy(model, tokenizer, task, 200, seed + 10_000 + step, max_new_tokens=160)
+            acc = sum(greedy_accuracy(model, tokenizer, t, 200 // len(tasks), seed + 10_000 + step, max_new_tokens=160) for t in tasks) / len(tasks)
             history.append({"step": step, "loss": loss.item(), "teacher_accuracy": acc, "seconds": time.time() - start})
             log(f"bootstrap step {step}: teacher greedy accuracy {acc:.3f}")
     model.save_pretrained(tmp, safe_serialization=True)
-    info = {"task": task.name, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "history": history}
+    info = {"task": [t.name for t in tasks], "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "history": history}
     (tmp / "cdscale_bootstrap.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)

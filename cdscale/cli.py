@@ -43,12 +43,17 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from cdscale.models import prepared_path
     from cdscale.tasks import build_task
 
-    out = prepared_path("tiny-addition")
+    out = prepared_path(f"tiny-{args.task}")
     if (out / "config.json").is_file() and not args.force:
         print(f"[cdscale] {out} already bootstrapped (use --force to redo)")
         return 0
-    task = build_task("addition", {"min_digits": args.min_digits, "max_digits": args.max_digits})
-    info = bootstrap(task, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    if args.task == "addition":
+        tasks = build_task("addition", {"min_digits": args.min_digits, "max_digits": args.max_digits})
+    else:  # the four tasks of the task-id experiment, each on 2- to 5-digit pairs
+        from cdscale.tasks.arithmetic import OPERATIONS
+
+        tasks = [build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5}) for op in OPERATIONS]
+    info = bootstrap(tasks, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     print(f"[cdscale] bootstrapped tiny model in {out}: {info['history'][-1]}")
     return 0
 
@@ -89,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory from its last committed state")
 
     p = sub.add_parser("bootstrap", help="teach the tiny model scratchpad addition (the paper's starting teacher)")
+    p.add_argument("--task", choices=["addition", "arithmetic"], default="addition",
+                   help="addition: tiny-addition; arithmetic: tiny-arithmetic, the four instructed tasks of the task-id experiment")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)

@@ -83,3 +83,20 @@ def test_held_out_partition_keeps_eval_and_training_apart():
     assert 0.05 < share < 0.15  # about a tenth of D is held out
     with pytest.raises(ConfigError, match="input space is too small"):
         sample_where(Addition(1, 1), 50, random.Random(0), held_out=True, distinct=True, what="data.num_eval")
+
+
+def test_arithmetic_tasks_for_the_task_id_experiment():
+    from cdscale.tasks import Example
+
+    max_task = build_task("arithmetic", {"operation": "max", "min_digits": 2, "max_digits": 2, "task_id": "0"})
+    x = max_task.sample_inputs(1, random.Random(0))[0]
+    assert len(x.input.split(" , ")[0].split()) == 2
+    assert max_task.teacher_prompt(x) == f"Task: max\nInput:\n{x.input}\nAnswer:\n"
+    assert max_task.student_prompt(x) == f"[0]\nInput:\n{x.input}\nAnswer:\n"
+    # An input from another task's D (mixed inputs) is scored by this task's operation.
+    other = Example(input="1 2 3 , 4 5 6", gold="1 2 3")
+    assert max_task.score(other, "4 5 6") == 1.0 and max_task.score(other, "1 2 3") == 0.0
+    assert max_task.teacher_demonstration(other) == "4 5 6"
+    assert max_task.extract_answer(" 4 5 6\nmore") == "4 5 6" and max_task.extract_answer("none") is None
+    with pytest.raises(Exception, match="operation"):
+        build_task("arithmetic", {"operation": "sum"})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 PREPARED = {
     "tiny-addition": "cdscale bootstrap",
+    "tiny-arithmetic": "cdscale bootstrap --task arithmetic",
     "smollm2-135m": "cdscale prepare-model smollm2-135m",
 }
 

@@ -117,7 +117,9 @@ def sample_where(
 
 
 _REGISTRY: dict[str, type[Task]] = {}
-_BUILTIN_MODULES = {"addition": "cdscale.tasks.addition", "records": "cdscale.tasks.records"}
+_BUILTIN_MODULES = {
+    "addition": "cdscale.tasks.addition", "arithmetic": "cdscale.tasks.arithmetic", "records": "cdscale.tasks.records",
+}
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
