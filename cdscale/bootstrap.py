@@ -25,8 +25,11 @@ def demonstration_batch(tasks: list[Task], tokenizer, n: int, rng: random.Random
     """Teacher prompt + gold completion + EOS, each from a task chosen uniformly; loss on the
     completion only."""
     seqs, starts = [], []
-    for task in (rng.choice(tasks) for _ in range(n)):
-        [x] = sample_where(task, 1, rng, held_out=False)
+    # One task draws its n inputs as before (the same stream, so the same tiny-addition).
+    picked = [(tasks[0], x) for x in sample_where(tasks[0], n, rng, held_out=False)] if len(tasks) == 1 else [
+        (task, sample_where(task, 1, rng, held_out=False)[0]) for task in (rng.choice(tasks) for _ in range(n))
+    ]
+    for task, x in picked:
         prompt = tokenizer(task.teacher_prompt(x))["input_ids"]
         completion = tokenizer(task.teacher_demonstration(x), add_special_tokens=False)["input_ids"]
         seqs.append(prompt + completion + [tokenizer.eos_token_id])
