@@ -3,7 +3,7 @@ and PNG plots, from what each run directory holds (summary.json, metrics.jsonl).
 
     report.md             one row per (run, operation): teacher with its context, student
                           before, student after each stage, inference tokens and their ratio
-    accuracy.png          student accuracy per operation after each round (round -1: before)
+    accuracy.png          student accuracy per operation after each round (round -1: before), a panel per run
     loss.png              training loss per step, rounds one after another
 """
 from __future__ import annotations
@@ -47,31 +47,35 @@ def results_table(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _axes() -> Any:
+def _axes(rows: int = 1) -> Any:
+    """A figure of `rows` panels, one above the other."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    return fig, ax
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 3.2 * rows), squeeze=False)
+    for ax in axes[:, 0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    return fig, list(axes[:, 0])
 
 
-def _save(fig: Any, ax: Any, path: Path) -> None:
+def _save(fig: Any, axes: list[Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    ax.legend(fontsize=8)
+    for ax in axes:  # legends beside the panels, so many lines do not hide the data
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    fig, ax = _axes()
-    for run, events in runs.items():
+    """One panel per run, one line per operation."""
+    fig, axes = _axes(len(runs))
+    for ax, (run, events) in zip(axes, runs.items()):
         curves: dict[str, list[tuple[int, float]]] = {}
         for e in events:
             if e["event"] != "eval" or "operation" not in e:
@@ -82,16 +86,16 @@ def plot_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
                 curves.setdefault(e["operation"], []).append((int(e["name"].rsplit("_", 1)[1]), e["accuracy"]))
         for op, points in curves.items():
             points = sorted(dict(points).items())  # a resumed run may have evaluated a round twice: keep the last
-            ax.plot([r for r, _ in points], [100 * a for _, a in points], marker="o", label=f"{run}: {op}")
-    ax.set_xlabel("after round (-1: before distillation)")
-    ax.set_ylabel("student accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title("Student accuracy, without context")
-    _save(fig, ax, path)
+            ax.plot([r for r, _ in points], [100 * a for _, a in points], marker="o", label=op)
+        ax.set_xlabel("after round (-1: before distillation)")
+        ax.set_ylabel("student accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(f"{run}: student accuracy, without context")
+    _save(fig, axes, path)
 
 
 def plot_loss(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    fig, ax = _axes()
+    fig, [ax] = _axes()
     for run, events in runs.items():
         # One point per (round, step), the last logged (a resumed run may log a step again).
         losses = {(e["round"], e["step"]): e["loss"] for e in events if e["event"] == "train"}
@@ -100,7 +104,7 @@ def plot_loss(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     ax.set_ylabel("distillation loss")
     ax.set_yscale("log")
     ax.set_title("Training loss")
-    _save(fig, ax, path)
+    _save(fig, [ax], path)
 
 
 def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
