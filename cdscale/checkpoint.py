@@ -50,6 +50,19 @@ def save_hf_checkpoint(named_weights: list[tuple[str, torch.Tensor]], source_mod
         raise RuntimeError(f"checkpoint {out_dir}: weights missing from the trainer export: {missing[:5]}")
     model.save_pretrained(tmp, safe_serialization=True)
     AutoTokenizer.from_pretrained(source_model).save_pretrained(tmp)
+    return _swap_in(tmp, out_dir)
+
+
+def copy_dir_atomic(src: Path, out_dir: Path) -> Path:
+    """Copy a folder to out_dir, replacing what was there only once the copy is whole."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    return _swap_in(tmp, out_dir)
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> Path:
+    """Put the finished folder tmp at out_dir (the old one is moved aside, then removed)."""
     old = out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():

@@ -23,12 +23,14 @@ import ray
 import yaml
 
 from cdscale.checkpoint import (
-    commit_state, load_latest_state, read_shard, save_hf_checkpoint, write_json_atomic, write_shard, write_text_atomic,
+    commit_state, copy_dir_atomic, load_latest_state, read_shard, save_hf_checkpoint, write_json_atomic, write_shard,
+    write_text_atomic,
 )
 from cdscale.config import Config, OperationConfig, RunFailed, StageConfig, resolve_stages
 from cdscale.eval import evaluate
 from cdscale.models import resolve_model_path
 from cdscale.preemption import Preempted, StopRequest
+from cdscale.report import results_table
 from cdscale.student.schedule import warmup_cosine
 from cdscale.student.trainer import StudentTrainer
 from cdscale.sync.object_store import export_weights, push_weights
@@ -247,13 +249,17 @@ def ensemble_signal(
         outputs[i] = {**outputs[i], **flatten_topk(averaged)}
 
 
+# What happened to a round's inputs, per operation: the same keys for teacher and gold targets.
+TARGET_COUNTS = ("generated", "too_long", "no_answer", "truncated", "unaligned", "kept")
+
+
 def _targets_from_outputs(
     cfg: Config, tokenizer: Any, task: Task, examples: list[Example], outputs: list[dict[str, Any] | None], round_index: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """`outputs[i]` is None where the prompt was too long to generate from."""
     t = cfg.teacher
     records = []
-    counts = {"generated": sum(o is not None for o in outputs), "too_long": 0, "no_answer": 0, "truncated": 0, "unaligned": 0, "kept": 0}
+    counts = {**dict.fromkeys(TARGET_COUNTS, 0), "generated": sum(o is not None for o in outputs)}
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     for i, (x, out) in enumerate(zip(examples, outputs)):
         if out is None:
@@ -297,11 +303,12 @@ def gold_targets(
     `gold_demonstration` (teacher prompt, the task's gold demonstration) or `text` (the
     student prompt itself as plain language-modelling data, e.g. replay), as one-hot rows."""
     records = []
-    counts = {"generated": 0, "too_long": 0, "no_answer": 0, "truncated": 0, "unaligned": 0, "kept": 0}
+    counts = dict.fromkeys(TARGET_COUNTS, 0)
     for i, x in enumerate(examples):
         if kind == "text":
-            ids = tokenizer(task.student_prompt(x))["input_ids"]
-            prompt_ids, target, target_ids = ids[:1], task.student_prompt(x), ids[1:]  # every token after the first
+            target = task.student_prompt(x)
+            ids = tokenizer(target)["input_ids"]
+            prompt_ids, target_ids = ids[:1], ids[1:]  # every token after the first
         else:
             prompt, target = (task.student_prompt(x), x.gold) if kind == "gold" else (task.teacher_prompt(x), task.teacher_demonstration(x))
             if target is None:
@@ -387,19 +394,8 @@ def train(
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """Accuracy per operation: the teacher with its context, the student before, and the
-    student after each stage (the paper's layout), then the inference-token ratio."""
-    stages = list(summary.get("after_stage", {}))
-    after = [f"after {name}" for name in stages] if len(stages) > 1 else ["student after"]
-    head = ["operation", "teacher (with context)", "student before", *after, "tokens per answer: teacher / student"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    pct = lambda m: f"{100 * m['accuracy']:.1f}%" if m else "-"  # noqa: E731
-    for op in summary.get("teacher") or summary.get("after_stage", {}).get(stages[-1] if stages else "", {}):
-        teacher, before = summary.get("teacher", {}).get(op), summary.get("student_before", {}).get(op)
-        afters = [summary["after_stage"][name].get(op) for name in stages]
-        last = summary.get("student_after", {}).get(op)
-        tokens = f"{teacher['tokens_per_answer']:.1f} / {last['tokens_per_answer']:.1f}" if teacher and last else "-"
-        lines.append("| " + " | ".join([op, pct(teacher), pct(before), *map(pct, afters or [None]), tokens]) + " |")
+    """The run's results as `cdscale report` tables them, then where the wall time went."""
+    lines = ["accuracy in % on held-out inputs", results_table({Path(summary["run_dir"]).name: summary})]
     if "timings" in summary:
         split = summary["timings"]
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in split.items() if k != "total")
@@ -477,7 +473,6 @@ def _rounds(
             ray.get([tr.load_state.remote(str(folder)) for tr in trainers], timeout=cfg.run.timeout_s)
         if t.mode == "recursive" and progress["round"] > 0:
             push(progress["round"])  # the engines teach with the last round's student
-    student_weights = None
     for r in range(progress["round"], len(plan)):
         k, stage, last_of_stage = plan[r]
         seen = [op.name for earlier in stages[: k + 1] for op in earlier.operations]  # the student is evaluated on all
@@ -537,10 +532,8 @@ def _rounds(
         progress.update(round=r + 1, step=0, losses=[])
         commit(progress, student_weights)
     with clock("checkpoint"):
-        if student_weights is None:  # resumed after the last round's commit
-            student_weights = export_weights(trainers, cfg.run.timeout_s)
-        # The last sync already gathered the final weights; save those rather than gather again.
-        save_hf_checkpoint(ray.get(student_weights).named_tensors(), model_path, run_dir / "student")
+        # The last commit (this run's, or the one a resumed run started from) holds the final student.
+        copy_dir_atomic(load_latest_state(run_dir)[0] / "student", run_dir / "student")
     return summary
 
 

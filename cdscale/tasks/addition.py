@@ -32,6 +32,12 @@ def spaced(digits: str) -> str:
     return " ".join(digits)
 
 
+def random_number(rng: random.Random, min_digits: int, max_digits: int) -> int:
+    """A digit count uniform in [min_digits, max_digits], then digits uniform (no leading zero)."""
+    n = rng.randint(min_digits, max_digits)
+    return rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1)
+
+
 def scratchpad(a: int, b: int) -> str:
     """The Nye et al. scratchpad for a + b, including the markup lines."""
     left_a, left_b = str(a), str(b)
@@ -61,14 +67,11 @@ class Addition(Task):
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         self.min_digits, self.max_digits = min_digits, max_digits
 
-    def _number(self, rng: random.Random) -> int:
-        n = rng.randint(self.min_digits, self.max_digits)
-        return rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1)
 
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
         out = []
         for _ in range(n):
-            a, b = self._number(rng), self._number(rng)
+            a, b = (random_number(rng, self.min_digits, self.max_digits) for _ in range(2))
             out.append(Example(input=f"{spaced(str(a))} + {spaced(str(b))}", gold=spaced(str(a + b)), meta={"a": a, "b": b}))
         return out
 

@@ -20,7 +20,7 @@ import random
 import re
 
 from cdscale.tasks import Example, Task, register_task
-from cdscale.tasks.addition import spaced
+from cdscale.tasks.addition import random_number, spaced
 
 OPERATIONS = {
     "max": max,
@@ -41,16 +41,12 @@ class Arithmetic(Task):
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         self.operation, self.min_digits, self.max_digits, self.task_id = operation, min_digits, max_digits, task_id
 
-    def _number(self, rng: random.Random) -> int:
-        n = rng.randint(self.min_digits, self.max_digits)
-        return rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1)
-
     def _example(self, a: int, b: int) -> Example:
         answer = OPERATIONS[self.operation](a, b)
         return Example(input=f"{spaced(str(a))} , {spaced(str(b))}", gold=spaced(str(answer)), meta={"a": a, "b": b})
 
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
-        return [self._example(self._number(rng), self._number(rng)) for _ in range(n)]
+        return [self._example(*(random_number(rng, self.min_digits, self.max_digits) for _ in range(2))) for _ in range(n)]
 
     def teacher_prompt(self, x: Example) -> str:
         return f"Task: {self.operation}\nInput:\n{x.input}\nAnswer:\n"
@@ -64,10 +60,10 @@ class Arithmetic(Task):
         return match.span(1) if match else None
 
     def score(self, x: Example, answer: str | None) -> float:
-        # The gold of this task's operation: an input drawn from another task's D (mixed
+        # Against this task's answer, not x.gold: an input drawn from another task's D (mixed
         # inputs, a wrong id) is scored by what this task asks.
-        a, b = (int(g.replace(" ", "")) for g in _PAIR.fullmatch(x.input).groups())
-        return float(answer is not None and answer.strip() == spaced(str(OPERATIONS[self.operation](a, b))))
+        return float(answer is not None and answer.strip() == self.teacher_demonstration(x))
 
     def teacher_demonstration(self, x: Example) -> str:
-        return self._example(*(int(g.replace(" ", "")) for g in _PAIR.fullmatch(x.input).groups())).gold
+        a, b = (int(g.replace(" ", "")) for g in _PAIR.fullmatch(x.input).groups())
+        return self._example(a, b).gold

@@ -70,16 +70,10 @@ class TeacherEngine:
         for out in outputs:
             completion = out.outputs[0]
             result = {"token_ids": list(completion.token_ids), "finish_reason": completion.finish_reason}
-            flat = completion.logprobs
-            if flat is not None:
-                result["logprob_ids"] = flat.token_ids
-                result["logprob_values"] = flat.logprobs
-                result["logprob_starts"] = list(flat.start_indices) + [len(flat.token_ids)]
-            if out.prompt_logprobs is not None:  # scoring a given continuation (`prompt_logprobs=k`): the same layout
-                flat = out.prompt_logprobs
-                result["prompt_logprob_ids"] = flat.token_ids
-                result["prompt_logprob_values"] = flat.logprobs
-                result["prompt_logprob_starts"] = list(flat.start_indices) + [len(flat.token_ids)]
+            if completion.logprobs is not None:
+                result.update(_flat_fields(completion.logprobs, ""))
+            if out.prompt_logprobs is not None:  # scoring a given continuation (`prompt_logprobs=k`)
+                result.update(_flat_fields(out.prompt_logprobs, "prompt_"))
             if len(out.outputs) > 1:
                 result["samples"] = [list(c.token_ids) for c in out.outputs]
             results.append(result)
@@ -102,6 +96,15 @@ class TeacherEngine:
 
     def ready(self) -> bool:
         return True
+
+
+def _flat_fields(flat: Any, prefix: str) -> dict[str, list]:
+    """vLLM's FlatLogprobs as plain lists (what `targets.FlatTopk` reads)."""
+    return {
+        f"{prefix}logprob_ids": flat.token_ids,
+        f"{prefix}logprob_values": flat.logprobs,
+        f"{prefix}logprob_starts": list(flat.start_indices) + [len(flat.token_ids)],
+    }
 
 
 def _engine_actor(cpus: float, gpus: float) -> Any:
