@@ -24,6 +24,9 @@ def _f(default: Any, help: str, choices: tuple | None = None, factory: Any = Non
     return field(default=default, metadata=meta)
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 @dataclass
 class ModelConfig:
     path: str = _f("tiny-addition", "model folder, or a prepared name: tiny-addition (cdscale bootstrap), smollm2-135m (cdscale prepare-model)")
@@ -90,6 +93,12 @@ class TeacherConfig:
     num_engines: int = _f(2, "vLLM engine actors (on CPU each decodes on one core)")
     cpus_per_engine: float = _f(1.0, "Ray CPUs reserved per engine")
     gpus_per_engine: float = _f(0.0, "Ray GPUs reserved per engine (0 on CPU)")
+    placement: str = _f(
+        "PACK",
+        "Ray placement-group strategy over the engines' bundles (one bundle per engine): PACK fills few nodes, SPREAD "
+        "spreads over nodes, STRICT_* insists",
+        PLACEMENT_STRATEGIES,
+    )
     mode: str = _f("frozen", "frozen: teacher stays the initial weights (paper); recursive: the student becomes the next round's teacher", ("frozen", "recursive"))
     temperature: float = _f(1.0, "sampling temperature of the teacher's outputs y")
     top_k: int = _f(20, "teacher logprobs kept per answer token")
@@ -108,6 +117,12 @@ class StudentConfig:
     num_ranks: int = _f(2, "DeepSpeed ranks, one Ray actor each")
     cpus_per_rank: float = _f(1.0, "Ray CPUs reserved per rank")
     gpus_per_rank: float = _f(0.0, "Ray GPUs reserved per rank (0 on CPU)")
+    placement: str = _f(
+        "PACK",
+        "Ray placement-group strategy over the ranks' bundles (one bundle per rank): PACK keeps the gradient "
+        "all-reduce on few nodes, SPREAD / STRICT_SPREAD put ranks on different nodes",
+        PLACEMENT_STRATEGIES,
+    )
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage", (1, 2, 3))
     loss: str = _f(
         "forward_kl_topk",
@@ -141,6 +156,9 @@ class RunConfig:
     rounds: int = _f(1, "distillation rounds (generate, train, sync, evaluate)")
     ray_address: str | None = _f(None, "join this Ray cluster; default: start a local one")
     dashboard_host: str = _f("127.0.0.1", "host the local Ray dashboard binds to")
+    metrics_export_port: int | None = _f(
+        None, "port where the local Ray node serves its metrics (cdscale_* among them) to Prometheus; default: Ray picks one"
+    )
     timeout_s: float = _f(3600.0, "timeout of each remote call, so a dead actor is an error, not a hang")
     max_trainer_restarts: int = _f(2, "times the trainer ranks may be restarted from the last commit after one dies, before the run fails")
     save_by_s: float | None = _f(
@@ -287,6 +305,10 @@ def validate(cfg: Config) -> Config:
             f"student.batch_size: {cfg.student.batch_size} does not split evenly across "
             f"student.num_ranks={cfg.student.num_ranks}"
         )
+    for role, cpus, gpus in (("teacher", "cpus_per_engine", "gpus_per_engine"), ("student", "cpus_per_rank", "gpus_per_rank")):
+        values = getattr(cfg, role)
+        if getattr(values, cpus) < 0 or getattr(values, gpus) < 0 or getattr(values, cpus) + getattr(values, gpus) == 0:
+            raise ConfigError(f"{role}.{cpus} and {role}.{gpus}: must not be negative, and not both 0 (each actor reserves something)")
     if cfg.teacher.kv_cache_gib <= 0:
         raise ConfigError(f"teacher.kv_cache_gib: must be positive, got {cfg.teacher.kv_cache_gib}")
     if not 0 < cfg.student.jsd_beta < 1:

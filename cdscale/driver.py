@@ -28,7 +28,9 @@ from cdscale.checkpoint import (
 )
 from cdscale.config import Config, OperationConfig, RunFailed, StageConfig, resolve_stages
 from cdscale.eval import evaluate
+from cdscale.metrics import MetricsLog
 from cdscale.models import resolve_model_path
+from cdscale.placement import PlacementGroup, bundle_nodes, in_bundle, release, reserve
 from cdscale.preemption import Preempted, StopRequest
 from cdscale.report import results_table
 from cdscale.student.schedule import warmup_cosine
@@ -38,18 +40,6 @@ from cdscale.targets import FlatTopk, average_topk, build_student_record, flatte
 from cdscale.tasks import Example, Task, build_task, sample_where
 from cdscale.teacher.engine import EngineReplacer, generate_across, start_engines
 from cdscale.teacher.synthetic_inputs import synthesize_inputs
-
-
-class MetricsLog:
-    """metrics.jsonl in the run directory: one JSON object per event (a new run starts it
-    afresh, a resumed one appends)."""
-
-    def __init__(self, path: Path, append: bool = False) -> None:
-        self.file = open(path, "a" if append else "w")
-
-    def write(self, **event: Any) -> None:
-        self.file.write(json.dumps({"time": time.time(), **event}) + "\n")
-        self.file.flush()
 
 
 class PhaseClock:
@@ -88,10 +78,12 @@ def init_ray(cfg: Config) -> None:
         num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
         include_dashboard=True,
         dashboard_host=cfg.run.dashboard_host,
+        _metrics_export_port=cfg.run.metrics_export_port,
     )
 
 
-def start_trainers(cfg: Config, model_path: str) -> list[Any]:
+def start_trainers(cfg: Config, model_path: str, placement: PlacementGroup | None = None) -> list[Any]:
+    """The DeepSpeed ranks, rank i in bundle i of `placement` when given, joined in one process group."""
     s = cfg.student
     ds_config = {
         "train_batch_size": s.batch_size,
@@ -107,9 +99,9 @@ def start_trainers(cfg: Config, model_path: str) -> list[Any]:
         "_weight_decay": s.weight_decay,
         "_timeout_s": cfg.run.timeout_s,
     }
-    actor = ray.remote(StudentTrainer).options(num_cpus=s.cpus_per_rank, num_gpus=s.gpus_per_rank)
+    actor = ray.remote(StudentTrainer)
     trainers = [
-        actor.remote(
+        actor.options(num_cpus=s.cpus_per_rank, num_gpus=s.gpus_per_rank, **in_bundle(placement, rank)).remote(
             rank, s.num_ranks, model_path, cfg.model.dtype, ds_config, s.loss, cfg.data.seed,
             {"temperature": s.temperature, "jsd_beta": s.jsd_beta, "soft_label_samples": s.soft_label_samples},
         )
@@ -205,10 +197,12 @@ def teacher_targets(
     fits = [i for i, p in enumerate(prompts) if len(p) < t.max_model_len]
     sampling = [{"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k}] * len(fits)
     with clock("generate"):
+        start = time.perf_counter()
         generated = generate_across(
             engines, [prompts[i] for i in fits], sampling, t.chunk_size, cfg.run.timeout_s, f"round {round_index} teacher",
             stop, replace,
         )
+        throughput = {"generate_s": time.perf_counter() - start, "generated_tokens": sum(len(o["token_ids"]) for o in generated)}
     outputs: list[dict[str, Any] | None] = [None] * len(examples)
     for i, out in zip(fits, generated):
         outputs[i] = out
@@ -216,7 +210,8 @@ def teacher_targets(
         with clock("generate"):
             ensemble_signal(cfg, engines, tokenizer, task, examples, outputs, ensemble, f"round {round_index} ensemble", stop, replace)
     with clock("targets"):
-        return _targets_from_outputs(cfg, tokenizer, task, examples, outputs, round_index)
+        records, counts = _targets_from_outputs(cfg, tokenizer, task, examples, outputs, round_index)
+    return records, {**counts, **throughput}
 
 
 def ensemble_signal(
@@ -476,6 +471,7 @@ def _rounds(
     for r in range(progress["round"], len(plan)):
         k, stage, last_of_stage = plan[r]
         seen = [op.name for earlier in stages[: k + 1] for op in earlier.operations]  # the student is evaluated on all
+        log.write(event="round_start", round=r, stage=stage.name, stage_index=k)
         if r > 0 and t.mode == "frozen":
             # The engines hold the last student; the frozen teacher is the initial weights.
             push(0, initial_weights)
@@ -503,7 +499,8 @@ def _rounds(
         else:
             records, counts = shard
             print(f"[cdscale] round {r}: reusing the {len(records)} committed distillation examples")
-        log.write(event="targets", round=r, stage=stage.name, **counts)
+        tokens_per_s = counts["generated_tokens"] / counts["generate_s"] if counts.get("generate_s") else None
+        log.write(event="targets", round=r, stage=stage.name, generate_tokens_per_s=tokens_per_s, **counts)
         print(
             f"[cdscale] {stage.name} round {r}: {counts['kept']} distillation examples; skipped: {counts['no_answer']} "
             f"without an answer, {counts['truncated']} truncated, {counts['unaligned']} unaligned, "
@@ -554,7 +551,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     (run_dir / "eval").mkdir(exist_ok=True)
     if not resume:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    log = MetricsLog(run_dir / "metrics.jsonl", append=resume)
+    log = MetricsLog(run_dir, append=resume)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     with clock("sample_inputs"):
         eval_sets, train_rounds = sample_splits(cfg, stages, tasks)
@@ -568,11 +565,19 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         max_logprobs=t.top_k + 1, enable_prefix_caching=t.enable_prefix_caching, max_num_seqs=t.max_num_seqs,
         seed=cfg.data.seed,
     )
-    replace = EngineReplacer(t.cpus_per_engine, t.gpus_per_engine, cfg.run.timeout_s, t.max_engine_restarts, **engine_kwargs)
+    s, groups = cfg.student, []
     try:
         with clock("startup"):
-            engines = start_engines(t.num_engines, t.cpus_per_engine, t.gpus_per_engine, cfg.run.timeout_s, **engine_kwargs)
-            trainers = start_trainers(cfg, model_path)
+            groups.append(reserve(t.num_engines, t.cpus_per_engine, t.gpus_per_engine, t.placement, cfg.run.timeout_s, "teacher engines"))
+            groups.append(reserve(s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, s.placement, cfg.run.timeout_s, "trainer ranks"))
+            engine_group, trainer_group = groups
+            placed = {"engines": bundle_nodes(engine_group), "trainers": bundle_nodes(trainer_group)}
+            log.write(event="placement", **placed)
+            replace = EngineReplacer(
+                t.cpus_per_engine, t.gpus_per_engine, cfg.run.timeout_s, t.max_engine_restarts, engine_group, **engine_kwargs
+            )
+            engines = start_engines(t.num_engines, t.cpus_per_engine, t.gpus_per_engine, cfg.run.timeout_s, engine_group, **engine_kwargs)
+            trainers = start_trainers(cfg, model_path, trainer_group)
         try:
             for restart in range(cfg.run.max_trainer_restarts + 1):
                 try:
@@ -590,12 +595,15 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
                     for trainer in trainers:
                         ray.kill(trainer)
                     with clock("startup"):
-                        trainers = start_trainers(cfg, model_path)
+                        trainers = start_trainers(cfg, model_path, trainer_group)  # into the dead ranks' bundles
         finally:
             for actor in engines + trainers:
                 ray.kill(actor)
     finally:
+        release(*groups)
         stop.restore()
+        log.close()
+    summary["placement"] = placed  # Ray node ids, by engine and by rank
     summary["timings"] = clock.split()
     write_json_atomic(run_dir / "summary.json", summary)
     print(format_table(summary))

@@ -89,7 +89,7 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
         assert all(torch.equal(unchanged[name], weights[name]) for name in weights)
         # The driver names the round and steps and points to the last good state.
         with pytest.raises(FloatingPointError, match=r"round 0, steps 0-\d+: .*not finite.*last good state"):
-            train(cfg, trainers, poison(records), MetricsLog(tmp_path / "metrics.jsonl"), 0, [], stop=lambda: False)
+            train(cfg, trainers, poison(records), MetricsLog(tmp_path), 0, [], stop=lambda: False)
     finally:
         for actor in [engine, *trainers]:
             ray.kill(actor)

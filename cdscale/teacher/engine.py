@@ -14,6 +14,7 @@ from typing import Any, Callable
 import ray
 
 from cdscale.config import RunFailed
+from cdscale.placement import PlacementGroup, in_bundle
 from cdscale.preemption import Preempted
 from cdscale.sync.packing import PackedWeights
 
@@ -107,8 +108,10 @@ def _flat_fields(flat: Any, prefix: str) -> dict[str, list]:
     }
 
 
-def _engine_actor(cpus: float, gpus: float) -> Any:
-    return ray.remote(TeacherEngine).options(num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": ENGINE_ENV})
+def _engine_actor(cpus: float, gpus: float, group: PlacementGroup | None, index: int) -> Any:
+    return ray.remote(TeacherEngine).options(
+        num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": ENGINE_ENV}, **in_bundle(group, index)
+    )
 
 
 def start_engines(
@@ -116,12 +119,15 @@ def start_engines(
     cpus: float,
     gpus: float,
     timeout_s: float = 3600.0,
+    placement: PlacementGroup | None = None,
     **engine_kwargs: Any,
 ) -> list[Any]:
-    """Start the engine actors and wait until every engine has loaded its model (or fail
-    after timeout_s, e.g. when the cluster cannot place the requested CPUs/GPUs)."""
-    actor = _engine_actor(cpus, gpus)
-    engines = [actor.remote(**{**engine_kwargs, "seed": engine_kwargs["seed"] + i}) for i in range(num_engines)]
+    """Start the engine actors, engine i in bundle i of `placement` when given, and wait
+    until every engine has loaded its model (or fail after timeout_s)."""
+    engines = [
+        _engine_actor(cpus, gpus, placement, i).remote(**{**engine_kwargs, "seed": engine_kwargs["seed"] + i})
+        for i in range(num_engines)
+    ]
     try:
         ray.get([e.ready.remote() for e in engines], timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
@@ -137,8 +143,11 @@ class EngineReplacer:
     the weights the engines hold (the caller records them with `holds` after every sync),
     so a replacement never teaches or answers with stale weights. At most `limit` times per run."""
 
-    def __init__(self, cpus: float, gpus: float, timeout_s: float, limit: int, **engine_kwargs: Any) -> None:
-        self.actor, self.timeout_s, self.limit, self.engine_kwargs = _engine_actor(cpus, gpus), timeout_s, limit, engine_kwargs
+    def __init__(
+        self, cpus: float, gpus: float, timeout_s: float, limit: int, placement: PlacementGroup | None = None, **engine_kwargs: Any
+    ) -> None:
+        self.cpus, self.gpus, self.placement = cpus, gpus, placement
+        self.timeout_s, self.limit, self.engine_kwargs = timeout_s, limit, engine_kwargs
         self.weights: ray.ObjectRef | None = None  # None: the model's own weights, as loaded at start
         self.version = 0
         self.replaced = 0
@@ -154,7 +163,7 @@ class EngineReplacer:
         i = engines.index(dead)
         ray.kill(dead)
         seed = self.engine_kwargs["seed"] + len(engines) + self.replaced  # a fresh random stream
-        new = self.actor.remote(**{**self.engine_kwargs, "seed": seed})
+        new = _engine_actor(self.cpus, self.gpus, self.placement, i).remote(**{**self.engine_kwargs, "seed": seed})  # the dead one's bundle
         ray.get(new.ready.remote(), timeout=self.timeout_s)
         if self.weights is not None:
             ray.get(new.update_weights.remote(self.weights, self.version), timeout=self.timeout_s)

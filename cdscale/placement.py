@@ -1,0 +1,48 @@
+"""Where the actors go: Ray placement groups, one for the teacher engines and one for the
+trainer ranks, each with one bundle per actor.
+
+A placement group reserves all of its bundles at once or none, so a run that does not fit
+the cluster fails at start with what it asked for, rather than starting some engines and
+waiting forever for the rest. It also keeps each actor's CPUs and GPUs on one node, and a
+replacement actor (a dead engine, restarted ranks) goes back into the same bundle.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+
+def reserve(count: int, cpus: float, gpus: float, strategy: str, timeout_s: float, what: str) -> PlacementGroup:
+    """A placement group of `count` bundles of `cpus` CPUs and `gpus` GPUs, once Ray has placed it."""
+    bundle = {name: amount for name, amount in (("CPU", cpus), ("GPU", gpus)) if amount > 0}
+    group = placement_group([bundle] * count, strategy=strategy, name=f"cdscale-{what.replace(' ', '-')}")
+    ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(group)
+        raise TimeoutError(
+            f"{what}: Ray could not place {count} bundles of {bundle} with strategy {strategy} within {timeout_s:.0f}s "
+            f"(run.timeout_s); the cluster has {ray.cluster_resources()} in all, {ray.available_resources()} free"
+        )
+    return group
+
+
+def in_bundle(group: PlacementGroup | None, index: int) -> dict[str, Any]:
+    """Actor options that put an actor into bundle `index` of `group` (none without a group)."""
+    if group is None:
+        return {}
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)}
+
+
+def bundle_nodes(group: PlacementGroup) -> list[str]:
+    """The Ray node id each bundle was placed on, in bundle order."""
+    nodes = placement_group_table(group)["bundles_to_node_id"]
+    return [nodes[i] for i in range(len(nodes))]
+
+
+def release(*groups: PlacementGroup | None) -> None:
+    for group in groups:
+        if group is not None:
+            remove_placement_group(group)
