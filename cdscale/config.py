@@ -140,6 +140,7 @@ class StudentConfig:
     batch_size: int = _f(128, "global batch size (sequences), split evenly across ranks")
     epochs: int = _f(4, "passes over each round's distillation data")
     grad_clip: float = _f(1.0, "gradient norm clip")
+    export_bucket_mb: int = _f(512, "ZeRO-3 weight export: parameters gathered per collective, in MiB of full weights")
     steps_per_call: int = _f(25, "optimizer steps per call to the rank actors (fewer round trips; progress granularity)")
 
 
@@ -286,7 +287,7 @@ def validate(cfg: Config) -> Config:
         "teacher.max_new_tokens": cfg.teacher.max_new_tokens, "teacher.chunk_size": cfg.teacher.chunk_size,
         "student.num_ranks": cfg.student.num_ranks, "student.batch_size": cfg.student.batch_size,
         "student.epochs": cfg.student.epochs, "run.rounds": cfg.run.rounds,
-        "student.steps_per_call": cfg.student.steps_per_call,
+        "student.steps_per_call": cfg.student.steps_per_call, "student.export_bucket_mb": cfg.student.export_bucket_mb,
     }
     for path, value in positive.items():
         if value < 1:

@@ -98,6 +98,7 @@ def start_trainers(cfg: Config, model_path: str, placement: PlacementGroup | Non
         "_lr": s.lr,
         "_weight_decay": s.weight_decay,
         "_timeout_s": cfg.run.timeout_s,
+        "_export_bucket_mb": s.export_bucket_mb,
     }
     actor = ray.remote(StudentTrainer)
     trainers = [

@@ -50,3 +50,13 @@ def test_pickle5_moves_the_weights_out_of_band_into_read_only_memory():
     assert not any(a.flags.writeable for a in restored.arrays)
     for (_, a), (_, b) in zip(named(), restored.named_tensors()):
         assert b.dtype == a.dtype and torch.equal(a, b)
+
+
+def test_buckets_keep_order_and_stay_under_the_limit_except_for_a_larger_single_parameter():
+    from cdscale.sync.packing import buckets
+
+    sizes = [("a", 3), ("b", 4), ("c", 10), ("d", 1), ("e", 2), ("f", 5)]
+    groups = list(buckets(sizes, 7, nbytes=lambda n: n))
+    assert [[name for name, _ in g] for g in groups] == [["a", "b"], ["c"], ["d", "e"], ["f"]]
+    assert [p for g in groups for p in g] == sizes  # every parameter once, in order
+    assert list(buckets([], 7, nbytes=lambda n: n)) == []

@@ -46,7 +46,7 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
     from cdscale.driver import MetricsLog, PhaseClock, start_trainers, teacher_targets, train
     from cdscale.teacher.engine import generate_across, start_engines
 
-    cfg = _config(teacher_model, tmp_path, "student.zero_stage=3", "student.lr=3e-3")
+    cfg = _config(teacher_model, tmp_path, "student.zero_stage=3", "student.lr=3e-3", "student.export_bucket_mb=1")  # several buckets
     task = build_task("addition", TASK)
     tokenizer = AutoTokenizer.from_pretrained(teacher_model)
     [engine] = start_engines(1, 1, 0, model_path=str(teacher_model), dtype="float32", max_model_len=256,

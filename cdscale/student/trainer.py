@@ -17,7 +17,7 @@ import torch
 
 from cdscale.checkpoint import rng_state, set_rng_state, write_json_atomic
 from cdscale.student.losses import distillation_loss
-from cdscale.sync.packing import PackedWeights, pack
+from cdscale.sync.packing import PackedWeights, buckets, pack
 
 
 def _free_port() -> int:
@@ -194,9 +194,12 @@ class StudentTrainer:
             # Full parameters on every rank: hand Ray views of them, and its out-of-band
             # serialization of the return value is the only copy.
             return pack(module.named_parameters(), copy=False) if self.rank == 0 else None
+        # ZeRO-3: gather in buckets (one collective per bucket rather than per parameter);
+        # rank 0 keeps a CPU copy, and each bucket's full parameters are freed when its gather ends.
         named = []
-        for name, param in module.named_parameters():
-            with deepspeed.zero.GatheredParameters([param]):
+        full_bytes = lambda p: p.ds_numel * p.element_size()  # noqa: E731
+        for bucket in buckets(module.named_parameters(), self.ds_config["_export_bucket_mb"] * 2**20, full_bytes):
+            with deepspeed.zero.GatheredParameters([p for _, p in bucket]):
                 if self.rank == 0:
-                    named.append((name, param.detach().to("cpu", copy=True)))  # freed again when the gather ends
+                    named += [(name, p.detach().to("cpu", copy=True)) for name, p in bucket]
         return pack(named, copy=False) if self.rank == 0 else None

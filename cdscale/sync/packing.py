@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -50,3 +50,18 @@ def pack(named_tensors: Iterable[tuple[str, torch.Tensor]], copy: bool) -> Packe
         dtypes.append(str(t.dtype).removeprefix("torch."))
         arrays.append(host.view(_CARRIER.get(t.dtype, t.dtype)).numpy())
     return PackedWeights(names, dtypes, arrays)
+
+
+def buckets(named_params: Iterable[tuple[str, Any]], limit_bytes: int, nbytes: Any) -> Iterator[list[tuple[str, Any]]]:
+    """Consecutive groups of parameters of at most `limit_bytes` each by `nbytes(param)` (a
+    parameter larger than the limit is a group of its own), in order."""
+    group, size = [], 0
+    for name, param in named_params:
+        n = nbytes(param)
+        if group and size + n > limit_bytes:
+            yield group
+            group, size = [], 0
+        group.append((name, param))
+        size += n
+    if group:
+        yield group
