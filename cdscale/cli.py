@@ -16,19 +16,27 @@ from pathlib import Path
 from cdscale.config import ConfigError, RunFailed, describe, load_config
 
 
+RESUMABLE_WITH = ("run.ray_address", "run.dashboard_host", "run.metrics_export_port", "run.timeout_s", "run.save_by_s")
+
+
 def _run(args: argparse.Namespace) -> int:
     from cdscale.driver import run
     from cdscale.preemption import Preempted
 
     if args.resume is not None:
-        if args.config or args.overrides:
-            raise ConfigError("--resume continues a run with the config saved in its directory; drop --config and the overrides")
+        # Where the run goes on may change (another allocation, another cluster); what it computes may not.
+        fixed = [o for o in args.overrides if o.split("=", 1)[0] not in RESUMABLE_WITH]
+        if args.config or fixed:
+            raise ConfigError(
+                f"--resume continues a run with the config saved in its directory; drop --config and "
+                f"{fixed or 'the overrides'} (allowed with --resume: {', '.join(RESUMABLE_WITH)})"
+            )
         run_dir = Path(args.resume).resolve()
         config_file = run_dir / "config.yaml"
         if not config_file.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a cdscale run directory?")
         # The run directory is where it is now, whatever the working directory was at the start.
-        cfg = load_config(str(config_file), [f"run.output_root={run_dir.parent}", f"run.name={run_dir.name}"])
+        cfg = load_config(str(config_file), [*args.overrides, f"run.output_root={run_dir.parent}", f"run.name={run_dir.name}"])
     else:
         cfg = load_config(args.config, args.overrides)
     try:

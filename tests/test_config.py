@@ -71,7 +71,26 @@ def test_cli_refuses_to_overwrite_a_run_and_to_resume_a_non_run(capsys, tmp_path
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
     assert "no config.yaml" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "old"), "run.rounds=3"]) == 2
-    assert "drop --config and the overrides" in capsys.readouterr().err
+    assert "drop --config and ['run.rounds=3']" in capsys.readouterr().err
+
+
+def test_resume_may_change_where_the_run_goes_on_but_not_what_it_computes(capsys, monkeypatch, tmp_path):
+    """A run saved on one allocation goes on in another: launchers/slurm.sbatch passes
+    run.ray_address=auto to the resumed run as it did to the first."""
+    import yaml
+
+    import cdscale.driver
+
+    seen = {}
+    monkeypatch.setattr(cdscale.driver, "run", lambda cfg, resume=False: seen.update(cfg=cfg, resume=resume))
+    (tmp_path / "moved" / "old").mkdir(parents=True)
+    (tmp_path / "moved" / "old" / "config.yaml").write_text(yaml.safe_dump(load_config(None, ["run.name=old"]).to_dict()))
+    assert main(["run", "--resume", str(tmp_path / "moved" / "old"), "run.ray_address=auto", "run.timeout_s=60"]) == 0
+    cfg = seen["cfg"]
+    assert seen["resume"] and cfg.run.ray_address == "auto" and cfg.run.timeout_s == 60
+    assert cfg.run_dir == tmp_path / "moved" / "old"
+    assert main(["run", "--resume", str(tmp_path / "moved" / "old"), "run.ray_address=auto", "student.lr=1"]) == 2
+    assert "['student.lr=1']" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("error", [FloatingPointError, RunFailed])
