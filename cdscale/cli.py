@@ -1,7 +1,7 @@
 """The `cdscale` command.
 
     cdscale run [--config FILE] [section.field=value ...]   a distillation run
-    cdscale run --resume RUN_DIR                            continue it from its last committed state
+    cdscale run --resume RUN_DIR [run.ray_address=...]      continue it from its last committed state
     cdscale bootstrap                                        prepare the tiny teacher model
     cdscale prepare-model smollm2-135m                      convert packaged real weights
     cdscale config [--config FILE] [overrides ...]          print the resolved config, explained
