@@ -1,0 +1,39 @@
+"""GPU-only paths: a DeepSpeed rank on a GPU, its process group on NCCL, and the ZeRO-3
+weight export gathered in buckets there. Skipped where there is no GPU; run on a GPU
+machine with `pytest tests/test_gpu.py` (no vLLM needed: the engines are not involved)."""
+import pytest
+import ray
+import torch
+
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL process group, GPU-resident ZeRO-3 shards)"),
+]
+
+
+def test_a_zero3_rank_on_a_gpu_uses_nccl_and_exports_its_weights_in_buckets(teacher_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from cdscale.config import load_config
+    from cdscale.driver import start_trainers
+    from cdscale.sync.object_store import export_weights
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+    cfg = load_config(None, [
+        f"model.path={teacher_model}", "student.num_ranks=1", "student.gpus_per_rank=1", "student.cpus_per_rank=1",
+        "student.zero_stage=3", "student.export_bucket_mb=1", "student.batch_size=8", "model.dtype=bfloat16",
+    ])
+    [trainer] = start_trainers(cfg, str(teacher_model))
+    try:
+        where = ray.get(trainer.__ray_call__.remote(lambda self: (torch.distributed.get_backend(), str(self.device))))
+        assert where[0] == "nccl" and where[1].startswith("cuda")
+        exported = dict(ray.get(export_weights([trainer], 600)).named_tensors())
+        reference = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=torch.bfloat16).state_dict()
+        assert set(exported) <= set(reference) and len(exported) > 10
+        for name, tensor in exported.items():  # gathered from the GPU shards, bucket by bucket
+            assert torch.equal(tensor, reference[name]), name
+    finally:
+        ray.kill(trainer)
+        ray.shutdown()
