@@ -1,9 +1,11 @@
-"""What every benchmark script shares: a wall-clock timer and a description of the machine."""
+"""What every benchmark script shares: a wall-clock timer, a description of the machine, and
+the engines' start-up."""
 from __future__ import annotations
 
 import os
 import platform
 import time
+from typing import Any
 
 import torch
 
@@ -36,3 +38,44 @@ def machine() -> str:
         pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return f"{os.cpu_count()} CPUs ({cpu}){gpu}, torch {torch.__version__}"
+
+
+class Engines:
+    """Starts the benchmarks' engine actors (one CPU each). By default `release` stops them, so
+    each benchmark has the cores to itself. With `share` (the smoke run, where an engine's
+    start-up costs far more than what it measures), engines of equal settings are started once
+    and handed to every benchmark that asks for them. `close` stops every engine still running."""
+
+    def __init__(self, share: bool = False) -> None:
+        self.share = share
+        self.running: list[list[Any]] = []
+        self.shared: dict[str, list[Any]] = {}
+
+    def start(self, num_engines: int, **settings: Any) -> list[Any]:
+        from cdscale.teacher.engine import start_engines
+
+        key = repr((num_engines, sorted(settings.items())))
+        if self.share and key in self.shared:
+            return self.shared[key]
+        engines = start_engines(num_engines, 1, 0, **settings)
+        self.running.append(engines)
+        if self.share:
+            self.shared[key] = engines
+        return engines
+
+    def release(self, engines: list[Any]) -> None:
+        if not self.share:
+            self.running = [e for e in self.running if e is not engines]
+            _kill(engines)
+
+    def close(self) -> None:
+        for engines in self.running:
+            _kill(engines)
+        self.running, self.shared = [], {}
+
+
+def _kill(actors: list[Any]) -> None:
+    import ray
+
+    for actor in actors:
+        ray.kill(actor)

@@ -13,29 +13,35 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
 
 from benchmarks import loss_memory, round_breakdown, student_training, teacher_generation, weight_sync
-from benchmarks.common import machine
+from benchmarks.common import Engines, machine
 from cdscale.models import resolve_model_path
 from cdscale.models.tiny import build_tiny_llama
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 ALL = "generation,sync,training,loss_memory,round"
+SMOKE_BESIDE = {"generation", "sync"}  # the smoke run's second lane, about half of its time on 2 CPUs
 
 
 def sizes(smoke: bool) -> dict[str, Any]:
     if smoke:
+        # Every engine of the smoke run, the round's too, has the round's model and these settings:
+        # vLLM's compile cache is keyed by both, so only the first engines compile from scratch,
+        # and the sync pushes into the generation benchmark's engine (shared: see `Engines`).
+        engine = dict(max_model_len=512, max_num_seqs=512, kv_cache_gib=0.25)
         return {
-            "generation": {"tiny": dict(num_prompts=8, new_tokens=8, prefix_tokens=200, samples=2, reps=1)},
-            "sync": {"tiny": dict(num_engines=1, num_ranks=2, zero_stage=3, reps=1)},
+            "generation": {"tiny": dict(num_prompts=8, new_tokens=8, prefix_tokens=200, samples=2, reps=1, **engine)},
+            "sync": {"tiny": dict(num_engines=1, num_ranks=2, zero_stage=3, reps=1, **engine)},
             "training": {"tiny": dict(batch_size=4, steps=3, stages=[3], ranks=[2], prompt_len=16, answer_len=4)},
             "loss_memory": {"tiny": dict(batch_size=2, prompt_len=16, answer_len=4)},
-            "round": ["data.num_train=64", "data.num_eval=8", "student.batch_size=16", "student.epochs=1",
-                      "teacher.num_engines=1", "teacher.max_new_tokens=64", "task.options.max_digits=2"],
+            "round": ["data.num_train=64", "data.num_eval=8", "student.batch_size=16", "student.epochs=1", "teacher.num_engines=1",
+                      "teacher.max_new_tokens=64", "task.options.max_digits=2", *(f"teacher.{k}={v}" for k, v in engine.items())],
         }
     return {
         "generation": {"tiny": dict(num_prompts=256, new_tokens=64, prefix_tokens=200, samples=8, reps=3),
@@ -49,13 +55,14 @@ def sizes(smoke: bool) -> dict[str, Any]:
     }
 
 
-def model_folders(tmp: Path, smoke: bool) -> dict[str, Path]:
-    folders = {"tiny": build_tiny_llama(tmp / "tiny", seed=0)}  # random weights: speed only
-    if not smoke:
-        from cdscale.models.smollm2 import prepare_smollm2
+def model_folders(tmp: Path, smoke: bool, round_model: str) -> dict[str, Path]:
+    """The models the speed benchmarks run on. Their weights do not matter; in smoke runs "tiny"
+    is the round's model (a tiny Llama too), so all engines share one compiled graph."""
+    if smoke:
+        return {"tiny": Path(resolve_model_path(round_model))}
+    from cdscale.models.smollm2 import prepare_smollm2
 
-        folders["smollm2-135m"] = Path(prepare_smollm2())
-    return folders
+    return {"tiny": build_tiny_llama(tmp / "tiny", seed=0), "smollm2-135m": Path(prepare_smollm2())}  # tiny: random weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,30 +87,45 @@ def main(argv: list[str] | None = None) -> int:
         sections.append((name, title, text))
         print(f"\n## {title}\n\n{text}\n", flush=True)
 
+    engines = Engines(share=args.smoke)
     started_ray = not ray.is_initialized()
     if started_ray:  # engines and trainers take turns on the cores, as in a run
         ray.init(num_cpus=8, include_dashboard=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        models = model_folders(Path(tmp), args.smoke)
-        if "generation" in only:
-            results = {m: teacher_generation.run(str(models[m]), num_engines=2 if not args.smoke else 1, **kw) for m, kw in plan["generation"].items()}
-            record("teacher_generation", "Teacher generation", results, teacher_generation.table)
-        if "sync" in only:
-            results = {m: weight_sync.run(str(models[m]), **kw) for m, kw in plan["sync"].items()}
-            record("weight_sync", "Weight sync", results, weight_sync.table)
-        if "training" in only:
-            results = {}
-            for m, kw in plan["training"].items():
-                vocab = json.loads((models[m] / "config.json").read_text())["vocab_size"]
-                records = student_training.make_records(kw["batch_size"] * kw["steps"], vocab, kw["prompt_len"], kw["answer_len"], 20, 0)
-                results[m] = student_training.run_ranks(models[m], records, kw["batch_size"], kw["steps"], kw["stages"], kw["ranks"])
-            record("student_training_cpu", "Student training", results, student_training.ranks_table)
-        if "loss_memory" in only:
-            results = {m: loss_memory.run(models[m], **kw) for m, kw in plan["loss_memory"].items()}
-            record("loss_memory", "Loss memory: answer positions only against full logits", results, loss_memory.table)
-        if "round" in only:
-            result = round_breakdown.run(resolve_model_path(args.round_model), Path(tmp) / "runs", plan["round"])
-            record("round_breakdown", "Round breakdown", result, round_breakdown.table)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            models = model_folders(Path(tmp), args.smoke, args.round_model)
+
+            def run(chosen: set[str]) -> None:
+                if "generation" in chosen:
+                    results = {m: teacher_generation.run(str(models[m]), num_engines=2 if not args.smoke else 1, engines=engines, **kw)
+                               for m, kw in plan["generation"].items()}
+                    record("teacher_generation", "Teacher generation", results, teacher_generation.table)
+                if "sync" in chosen:
+                    results = {m: weight_sync.run(str(models[m]), engines=engines, **kw) for m, kw in plan["sync"].items()}
+                    record("weight_sync", "Weight sync", results, weight_sync.table)
+                if "training" in chosen:
+                    results = {}
+                    for m, kw in plan["training"].items():
+                        vocab = json.loads((models[m] / "config.json").read_text())["vocab_size"]
+                        records = student_training.make_records(kw["batch_size"] * kw["steps"], vocab, kw["prompt_len"], kw["answer_len"], 20, 0)
+                        results[m] = student_training.run_ranks(models[m], records, kw["batch_size"], kw["steps"], kw["stages"], kw["ranks"])
+                    record("student_training_cpu", "Student training", results, student_training.ranks_table)
+                if "loss_memory" in chosen:
+                    results = {m: loss_memory.run(models[m], **kw) for m, kw in plan["loss_memory"].items()}
+                    record("loss_memory", "Loss memory: answer positions only against full logits", results, loss_memory.table)
+                if "round" in chosen:
+                    result = round_breakdown.run(resolve_model_path(args.round_model), Path(tmp) / "runs", plan["round"])
+                    record("round_breakdown", "Round breakdown", result, round_breakdown.table)
+
+            if args.smoke:  # measures nothing: two lanes side by side; the round's in this thread, where it can catch SIGTERM
+                with ThreadPoolExecutor(1) as pool:
+                    beside = pool.submit(run, only & SMOKE_BESIDE)
+                    run(only - SMOKE_BESIDE)
+                    beside.result()
+            else:  # a measurement has the machine to itself: one section after another
+                run(only)
+    finally:
+        engines.close()
     if started_ray:
         ray.shutdown()
     if not args.smoke:

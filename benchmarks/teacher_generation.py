@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import random
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import ray
 import torch
 
-from benchmarks.common import Timer
-from cdscale.teacher.engine import generate_across, start_engines
+from benchmarks.common import Engines, Timer
+from cdscale.teacher.engine import generate_across
 
 INSTRUCTION = (
     "You are a careful assistant. Read the question, think about what is asked, and answer "
@@ -76,29 +76,36 @@ def hf_run(model_path: str, prompts: list[list[int]], new_tokens: int, batch_siz
     return {"tokens": tokens, "seconds": statistics.median(times), "tokens_per_s": tokens / statistics.median(times)}
 
 
-def run(model_path: str, num_engines: int, num_prompts: int, new_tokens: int, prefix_tokens: int, samples: int, reps: int) -> dict[str, Any]:
+def run(model_path: str, num_engines: int, num_prompts: int, new_tokens: int, prefix_tokens: int, samples: int, reps: int,
+        engines: Engines | None = None, **engine_settings: Any) -> dict[str, Any]:
+    """`engines` starts the engines (a fresh `Engines()` by default; its `close` stops what a
+    failure left running); `engine_settings` override their settings below (max_model_len: the
+    longest prompt plus `new_tokens` by default)."""
     from transformers import AutoTokenizer
 
+    engines = engines or Engines()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompts = shared_prefix_prompts(tokenizer, num_prompts, prefix_tokens, seed=0)
     greedy = {"temperature": 0.0, "max_tokens": new_tokens, "ignore_eos": True}
     sampled = {"temperature": 1.0, "max_tokens": new_tokens, "ignore_eos": True}
-    engine_kwargs = dict(model_path=model_path, dtype="float32", max_model_len=max(map(len, prompts)) + new_tokens + 8,
-                         kv_cache_gib=1.0, max_logprobs=21, seed=0, max_num_seqs=256)
+    settings = {**dict(model_path=model_path, dtype="float32", max_model_len=max(map(len, prompts)) + new_tokens + 8,
+                       kv_cache_gib=1.0, max_logprobs=21, seed=0, max_num_seqs=256), **engine_settings}
     result: dict[str, Any] = {"prompt_tokens_mean": statistics.mean(map(len, prompts)), "num_prompts": num_prompts,
                               "new_tokens": new_tokens, "num_engines": num_engines, "samples": samples, "reps": reps}
-    for caching in (False, True):
-        engines = start_engines(num_engines, 1, 0, enable_prefix_caching=caching, **engine_kwargs)
-        try:
-            key = "prefix_cache_on" if caching else "prefix_cache_off"
-            result[key] = engine_run(engines, prompts, greedy, reps)
-            if caching:
-                few = prompts[: max(1, num_prompts // samples)]
-                result["n_in_one_request"] = engine_run(engines, few, {**sampled, "n": samples}, reps)
-                result["n_separate_requests"] = engine_run(engines, [p for p in few for _ in range(samples)], sampled, reps)
-        finally:
-            for e in engines:
-                ray.kill(e)
+    # Both sets start at once (start-up is mostly compiling, on one core per engine); each is measured alone.
+    with ThreadPoolExecutor(2) as pool:
+        uncached, cached = pool.map(lambda caching: engines.start(num_engines, enable_prefix_caching=caching, **settings), (False, True))
+    try:
+        result["prefix_cache_off"] = engine_run(uncached, prompts, greedy, reps)
+    finally:
+        engines.release(uncached)
+    try:
+        result["prefix_cache_on"] = engine_run(cached, prompts, greedy, reps)
+        few = prompts[: max(1, num_prompts // samples)]
+        result["n_in_one_request"] = engine_run(cached, few, {**sampled, "n": samples}, reps)
+        result["n_separate_requests"] = engine_run(cached, [p for p in few for _ in range(samples)], sampled, reps)
+    finally:
+        engines.release(cached)
     result["hf_generate"] = hf_run(model_path, prompts, new_tokens, 64, num_engines, reps, tokenizer.pad_token_id or 0)
     result["ratios"] = {
         "engine_vs_hf": result["prefix_cache_on"]["tokens_per_s"] / result["hf_generate"]["tokens_per_s"],

@@ -10,11 +10,10 @@ from typing import Any
 import ray
 import torch
 
-from benchmarks.common import Timer
+from benchmarks.common import Engines, Timer
 from cdscale.config import load_config
 from cdscale.driver import start_trainers
 from cdscale.sync.object_store import push_weights
-from cdscale.teacher.engine import start_engines
 
 
 def in_memory_copy_s(named_tensors: list[tuple[str, torch.Tensor]], reps: int) -> float:
@@ -29,22 +28,28 @@ def in_memory_copy_s(named_tensors: list[tuple[str, torch.Tensor]], reps: int) -
     return statistics.median(times)
 
 
-def run(model_path: str, num_engines: int, num_ranks: int, zero_stage: int, reps: int) -> dict[str, Any]:
+def run(model_path: str, num_engines: int, num_ranks: int, zero_stage: int, reps: int,
+        engines: Engines | None = None, **engine_settings: Any) -> dict[str, Any]:
+    """`engines` starts the engines (a fresh `Engines()` by default); `engine_settings` override
+    their settings below."""
+    engines = engines or Engines()
     cfg = load_config(None, [f"model.path={model_path}", f"student.num_ranks={num_ranks}",
                              f"student.zero_stage={zero_stage}", f"student.batch_size={2 * num_ranks}"])
-    engines = start_engines(num_engines, 1, 0, model_path=model_path, dtype="float32", max_model_len=256, kv_cache_gib=0.25,
-                            max_logprobs=21, enable_prefix_caching=True, seed=0)
+    settings = {**dict(model_path=model_path, dtype="float32", max_model_len=256, kv_cache_gib=0.25, max_logprobs=21,
+                       enable_prefix_caching=True, seed=0), **engine_settings}
+    receivers = engines.start(num_engines, **settings)
     trainers = start_trainers(cfg, model_path)
     try:
         runs = []
         for version in range(1, reps + 2):
-            stats, weights = push_weights(trainers, engines, version=version, timeout_s=600)
+            stats, weights = push_weights(trainers, receivers, version=version, timeout_s=600)
             runs.append(stats)
         runs = runs[1:]  # the first sync is a warm-up
         pushed = ray.get(weights)
     finally:
-        for actor in engines + trainers:
-            ray.kill(actor)
+        engines.release(receivers)
+        for trainer in trainers:
+            ray.kill(trainer)
     nbytes = pushed.nbytes
     copy_s = in_memory_copy_s(pushed.named_tensors(), reps)
     sync_s = statistics.median(r["seconds"] for r in runs)
