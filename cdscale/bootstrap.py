@@ -21,15 +21,25 @@ from cdscale.student.schedule import warmup_cosine
 from cdscale.tasks import Task, sample_where
 
 
-def demonstration_batch(tasks: list[Task], tokenizer, n: int, rng: random.Random) -> dict[str, torch.Tensor]:
+def demonstration_batch(
+    tasks: list[Task], tokenizer, n: int, rng: random.Random, learn_inputs: bool = False
+) -> dict[str, torch.Tensor]:
     """Teacher prompt + gold completion + EOS, each from a task chosen uniformly; loss on the
-    completion only."""
+    completion only. With `learn_inputs`, every fourth sequence is instead a list of 1-4
+    inputs in the task's input-generation layout, with the loss on all of it: a tiny model
+    has no pretraining that taught it to continue such a list, and this lets it write new
+    inputs when few-shot prompted (synthetic D, `inputs: synthetic`)."""
     seqs, starts = [], []
     # One task draws its n inputs as before (the same stream, so the same tiny-addition).
     picked = [(tasks[0], x) for x in sample_where(tasks[0], n, rng, held_out=False)] if len(tasks) == 1 else [
         (task, sample_where(task, 1, rng, held_out=False)[0]) for task in (rng.choice(tasks) for _ in range(n))
     ]
-    for task, x in picked:
+    for j, (task, x) in enumerate(picked):
+        if learn_inputs and j % 4 == 3:
+            shots = sample_where(task, rng.randint(1, 4), rng, held_out=False)
+            seqs.append(tokenizer(task.input_generation_prompt(shots) + x.input + "\n")["input_ids"])
+            starts.append(1)
+            continue
         prompt = tokenizer(task.teacher_prompt(x))["input_ids"]
         completion = tokenizer(task.teacher_demonstration(x), add_special_tokens=False)["input_ids"]
         seqs.append(prompt + completion + [tokenizer.eos_token_id])
@@ -66,9 +76,10 @@ def bootstrap(
     seed: int = 0,
     eval_every: int = 10**9,
     log=print,
+    learn_inputs: bool = False,
 ) -> dict:
     """Train a tiny Llama on the teacher demonstrations of one task (or a uniform mixture of
-    several) and save it to out_dir atomically."""
+    several) and save it to out_dir atomically (`learn_inputs`: see `demonstration_batch`)."""
     tasks = task if isinstance(task, list) else [task]
     torch.manual_seed(seed)
     rng = random.Random(f"bootstrap-{seed}")
@@ -83,7 +94,7 @@ def bootstrap(
     start = time.time()
     history = []
     for step in range(1, steps + 1):
-        loss = model(**demonstration_batch(tasks, tokenizer, batch_size, rng)).loss
+        loss = model(**demonstration_batch(tasks, tokenizer, batch_size, rng, learn_inputs)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -96,7 +107,7 @@ def bootstrap(
             history.append({"step": step, "loss": loss.item(), "teacher_accuracy": acc, "seconds": time.time() - start})
             log(f"bootstrap step {step}: teacher greedy accuracy {acc:.3f}")
     model.save_pretrained(tmp, safe_serialization=True)
-    info = {"task": [t.name for t in tasks], "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "history": history}
+    info = {"task": [t.name for t in tasks], "learn_inputs": learn_inputs, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "history": history}
     (tmp / "cdscale_bootstrap.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)

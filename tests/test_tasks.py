@@ -100,3 +100,27 @@ def test_arithmetic_tasks_for_the_task_id_experiment():
     assert max_task.extract_answer(" 4 5 6\nmore") == "4 5 6" and max_task.extract_answer("none") is None
     with pytest.raises(Exception, match="operation"):
         build_task("arithmetic", {"operation": "sum"})
+
+
+def test_bootstrap_batches_that_learn_inputs_hold_lists_of_inputs_in_the_few_shot_layout(tiny_tokenizer):
+    """`cdscale bootstrap --learn-inputs`: every fourth sequence is 1-4 inputs as the synthetic-D
+    prompt lays them out, learned whole; the others are unchanged demonstrations."""
+    import random
+
+    from cdscale.bootstrap import demonstration_batch
+
+    task = build_task("addition", {"min_digits": 1, "max_digits": 3})
+    plain = demonstration_batch([task], tiny_tokenizer, 8, random.Random(1))
+    batch = demonstration_batch([task], tiny_tokenizer, 8, random.Random(1), learn_inputs=True)
+    for i in range(8):
+        ids = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
+        text = tiny_tokenizer.decode(ids, skip_special_tokens=True)
+        learned = batch["labels"][i] != -100
+        if i % 4 == 3:
+            lines = text.strip("\n").split("\n")
+            assert lines[0::2] == ["Input:"] * (len(lines) // 2) and 1 <= len(lines) // 2 <= 4
+            assert all(task.parse_input(line) != "not a sum of two spaced numbers" for line in lines[1::2])
+            assert learned.sum() == len(ids) - 1  # every token after the first
+        else:
+            assert "Target:" in text and learned.sum() < len(ids) - 1  # the completion only
+    assert (plain["labels"][0] != -100).sum() == (batch["labels"][0] != -100).sum()

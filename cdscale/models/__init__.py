@@ -11,6 +11,7 @@ from pathlib import Path
 PREPARED = {
     "tiny-addition": "cdscale bootstrap",
     "tiny-arithmetic": "cdscale bootstrap --task arithmetic",
+    "tiny-addition-inputs": "cdscale bootstrap --learn-inputs",
     "smollm2-135m": "cdscale prepare-model smollm2-135m",
 }
 
