@@ -306,10 +306,12 @@ def validate(cfg: Config) -> Config:
             f"student.batch_size: {cfg.student.batch_size} does not split evenly across "
             f"student.num_ranks={cfg.student.num_ranks}"
         )
-    for role, cpus, gpus in (("teacher", "cpus_per_engine", "gpus_per_engine"), ("student", "cpus_per_rank", "gpus_per_rank")):
-        values = getattr(cfg, role)
-        if getattr(values, cpus) < 0 or getattr(values, gpus) < 0 or getattr(values, cpus) + getattr(values, gpus) == 0:
-            raise ConfigError(f"{role}.{cpus} and {role}.{gpus}: must not be negative, and not both 0 (each actor reserves something)")
+    for where, cpus, gpus in (
+        ("teacher.cpus_per_engine and teacher.gpus_per_engine", cfg.teacher.cpus_per_engine, cfg.teacher.gpus_per_engine),
+        ("student.cpus_per_rank and student.gpus_per_rank", cfg.student.cpus_per_rank, cfg.student.gpus_per_rank),
+    ):
+        if cpus < 0 or gpus < 0 or cpus + gpus == 0:
+            raise ConfigError(f"{where}: must not be negative, and not both 0 (each actor reserves something)")
     if cfg.teacher.kv_cache_gib <= 0:
         raise ConfigError(f"teacher.kv_cache_gib: must be positive, got {cfg.teacher.kv_cache_gib}")
     if not 0 < cfg.student.jsd_beta < 1:

@@ -566,6 +566,8 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         max_logprobs=t.top_k + 1, enable_prefix_caching=t.enable_prefix_caching, max_num_seqs=t.max_num_seqs,
         seed=cfg.data.seed,
     )
+    # The groups are collected one by one so that a failure while reserving the second one
+    # (or starting any actor) still releases the first in the `finally` below.
     s, groups = cfg.student, []
     try:
         with clock("startup"):

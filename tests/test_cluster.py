@@ -3,7 +3,6 @@ raylets on this machine, each its own Ray node), and its metrics read back from 
 node's Prometheus endpoint, which is what the Ray dashboard's Metrics view shows."""
 import json
 import re
-import socket
 import time
 import urllib.request
 
@@ -13,14 +12,9 @@ from ray.cluster_utils import Cluster
 
 from cdscale.config import load_config
 from cdscale.driver import run
+from cdscale.student.trainer import free_port
 
 pytestmark = pytest.mark.stack
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(model, tmp_path, address, name, *extra):
@@ -47,9 +41,9 @@ def _scrape(port: int, metric: str, run_name: str, timeout_s: float = 60.0) -> f
 def test_two_nodes_match_one_node_and_the_metrics_reach_the_dashboard(teacher_model, tmp_path):
     if ray.is_initialized():
         ray.shutdown()  # this test joins its own cluster
-    metrics_port = _free_port()
+    metrics_port = free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 3, "metrics_export_port": metrics_port, "include_dashboard": True, "dashboard_port": _free_port(),
+        "num_cpus": 3, "metrics_export_port": metrics_port, "include_dashboard": True, "dashboard_port": free_port(),
     })
     try:
         one = run(_config(teacher_model, tmp_path, cluster.address, "one"))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cdscale.student.trainer import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "launchers" / "slurm.sbatch"
 SCRIPTS = sorted(p for p in (ROOT / "launchers").iterdir() if p.suffix in (".sh", ".sbatch"))
@@ -54,12 +56,6 @@ def test_slurm_dry_run_prints_the_ray_cluster_and_the_job_it_would_start():
         "+ ray job submit --address http://127.0.0.1:8290 --submission-id cdscale-42 -- "
         r"cdscale run run.ray_address=auto --config configs/addition.yaml run.name=a\ b",
     ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(check, timeout_s: float, what: str) -> None:
@@ -102,8 +98,8 @@ def slurm(tmp_path):
     (d / "slurm.conf").write_text(f"""\
 ClusterName=cdscaletest
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={sock}
@@ -168,9 +164,9 @@ def test_slurm_batch_job_starts_ray_runs_a_tiny_run_and_stops_ray(slurm, teacher
     ray_tmp = tempfile.mkdtemp(prefix="cdray-", dir="/tmp")
     env = {
         **slurm, "CDSCALE_VENV": str(VENV_BIN.parent),
-        "CDSCALE_RAY_PORT": str(_free_port()), "CDSCALE_DASHBOARD_PORT": str(_free_port()),
-        "CDSCALE_RAY_START_ARGS": f"--temp-dir={ray_tmp} --dashboard-agent-listen-port={_free_port()} "
-                                  f"--ray-client-server-port={_free_port()}",
+        "CDSCALE_RAY_PORT": str(free_port()), "CDSCALE_DASHBOARD_PORT": str(free_port()),
+        "CDSCALE_RAY_START_ARGS": f"--temp-dir={ray_tmp} --dashboard-agent-listen-port={free_port()} "
+                                  f"--ray-client-server-port={free_port()}",
     }
     out = tmp_path / "job.out"
     cmd = [

@@ -20,7 +20,8 @@ from cdscale.student.losses import distillation_loss
 from cdscale.sync.packing import PackedWeights, buckets, pack
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on every interface of this node now (DeepSpeed's rendezvous, test servers)."""
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
@@ -89,7 +90,7 @@ class StudentTrainer:
     def master_address(self) -> tuple[str, int]:
         import ray
 
-        return ray.util.get_node_ip_address(), _free_port()
+        return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group and build the DeepSpeed engine. Returns the parameter count."""
