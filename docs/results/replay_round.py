@@ -1,0 +1,91 @@
+"""Replay one round's distillation data with another learning rate or epoch count, in one
+process with plain torch (no Ray, vLLM or DeepSpeed), to compare training settings without
+sampling the teacher again.
+
+    python docs/results/replay_round.py runs/addition --lr 6e-4 --epochs 3
+
+It trains a fresh copy of the run's model on RUN_DIR/data/round_0.jsonl with cdscale's own
+collate, loss and schedule (AdamW, gradient clip, global batch as in `student.batch_size`),
+and prints the exact-match accuracy on the run's held-out inputs (RUN_DIR/eval/TASK/teacher.jsonl)
+every 256 steps. Accuracy is teacher-forced: every answer token and the EOS must be the
+argmax, which is what greedy decoding gets right. It matches a real run's setup except the
+shuffle order and the split of each batch across ranks.
+"""
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cdscale.models import resolve_model_path
+from cdscale.student.losses import distillation_loss
+from cdscale.student.schedule import warmup_cosine
+from cdscale.student.trainer import answer_logits, collate
+from cdscale.tasks import Example, build_task
+
+parser = argparse.ArgumentParser()
+parser.add_argument("run_dir", type=Path)
+parser.add_argument("--lr", type=float, default=6e-4)
+parser.add_argument("--epochs", type=float, default=3)
+parser.add_argument("--seed", type=int, default=0)
+args = parser.parse_args()
+torch.manual_seed(args.seed)
+
+cfg = yaml.safe_load((args.run_dir / "config.yaml").read_text())
+student = cfg["student"]
+model_path = resolve_model_path(cfg["model"]["path"])
+tokenizer = AutoTokenizer.from_pretrained(model_path)
+model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+task_name = cfg["task"]["name"]
+task = build_task(task_name, cfg["task"]["options"])
+records = [json.loads(line) for line in open(args.run_dir / "data" / "round_0.jsonl")]
+
+eval_records = []
+# Runs since 2026-11-27 keep evaluations per operation (eval/OPERATION/); earlier ones in eval/.
+eval_file = next(p for p in (args.run_dir / "eval" / task_name / "teacher.jsonl", args.run_dir / "eval" / "teacher.jsonl") if p.exists())
+for line in open(eval_file):
+    row = json.loads(line)
+    prompt = tokenizer(task.student_prompt(Example(input=row["input"], gold=row["gold"])))["input_ids"]
+    answer = tokenizer(row["gold"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    eval_records.append({"input_ids": prompt + answer, "answer_start": len(prompt),
+                         "topk_ids": [[0]] * len(answer), "topk_logprobs": [[0.0]] * len(answer)})
+
+
+def exact_match() -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(eval_records), 250):
+            chunk = eval_records[start : start + 250]
+            batch = collate(chunk, 0)
+            token_wrong = (answer_logits(model, batch).argmax(-1) != batch["target_ids"]).float()
+            correct += (torch.zeros(len(chunk)).index_add_(0, batch["rows"], token_wrong) == 0).sum().item()
+    model.train()
+    return correct / len(eval_records)
+
+
+optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=student["weight_decay"])
+rng = random.Random(args.seed)
+total = int(len(records) // student["batch_size"] * args.epochs)
+order: list[int] = []
+start = time.time()
+print(f"before: exact match {exact_match():.3f}", flush=True)
+for step in range(total):
+    if not order:
+        order = list(range(len(records)))
+        rng.shuffle(order)
+    batch = collate([records[i] for i in order[: student["batch_size"]]], 0)
+    order = order[student["batch_size"] :]
+    for group in optimizer.param_groups:
+        group["lr"] = args.lr * warmup_cosine(step, total, student["warmup_steps"])
+    loss = distillation_loss(student["loss"], answer_logits(model, batch), batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"])
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), student["grad_clip"])
+    optimizer.step()
+    if (step + 1) % 256 == 0 or step + 1 == total:
+        print(f"step {step + 1}/{total} loss {loss.item():.3f} exact match {exact_match():.3f} ({time.time() - start:.0f} s)", flush=True)
