@@ -23,7 +23,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdscale.student.losses import distillation_loss
-from cdscale.student.trainer import StudentTrainer, _free_port, answer_logits, collate
+from cdscale.student.trainer import StudentTrainer, free_port, answer_logits, collate
 
 SHAPES = {
     "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, vocab_size=8192),
@@ -90,7 +90,7 @@ def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stag
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     trainer = StudentTrainer(0, 1, str(model_dir), dtype, ds_config, "forward_kl_topk", 0)
-    trainer.setup("127.0.0.1", _free_port())
+    trainer.setup("127.0.0.1", free_port())
     times = []
     for records in batches:
         start = sync_time(device)
