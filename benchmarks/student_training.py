@@ -23,7 +23,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdscale.student.losses import distillation_loss
-from cdscale.student.trainer import StudentTrainer, free_port, answer_logits, collate
+from cdscale.student.trainer import StudentTrainer, answer_logits, collate, free_port
 
 SHAPES = {
     "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, vocab_size=8192),

@@ -134,7 +134,7 @@ class StudentConfig:
     temperature: float = _f(1.0, "softens teacher and student in the soft losses (loss scaled by T^2); not used by hard")
     jsd_beta: float = _f(0.5, "jsd: weight of the teacher in the mixture m = beta p + (1 - beta) q; in (0, 1)")
     soft_label_samples: int = _f(100, "sampled_soft: teacher draws per position (paper: 100)")
-    lr: float = _f(6e-4, "peak learning rate (AdamW); 3e-3 and up made the demo's student stall (docs/results.md)")
+    lr: float = _f(6e-4, "peak learning rate (AdamW); the demo's, chosen in docs/results.md#learning-rate-of-the-demo")
     weight_decay: float = _f(0.0, "AdamW weight decay (paper: 0)")
     warmup_steps: int = _f(50, "linear warm-up steps, then cosine decay to 10% of lr")
     batch_size: int = _f(128, "global batch size (sequences), split evenly across ranks")

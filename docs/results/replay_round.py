@@ -6,12 +6,13 @@ sampling the teacher again.
 
 It trains a fresh copy of the run's model on RUN_DIR/data/round_0.jsonl with cdscale's own
 collate, loss and schedule (AdamW, gradient clip, global batch as in `student.batch_size`),
-and prints the exact-match accuracy on the run's held-out inputs (RUN_DIR/eval/TASK/teacher.jsonl)
+and prints the exact-match accuracy on the run's held-out inputs (RUN_DIR/eval/OPERATION/teacher.jsonl)
 every 256 steps. Accuracy is teacher-forced: every answer token and the EOS must be the
 argmax, which is what greedy decoding gets right. It matches a real run's setup except the
 shuffle order and the split of each batch across ranks.
 """
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -25,6 +26,7 @@ from cdscale.models import resolve_model_path
 from cdscale.student.losses import distillation_loss
 from cdscale.student.schedule import warmup_cosine
 from cdscale.student.trainer import answer_logits, collate
+from cdscale.targets import gold_record
 from cdscale.tasks import Example, build_task
 
 parser = argparse.ArgumentParser()
@@ -40,19 +42,19 @@ student = cfg["student"]
 model_path = resolve_model_path(cfg["model"]["path"])
 tokenizer = AutoTokenizer.from_pretrained(model_path)
 model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-task_name = cfg["task"]["name"]
-task = build_task(task_name, cfg["task"]["options"])
+task = build_task(cfg["task"]["name"], cfg["task"]["options"])
 records = [json.loads(line) for line in open(args.run_dir / "data" / "round_0.jsonl")]
 
-eval_records = []
 # Runs since 2026-11-27 keep evaluations per operation (eval/OPERATION/); earlier ones in eval/.
-eval_file = next(p for p in (args.run_dir / "eval" / task_name / "teacher.jsonl", args.run_dir / "eval" / "teacher.jsonl") if p.exists())
-for line in open(eval_file):
+eval_files = sorted(args.run_dir.glob("eval/*/teacher.jsonl")) or [args.run_dir / "eval" / "teacher.jsonl"]
+if len(eval_files) != 1:
+    raise SystemExit(f"{args.run_dir}: replay takes a one-operation run; found {[str(p) for p in eval_files]}")
+eval_records = []
+for line in open(eval_files[0]):
     row = json.loads(line)
     prompt = tokenizer(task.student_prompt(Example(input=row["input"], gold=row["gold"])))["input_ids"]
-    answer = tokenizer(row["gold"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    eval_records.append({"input_ids": prompt + answer, "answer_start": len(prompt),
-                         "topk_ids": [[0]] * len(answer), "topk_logprobs": [[0.0]] * len(answer)})
+    answer = tokenizer(row["gold"], add_special_tokens=False)["input_ids"]
+    eval_records.append(dataclasses.asdict(gold_record(prompt, answer, tokenizer.eos_token_id, top_k=0)))
 
 
 def exact_match() -> float:
