@@ -57,10 +57,12 @@ def test_describe_explains_every_field():
 def test_cli_reports_config_and_model_errors_with_exit_status_2(capsys, tmp_path):
     assert main(["run", "student.zero_stage=9"]) == 2
     assert "student.zero_stage" in capsys.readouterr().err
-    assert main(["run", f"model.path={tmp_path / 'nowhere'}"]) == 2
+    # Runs go under tmp_path: a run in the checkout's runs/ must not answer first.
+    out = f"run.output_root={tmp_path / 'runs'}"
+    assert main(["run", f"model.path={tmp_path / 'nowhere'}", out]) == 2
     assert "model.path" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["run", f"model.path={tmp_path / 'empty'}"]) == 2
+    assert main(["run", f"model.path={tmp_path / 'empty'}", out]) == 2
     assert "no config.json" in capsys.readouterr().err
 
 
