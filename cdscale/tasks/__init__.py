@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from cdscale.config import ConfigError
 
+HELD_OUT_PER_MILLE = 100
+
 
 @dataclass(frozen=True)
 class Example:
@@ -30,6 +32,7 @@ class Task(ABC):
     """(D, T_teacher, T_student, f) plus a scorer. Subclasses take their options as kwargs."""
 
     name: str = ""
+    held_out_per_mille: int = HELD_OUT_PER_MILLE  # the share of the input space kept for evaluation (`is_held_out`)
 
     @abstractmethod
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
@@ -80,16 +83,15 @@ class Task(ABC):
         return None
 
 
-HELD_OUT_PER_MILLE = 100
-
-
-def is_held_out(x: Example) -> bool:
+def is_held_out(x: Example, per_mille: int = HELD_OUT_PER_MILLE) -> bool:
     """A fixed partition of every task's input space by a stable hash of the input.
 
     Evaluation draws only held-out inputs; bootstrap and distillation never train on one.
-    Seeds alone cannot promise this: two seeded streams can draw the same inputs.
+    Seeds alone cannot promise this: two seeded streams can draw the same inputs. A task
+    with a small, finite input space (a file of a few dozen questions) holds out a larger
+    share (`Task.held_out_per_mille`), so that its evaluation has enough problems.
     """
-    return zlib.crc32(x.input.encode()) % 1000 < HELD_OUT_PER_MILLE
+    return zlib.crc32(x.input.encode()) % 1000 < per_mille
 
 
 def sample_where(
@@ -110,7 +112,7 @@ def sample_where(
         batch = task.sample_inputs(n - len(picked), rng)
         tries += len(batch)
         for x in batch:
-            if is_held_out(x) == held_out and not (distinct and x.input in seen):
+            if is_held_out(x, task.held_out_per_mille) == held_out and not (distinct and x.input in seen):
                 picked.append(x)
                 seen.add(x.input)
     return picked[:n]
@@ -119,6 +121,7 @@ def sample_where(
 _REGISTRY: dict[str, type[Task]] = {}
 _BUILTIN_MODULES = {
     "addition": "cdscale.tasks.addition", "arithmetic": "cdscale.tasks.arithmetic", "records": "cdscale.tasks.records",
+    "text_to_sql": "cdscale.tasks.text_to_sql",
 }
 
 

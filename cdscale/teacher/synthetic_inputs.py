@@ -38,7 +38,7 @@ def keep_inputs(task: Task, lines: list[str | None], seen: set[str]) -> tuple[li
         parsed = task.parse_input(line)
         if isinstance(parsed, str):
             counts[f"malformed: {parsed}"] += 1
-        elif is_held_out(parsed):
+        elif is_held_out(parsed, task.held_out_per_mille):
             counts["held_out"] += 1
         elif parsed.input in seen:
             counts["duplicate"] += 1
