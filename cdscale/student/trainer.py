@@ -71,9 +71,12 @@ def answer_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The student's logits at the answer positions only, one row per answer token.
 
     `logits_to_keep` makes the LM head run on the kept positions alone, so the full
-    (batch, sequence, vocabulary) logits are never materialized.
+    (batch, sequence, vocabulary) logits are never materialized. `use_cache=False`: a
+    training forward has no use for the key/value cache the model would otherwise build.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=batch["keep"]).logits
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=batch["keep"], use_cache=False
+    ).logits
     return logits[batch["rows"], batch["cols"]]
 
 
