@@ -263,8 +263,10 @@ def _targets_from_outputs(
             continue
         completion = decode(out["token_ids"])
         span = task.answer_span(completion)
-        if out["finish_reason"] == "length":
-            counts["truncated"] += 1  # cut off by max_new_tokens: the answer may be cut too
+        # Cut off by max_new_tokens: the answer may be cut too, unless text follows it (a
+        # first-line answer, then the model writing on: more questions of a few-shot prompt).
+        if out["finish_reason"] == "length" and (span is None or not completion[span[1]:].strip()):
+            counts["truncated"] += 1
             continue
         if span is None:
             counts["no_answer"] += 1

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cdscale.config import Config, ConfigError, RunFailed, load_config, resolve_stages
 from cdscale.driver import _targets_from_outputs
 from cdscale.tasks import build_task
+from cdscale.tasks.records import load_records
 
 FIELDS = [f"{section}.{name}" for section, sub in Config().to_dict().items() if isinstance(sub, dict) for name in sub]
 VALUES = st.one_of(
@@ -69,3 +70,22 @@ def test_outputs_of_prompts_too_long_are_counted_and_fail_the_round_above_the_th
     with pytest.raises(RunFailed, match="'too_long': 4") as err:
         _targets_from_outputs(cfg, tiny_tokenizer, task, examples, [None] * 4, 0)
     assert "teacher.max_model_len" in str(err.value)
+
+
+def test_an_output_cut_off_after_its_answer_is_kept_and_one_cut_within_it_is_counted(tiny_tokenizer, tmp_path):
+    # A first-line answer, then the model writes on until max_new_tokens: the answer is whole.
+    records = tmp_path / "sums.jsonl"
+    records.write_text('{"input": "1 + 2", "gold": "3"}\n{"input": "4 + 4", "gold": "8"}\n')
+    cfg = load_config(None, ["student.batch_size=1", "student.num_ranks=1", "teacher.top_k=1"])
+    task = build_task("records", {"path": str(records)})
+    examples = [x for _, x in load_records(records)]
+
+    def cut_off(text: str) -> dict:
+        ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+        return {"token_ids": ids, "finish_reason": "length", "logprob_ids": ids, "logprob_values": [0.0] * len(ids),
+                "logprob_starts": list(range(len(ids) + 1))}
+
+    whole, cut = cut_off(" 3\nInput: 5 + 5\nAnswer: 1"), cut_off(" 1 2 3 4")
+    records_kept, counts = _targets_from_outputs(cfg, tiny_tokenizer, task, examples, [whole, cut], 0)
+    assert counts["truncated"] == 1 and counts["kept"] == 1
+    assert records_kept[0]["answer"] == "3" and records_kept[0]["input"] == "1 + 2"
