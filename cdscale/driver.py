@@ -263,9 +263,8 @@ def _targets_from_outputs(
             continue
         completion = decode(out["token_ids"])
         span = task.answer_span(completion)
-        # Cut off by max_new_tokens: the answer may be cut too, unless text follows it (a
-        # first-line answer, then the model writing on: more questions of a few-shot prompt).
-        if out["finish_reason"] == "length" and (span is None or not completion[span[1]:].strip()):
+        # Cut off by max_new_tokens: skipped unless the task knows its answer is whole.
+        if out["finish_reason"] == "length" and (span is None or not task.answer_survives_cut(completion, span)):
             counts["truncated"] += 1
             continue
         if span is None:

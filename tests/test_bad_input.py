@@ -89,3 +89,12 @@ def test_an_output_cut_off_after_its_answer_is_kept_and_one_cut_within_it_is_cou
     records_kept, counts = _targets_from_outputs(cfg, tiny_tokenizer, task, examples, [whole, cut], 0)
     assert counts["truncated"] == 1 and counts["kept"] == 1
     assert records_kept[0]["answer"] == "3" and records_kept[0]["input"] == "1 + 2"
+    # With an answer marker, a cut before the marker leaves the reasoning's first line as the
+    # "answer": such outputs stay skipped, as do cut-off addition scratchpads.
+    marked = build_task("records", {"path": str(records), "answer_marker": "</scratch>"})
+    in_reasoning = cut_off("<scratch>\n1 + 2 , C: 0\n3")
+    with pytest.raises(RunFailed, match="'truncated': 2"):
+        _targets_from_outputs(cfg, tiny_tokenizer, marked, examples, [in_reasoning, in_reasoning], 0)
+    addition = build_task("addition", {"min_digits": 1, "max_digits": 1})
+    with pytest.raises(RunFailed, match="'truncated': 2"):
+        _targets_from_outputs(cfg, tiny_tokenizer, addition, examples, [in_reasoning, whole], 0)

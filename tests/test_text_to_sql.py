@@ -46,21 +46,37 @@ def test_row_order_counts_only_when_the_gold_query_orders():
     assert task.score(ordered, ordered.gold) == 1.0 and task.score(ordered, reversed_query) == 0.0
     unordered = next(e for e in task.examples if e.gold.startswith("SELECT name FROM") and "ORDER BY" not in e.gold.upper())
     assert task.score(unordered, unordered.gold + " ORDER BY name DESC") == 1.0
+    assert task.score(unordered, unordered.gold + " UNION ALL " + unordered.gold) == 0.0  # each row twice: not the same rows
 
 
 def test_a_predicted_write_scores_zero_and_changes_nothing():
     task = shop_task()
     x = next(e for e in task.examples if e.gold == "SELECT COUNT(*) FROM customers")
-    assert task.score(x, "DELETE FROM customers") == 0.0
-    assert task.score(x, "SELECT 1; DROP TABLE customers") == 0.0
-    assert task.score(x, x.gold) == 1.0
+    customers = task.connection.execute(x.gold).fetchall()
+    for answer in ("PRAGMA query_only = OFF", "DELETE FROM customers", "SELECT 1; DROP TABLE customers",
+                   "ATTACH DATABASE ':memory:' AS other"):
+        assert task.score(x, answer) == 0.0, answer
+    assert task.connection.execute(x.gold).fetchall() == customers and customers[0][0] > 0
 
 
-def test_half_the_questions_are_held_out_and_no_example_is_among_them():
+def test_a_query_that_runs_away_scores_zero_within_the_time_limit(monkeypatch):
+    import time
+
+    from cdscale.tasks import text_to_sql
+
+    monkeypatch.setattr(text_to_sql, "QUERY_SECONDS", 0.2)
+    task = shop_task()
+    x = task.examples[0]
+    start = time.monotonic()
+    assert task.score(x, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n") == 0.0
+    assert time.monotonic() - start < 5.0
+    assert task.score(x, x.gold) == 1.0  # the limit applies per query
+
+
+def test_about_half_the_questions_are_held_out_and_evaluation_draws_exactly_those():
     task = shop_task()
     held = [x for x in task.examples if is_held_out(x, task.held_out_per_mille)]
-    assert 0.3 < len(held) / (len(task.examples) + len(task.demonstrations)) < 0.7
-    assert not any(is_held_out(d, task.held_out_per_mille) for d in task.demonstrations)
+    assert 0.3 < len(held) / len(task.examples) < 0.8  # 32 of shop's 45
     evals = sample_where(task, len(held), random.Random(0), held_out=True, distinct=True)
     assert {x.input for x in evals} == {x.input for x in held}
 
@@ -68,5 +84,5 @@ def test_half_the_questions_are_held_out_and_no_example_is_among_them():
 def test_a_gold_query_that_fails_is_refused_with_the_file_named(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"input": "How many?", "gold": "SELECT COUNT(*) FROM no_such_table"}\n')
-    with pytest.raises(ConfigError, match=r"bad.jsonl: the gold SQL of 'How many\?' fails on .*shop.sql: no such table"):
+    with pytest.raises(ConfigError, match=r"bad.jsonl: the gold SQL of 'How many\?' does not run on .*shop.sql"):
         shop_task(path=str(bad))

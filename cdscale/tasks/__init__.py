@@ -52,6 +52,11 @@ class Task(ABC):
         when no answer can be extracted. A span (not a string) lets the trainer reuse the
         teacher's own answer tokens and their logprobs."""
 
+    def answer_survives_cut(self, completion: str, span: tuple[int, int]) -> bool:
+        """Whether the answer at `span` is whole in a generation that max_new_tokens cut off.
+        By default no: the cut may fall inside the answer, so such generations are skipped."""
+        return False
+
     def extract_answer(self, completion: str) -> str | None:
         span = self.answer_span(completion)
         return None if span is None else completion[span[0] : span[1]]

@@ -157,5 +157,11 @@ class Records(Task):
             start = end + 1
         return None
 
+    def answer_survives_cut(self, completion: str, span: tuple[int, int]) -> bool:
+        # The answer is one line, so text after it means the line ended before the cut (a
+        # few-shot prompt's model writes the next question). With an answer_marker, a cut
+        # before the marker leaves the first line of the reasoning as the span: not whole.
+        return not self.answer_marker and bool(completion[span[1]:].strip())
+
     def score(self, x: Example, answer: str | None) -> float:
         return float(answer is not None and " ".join(answer.split()) == " ".join(x.gold.split()))

@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from pathlib import Path
 
-from cdscale.tasks.text_to_sql import load_database
+from cdscale.tasks.text_to_sql import load_database, run_query
 
 SQL_DATA = Path(__file__).resolve().parents[2] / "configs" / "data" / "sql"
-
-
-def runs(connection: sqlite3.Connection, query: str) -> bool:
-    try:
-        connection.execute(query.rstrip().rstrip(";")).fetchall()
-        return True
-    except (sqlite3.Error, sqlite3.Warning):
-        return False
 
 
 def main() -> None:
@@ -35,7 +26,7 @@ def main() -> None:
             rows = [json.loads(line) for line in path.read_text().splitlines()]
             answers = [row["answer"] or "" for row in rows]
             select = sum(a.lstrip().upper().startswith("SELECT") for a in answers)
-            ok = sum(runs(connection, a) for a in answers)
+            ok = sum(run_query(connection, a) is not None for a in answers)
             right = int(sum(row["score"] for row in rows))
             print(f"| {folder.name} | {path.stem} | {len(rows)} | {select} | {ok} | {right} |")
 
