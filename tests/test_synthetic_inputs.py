@@ -26,8 +26,8 @@ def test_addition_parses_generated_problems_and_computes_the_gold():
 def test_duplicates_malformed_and_held_out_are_dropped_and_counted():
     task = Addition(1, 2)
     problems = [f"{a // 10} {a % 10} + {b}" for a in range(10, 100) for b in range(1, 10)]
-    held = next(p for p in problems if is_held_out(Example(p)))
-    train = [p for p in problems if not is_held_out(Example(p))][:3]
+    held = next(p for p in problems if is_held_out(Example(p), task.held_out_per_mille))
+    train = [p for p in problems if not is_held_out(Example(p), task.held_out_per_mille)][:3]
     seen = {train[2]}  # drawn in an earlier pass
     lines = [train[0], train[1], train[0], " " + train[1], train[2], held, "x + y", None, "", "1 2 3 + 4"]
     kept, counts = keep_inputs(task, lines, seen)

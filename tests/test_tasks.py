@@ -77,9 +77,9 @@ def test_held_out_partition_keeps_eval_and_training_apart():
     task = Addition(1, 3)
     evals = sample_where(task, 300, random.Random(0), held_out=True, distinct=True)
     train = sample_where(task, 3000, random.Random(0), held_out=False)
-    assert len({x.input for x in evals}) == 300 and all(is_held_out(x) for x in evals)
+    assert len({x.input for x in evals}) == 300 and all(is_held_out(x, task.held_out_per_mille) for x in evals)
     assert not {x.input for x in evals} & {x.input for x in train}
-    share = sum(is_held_out(x) for x in task.sample_inputs(5000, random.Random(1))) / 5000
+    share = sum(is_held_out(x, task.held_out_per_mille) for x in task.sample_inputs(5000, random.Random(1))) / 5000
     assert 0.05 < share < 0.15  # about a tenth of D is held out
     with pytest.raises(ConfigError, match="input space is too small"):
         sample_where(Addition(1, 1), 50, random.Random(0), held_out=True, distinct=True, what="data.num_eval")

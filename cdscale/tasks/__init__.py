@@ -88,13 +88,14 @@ class Task(ABC):
         return None
 
 
-def is_held_out(x: Example, per_mille: int = HELD_OUT_PER_MILLE) -> bool:
+def is_held_out(x: Example, per_mille: int) -> bool:
     """A fixed partition of every task's input space by a stable hash of the input.
 
     Evaluation draws only held-out inputs; bootstrap and distillation never train on one.
     Seeds alone cannot promise this: two seeded streams can draw the same inputs. A task
     with a small, finite input space (a file of a few dozen questions) holds out a larger
-    share (`Task.held_out_per_mille`), so that its evaluation has enough problems.
+    share, so that its evaluation has enough problems: callers pass the task's own
+    `Task.held_out_per_mille` (no default, so no caller can use another task's partition).
     """
     return zlib.crc32(x.input.encode()) % 1000 < per_mille
 
