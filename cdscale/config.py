@@ -50,8 +50,10 @@ class OperationConfig:
         "own",
         "own: x ~ this task's D (the paper's 'naive'); mixed: x ~ a uniform mixture of the D of every operation "
         "in the stage, prompted with this operation's templates (the paper's 'mixed', H3); synthetic: x sampled "
-        "from the teacher engines, few-shot prompted with inputs from D (paper 3.1-3.2), deduplicated",
-        ("own", "mixed", "synthetic"),
+        "from the teacher engines, few-shot prompted with inputs from D (paper 3.1-3.2), deduplicated; "
+        "demonstrations: x ~ the task's fixed in-context examples, those its teacher prompts show (with targets: "
+        "gold, direct gradient descent on the same examples, H4)",
+        ("own", "mixed", "synthetic", "demonstrations"),
     )
     targets: str = _f(
         "teacher",

@@ -26,7 +26,7 @@ from cdscale.checkpoint import (
     commit_state, copy_dir_atomic, load_latest_state, read_shard, save_hf_checkpoint, write_json_atomic, write_shard,
     write_text_atomic,
 )
-from cdscale.config import Config, OperationConfig, RunFailed, StageConfig, resolve_stages
+from cdscale.config import Config, ConfigError, OperationConfig, RunFailed, StageConfig, resolve_stages
 from cdscale.eval import evaluate
 from cdscale.metrics import MetricsLog
 from cdscale.models import resolve_model_path
@@ -129,7 +129,8 @@ def sample_splits(
     the student then failed to learn at all (4% after, in a run that also had 3 epochs and
     temperature 0.5; 79% with D as it is): the easy sums seen again and again are its curriculum.
     An operation with `inputs: mixed` draws each input from the D of a uniformly chosen
-    training operation of its stage; one with num_train 0 is only evaluated.
+    training operation of its stage; one with `inputs: demonstrations` draws from its task's
+    in-context examples; one with num_train 0 is only evaluated.
     """
     seed = cfg.data.seed
     suffix = (lambda name: "") if len(tasks) == 1 else (lambda name: f"-{name}")  # a one-task run keeps its streams
@@ -149,6 +150,13 @@ def sample_splits(
                     continue
                 if op.inputs == "own":
                     inputs[op.name] = sample_where(tasks[op.name], op.num_train, rng, held_out=False, what=what)
+                    continue
+                if op.inputs == "demonstrations":
+                    shown = tasks[op.name].demonstration_examples()
+                    leaked = sorted({x.input for x in shown} & {x.input for x in eval_sets[op.name]})
+                    if leaked:
+                        raise ConfigError(f"{what}: in-context examples are also evaluation inputs: {leaked[:3]}")
+                    inputs[op.name] = [shown[rng.randrange(len(shown))] for _ in range(op.num_train)]
                     continue
                 sources = [tasks[o.name] for o in stage.operations if o.num_train > 0]
                 picks = [rng.randrange(len(sources)) for _ in range(op.num_train)]
@@ -307,7 +315,7 @@ def gold_targets(
             ids = tokenizer(target)["input_ids"]
             prompt_ids, target_ids = ids[:1], ids[1:]  # every token after the first
         else:
-            prompt, target = (task.student_prompt(x), x.gold) if kind == "gold" else (task.teacher_prompt(x), task.teacher_demonstration(x))
+            prompt, target = (task.student_prompt(x), task.gold_completion(x)) if kind == "gold" else (task.teacher_prompt(x), task.teacher_demonstration(x))
             if target is None:
                 counts["no_answer"] += 1  # no gold answer, or a task that writes no demonstration
                 continue

@@ -71,6 +71,15 @@ class Task(ABC):
         `teacher_prompt(x)`. Tasks with one teacher prompt do not override this."""
         raise ConfigError(f"task {self.name or type(self).__name__!r} has a single teacher prompt; an ensemble needs prompt variants")
 
+    def gold_completion(self, x: Example) -> str | None:
+        """The gold answer as the text that follows the student prompt (`targets: gold`)."""
+        return x.gold
+
+    def demonstration_examples(self) -> list[Example]:
+        """The in-context examples the teacher's prompts show, for an operation with `inputs:
+        demonstrations`: direct gradient descent on the same examples (the paper's H4 baseline)."""
+        raise ConfigError(f"task {self.name or type(self).__name__!r} has no fixed in-context examples to train on")
+
     def input_generation_prompt(self, shots: list[Example]) -> str:
         """A few-shot prompt whose continuation's first line is a new raw input (synthetic
         D, paper sections 3.1-3.2): the shots' inputs, one per line after "Input:"."""

@@ -16,6 +16,8 @@ Records are checked when the task is built: a line that is not JSON, not an obje
 a field, has one of the wrong type, or lacks a field a template uses is an error naming the
 file and the line.
 Fields other than `input` and `gold` are kept in `Example.meta` and usable in templates.
+A small file may keep a larger share of itself for evaluation (`held_out_per_mille`; 100 by
+default).
 
 In-context examples come from a second records file (`demonstrations_path`) into the
 `{demonstrations}` placeholder: the teacher's prompt shows a random k-of-n subset chosen per
@@ -89,7 +91,12 @@ class Records(Task):
         demonstrations_path: str | None = None,
         demonstrations_per_prompt: int | None = None,
         demonstration_template: str = "Input: {input}\nAnswer: {gold}\n",
+        held_out_per_mille: int | None = None,
     ):
+        if held_out_per_mille is not None:
+            if not 0 < held_out_per_mille < 1000:
+                raise RecordError(f"held_out_per_mille: must be in [1, 999], got {held_out_per_mille}")
+            self.held_out_per_mille = held_out_per_mille  # a small file keeps more of itself for evaluation
         lines = load_records(path)
         self.examples = [x for _, x in lines]
         self.context, self.answer_marker = context, answer_marker
@@ -140,6 +147,16 @@ class Records(Task):
 
     def student_prompt(self, x: Example) -> str:
         return self._fill(self.student_template, x, None)
+
+    def gold_completion(self, x: Example) -> str | None:
+        # As the worked examples write it ("Answer: Paris"): after a prompt that ends in a
+        # colon, the answer's first token carries its space, as a model's own answer does.
+        return x.gold if self.student_template.endswith((" ", "\n")) else " " + x.gold
+
+    def demonstration_examples(self) -> list[Example]:
+        if not self.demonstrations:
+            return super().demonstration_examples()
+        return self.demonstrations
 
     def answer_span(self, completion: str) -> tuple[int, int] | None:
         start = 0
