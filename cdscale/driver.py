@@ -284,9 +284,11 @@ def _targets_from_outputs(
         except ValueError:
             counts["unaligned"] += 1  # the answer's characters do not map onto whole generated tokens
             continue
+        answer = completion[span[0]:span[1]]
         records.append(
-            {"index": i, "input": x.input, "gold": x.gold, "teacher_completion": completion,
-             "answer": completion[span[0]:span[1]], "teacher_correct": task.score(x, completion[span[0]:span[1]]),
+            {"index": i, "input": x.input, "gold": x.gold, "teacher_completion": completion, "answer": answer,
+             # A synthetic input of a records task has no gold to score against.
+             "teacher_correct": None if x.gold is None else task.score(x, answer),
              "input_ids": rec.input_ids, "answer_start": rec.answer_start,
              "topk_ids": rec.topk_ids, "topk_logprobs": rec.topk_logprobs}
         )

@@ -114,3 +114,23 @@ def test_random_records_load_or_raise_an_error_naming_the_file(tmp_path, lines, 
         assert str(path) in str(err)
         return
     assert loaded and all(isinstance(x.input, str) and x.input.strip() and isinstance(x.gold, str) for _, x in loaded)
+
+
+@pytest.mark.parametrize("answer, gold, expected", [
+    ("The capital of India is New Delhi.", "New Delhi", 1.0),
+    ("new delhi", "New Delhi", 1.0),
+    ("Delhi is new", "New Delhi", 0.0),            # the words in order, next to each other
+    ("The capital is St. George's.", "St. George's", 1.0),
+    ("Parisian", "Paris", 0.0),                   # whole words only
+    ("", "Lima", 0.0),
+    (None, "Lima", 0.0),
+])
+def test_match_words_finds_the_golds_words_in_the_answer(tmp_path, answer, gold, expected):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"input": "x", "gold": gold}) + "\n")
+    task = build_task("records", {"path": str(path), "match": "words"})
+    assert task.score(task.examples[0], answer) == expected
+    # Exact match stays the default.
+    assert build_task("records", {"path": str(path)}).score(task.examples[0], answer) == float(answer == gold)
+    with pytest.raises(Exception, match="match: must be 'exact' or 'words'"):
+        build_task("records", {"path": str(path), "match": "fuzzy"})

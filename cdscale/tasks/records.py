@@ -10,7 +10,9 @@ adds `context` (instructions, examples) through `teacher_template`; the student 
 `student_template` alone. f is the first line with text in the completion, counted from
 after the last `answer_marker` when one is set and present (so a teacher may reason first,
 and a student that answers directly has no marker to find). The score is an exact match
-after collapsing whitespace.
+after collapsing whitespace, or with `match: words` the gold's words in order anywhere in
+the answer's line, ignoring case and punctuation (for a chat model that answers in a
+sentence).
 
 Records are checked when the task is built: a line that is not JSON, not an object, lacks
 a field, has one of the wrong type, or lacks a field a template uses is an error naming the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -92,11 +95,15 @@ class Records(Task):
         demonstrations_per_prompt: int | None = None,
         demonstration_template: str = "Input: {input}\nAnswer: {gold}\n",
         held_out_per_mille: int | None = None,
+        match: str = "exact",
     ):
         if held_out_per_mille is not None:
             if not 0 < held_out_per_mille < 1000:
                 raise RecordError(f"held_out_per_mille: must be in [1, 999], got {held_out_per_mille}")
             self.held_out_per_mille = held_out_per_mille  # a small file keeps more of itself for evaluation
+        if match not in ("exact", "words"):
+            raise RecordError(f"match: must be 'exact' or 'words', got {match!r}")
+        self.match = match
         lines = load_records(path)
         self.examples = [x for _, x in lines]
         self.context, self.answer_marker = context, answer_marker
@@ -181,4 +188,13 @@ class Records(Task):
         return not self.answer_marker and bool(completion[span[1]:].strip())
 
     def score(self, x: Example, answer: str | None) -> float:
-        return float(answer is not None and " ".join(answer.split()) == " ".join(x.gold.split()))
+        if answer is None:
+            return 0.0
+        if self.match == "words":  # "The capital of India is New Delhi." holds "new delhi"
+            said, gold = _words(answer), _words(x.gold)
+            return float(bool(gold) and any(said[i : i + len(gold)] == gold for i in range(len(said) - len(gold) + 1)))
+        return float(" ".join(answer.split()) == " ".join(x.gold.split()))
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[\w']+", text.lower())

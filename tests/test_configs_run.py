@@ -1,0 +1,122 @@
+"""Every config in configs/ runs end to end on the real stack (Ray, vLLM, DeepSpeed) at small
+sizes, so that no config can rot.
+
+A run starts Ray actors, vLLM engines and DeepSpeed ranks, tens of seconds each time; a run
+per config would cost more than the rest of the suite. So the configs that share a model
+family, a teacher mode and a loss run as one: each config's stages, in file order, become
+stages of one run, its operations renamed `<config>.<operation>`, with small sizes (a few
+inputs per operation, one or two held-out problems, batch 2, one epoch). Every stage and operation
+of every config then goes through its task (options and data files), inputs, targets,
+training, sync and evaluation. The models are stand-ins of each family: a tiny Llama
+bootstrapped for a few hundred steps on the tiny configs' tasks (answers in each task's
+format, and inputs for synthetic D), and the real SmolLM2-135M-Instruct. Each config's
+other settings (learning rate, epochs, token caps) are checked by loading it
+(tests/test_config.py).
+"""
+import json
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from cdscale.config import load_config, resolve_stages
+
+pytestmark = pytest.mark.stack
+
+ROOT = Path(__file__).resolve().parent.parent
+# Per model family: SmolLM2 trains at tens of tokens/s on 2 CPUs, and a SQL prompt is ~600 tokens.
+SMALL = {"tiny": {"num_train": 8, "num_eval": 2, "batch_size": 2}, "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 2}}
+
+
+def _groups() -> dict[str, list[Path]]:
+    groups: dict[str, list[Path]] = {}
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_config(str(path))
+        family = "smollm2" if cfg.model.path.startswith("smollm2") else "tiny"
+        groups.setdefault(f"{family}-{cfg.teacher.mode}-{cfg.student.loss}", []).append(path)
+    return groups
+
+
+GROUPS = _groups()
+
+
+def merged_config(paths: list[Path], model: Path, out: Path, small: dict):
+    """One run of every stage of `paths`, at small sizes, on `model`. The k-th stages of the
+    configs run as one stage (fewer trainings, syncs and commits of a 135M model), unless an
+    operation mixes the inputs of its stage's operations (`inputs: mixed`): then the stages
+    run one after the other, so that each config's operations mix only among themselves."""
+    configs = [(path.stem, load_config(str(path))) for path in paths]
+    apart = any(op.inputs == "mixed" for _, cfg in configs for stage in resolve_stages(cfg) for op in stage.operations)
+    stages: dict = {}
+    for name, cfg in configs:
+        for k, stage in enumerate(resolve_stages(cfg)):
+            key = f"{name}.{stage.name}" if apart else f"stage{k}"
+            merged = stages.setdefault(key, {"name": key, "rounds": stage.rounds, "operations": []})
+            merged["rounds"] = max(merged["rounds"], stage.rounds)
+            for op in stage.operations:
+                num_train = small["num_train"] if op.num_train else 0  # 0: evaluated only
+                merged["operations"].append({**_as_dict(op), "name": f"{name}.{op.name}", "num_train": num_train})
+    first = configs[0][1]
+    tree = {
+        "model": {"path": str(model), "dtype": first.model.dtype},
+        "data": {"num_train": small["num_train"], "num_eval": small["num_eval"], "seed": 0},
+        # Greedy teacher: the same answers (and so the same skips) on every machine.
+        "teacher": {"num_engines": 1, "mode": first.teacher.mode, "temperature": 0.0, "max_answer_skip_fraction": 1.0, "kv_cache_gib": 0.25,
+                    "max_new_tokens": max(cfg.teacher.max_new_tokens for _, cfg in configs),
+                    "max_model_len": max(cfg.teacher.max_model_len for _, cfg in configs)},
+        "student": {"num_ranks": 1, "loss": first.student.loss, "batch_size": small["batch_size"], "epochs": 1, "warmup_steps": 1},
+        "eval": {"max_new_tokens_student": max(cfg.eval.max_new_tokens_student for _, cfg in configs), "before": False},
+        "run": {"name": "smoke", "output_root": str(out)},
+        "stages": list(stages.values()),
+    }
+    file = out / "smoke.yaml"
+    file.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return load_config(str(file))
+
+
+def _as_dict(op) -> dict:
+    import dataclasses
+
+    data = dataclasses.asdict(op)
+    data["task"] = {"name": op.task.name, "options": op.task.options}
+    return data
+
+
+@pytest.fixture(scope="module")
+def tiny_stand_in(tmp_path_factory):
+    """A tiny Llama that writes answers in the format of every task the tiny configs use, and
+    inputs when few-shot prompted with them (synthetic D); not a good teacher of any."""
+    import torch
+
+    from cdscale.bootstrap import bootstrap
+    from cdscale.tasks import build_task
+
+    out = tmp_path_factory.mktemp("models") / "tiny-stand-in"
+    torch.set_num_threads(2)
+    tasks = [build_task("addition", {"min_digits": 1, "max_digits": 2}),
+             *(build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5}) for op in ("max", "min", "first", "second"))]
+    bootstrap(tasks, out, steps=300, batch_size=16, lr=3e-3, eval_every=10**9, log=lambda _: None, learn_inputs=True)
+    return out
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS), ids=str)
+def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request):
+    from cdscale.driver import run
+    from cdscale.models.smollm2 import prepare_smollm2
+
+    monkeypatch.chdir(ROOT)  # records paths are relative to the repository root
+    family = group.split("-")[0]
+    model = prepare_smollm2() if family == "smollm2" else request.getfixturevalue("tiny_stand_in")
+    cfg = merged_config(GROUPS[group], Path(model), tmp_path, SMALL[family])
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        summary = run(cfg)
+    finally:
+        ray.shutdown()
+    expected = {f"{path.stem}.{op.name}" for path in GROUPS[group] for stage in resolve_stages(load_config(str(path))) for op in stage.operations}
+    assert set(summary["student_after"]) == expected
+    assert all(0.0 <= m["accuracy"] <= 1.0 and m["n"] == SMALL[family]["num_eval"] for m in summary["student_after"].values())
+    events = [json.loads(line) for line in (tmp_path / "smoke" / "metrics.jsonl").read_text().splitlines()]
+    trained = {e["stage"] for e in events if e["event"] == "targets"}
+    assert trained == {stage["name"] for stage in yaml.safe_load((tmp_path / "smoke.yaml").read_text())["stages"]}
