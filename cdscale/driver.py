@@ -229,13 +229,13 @@ def ensemble_signal(
 ) -> None:
     """Replace each output's logprobs with the ensemble teacher's (paper H5, App. B.5): the
     sampled y is scored under K prompt variants (`prompt_logprobs`, one prefill each) and
-    every generated position gets the mean of the K distributions. Outputs cut off are left
-    as they are (they are skipped later); one whose scoring prompts do not all fit the
-    engine's context is dropped (counted as too long)."""
+    every generated position gets the mean of the K distributions. Outputs cut off by
+    max_new_tokens are scored too: a task may keep them (`Task.answer_survives_cut`). One
+    whose scoring prompts do not all fit the engine's context is dropped (counted as too long)."""
     t = cfg.teacher
     jobs, prompts = [], []  # (output index, variant)
     for i, (x, out) in enumerate(zip(examples, outputs)):
-        if out is None or out["finish_reason"] == "length":
+        if out is None:
             continue
         variants = [tokenizer(task.teacher_prompt_variant(x, v))["input_ids"] + out["token_ids"] for v in range(k)]
         if max(map(len, variants)) >= t.max_model_len:

@@ -43,7 +43,7 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
     Then a NaN loss on one rank (sharing the ranks' start-up with the above)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cdscale.driver import MetricsLog, PhaseClock, start_trainers, teacher_targets, train
+    from cdscale.driver import MetricsLog, PhaseClock, ensemble_signal, start_trainers, teacher_targets, train
     from cdscale.teacher.engine import generate_across, start_engines
 
     cfg = _config(teacher_model, tmp_path, "student.zero_stage=3", "student.lr=3e-3", "student.export_bucket_mb=1")  # several buckets
@@ -58,6 +58,20 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
         for step in range(4):
             batch = records[step * 16 : (step + 1) * 16]
             ray.get([t.train_step.remote(batch[r::2], 3e-3) for r, t in enumerate(trainers)])
+        # An ensemble teacher scores every output under its prompt variants, also one that
+        # max_new_tokens cut off after a whole answer (a records task keeps those).
+        shown = tmp_path / "shown.jsonl"
+        shown.write_text("".join(json.dumps({"input": f"{i} + {i}", "gold": str(2 * i)}) + "\n" for i in range(1, 7)))
+        records_task = build_task("records", {"path": str(shown), "demonstrations_path": str(shown), "demonstrations_per_prompt": 2,
+                                              "teacher_template": "{demonstrations}Input: {input}\nAnswer:"})
+        asked = records_task.examples[:4]
+        cut = generate_across([engine], [tokenizer(records_task.teacher_prompt(x))["input_ids"] for x in asked],
+                              [{"temperature": 0.0, "max_tokens": 6, "logprobs": 20}] * 4, 8, 300, "cut off")
+        assert all(o["finish_reason"] == "length" for o in cut)
+        single = [dict(o) for o in cut]
+        ensemble_signal(cfg, [engine], tokenizer, records_task, asked, cut, 4, "ensemble")
+        assert any(o["logprob_values"] != s["logprob_values"] for o, s in zip(cut, single))
+
         before = ray.get(engine.weight_checksum.remote())
         sync, _ = push_weights(trainers, [engine], version=1, timeout_s=300)
         assert ray.get(engine.get_weight_version.remote()) == 1
