@@ -154,8 +154,8 @@ def sample_splits(
                 if op.inputs == "demonstrations":
                     shown = tasks[op.name].demonstration_examples()
                     leaked = sorted({x.input for x in shown} & {x.input for x in eval_sets[op.name]})
-                    if leaked:
-                        raise ConfigError(f"{what}: in-context examples are also evaluation inputs: {leaked[:3]}")
+                    if leaked:  # training on them would train on this run's evaluation
+                        raise ConfigError(f"{what}: in-context examples (the task's demonstrations) are also evaluation inputs: {leaked[:3]}")
                     inputs[op.name] = [shown[rng.randrange(len(shown))] for _ in range(op.num_train)]
                     continue
                 sources = [tasks[o.name] for o in stage.operations if o.num_train > 0]
@@ -229,13 +229,14 @@ def ensemble_signal(
 ) -> None:
     """Replace each output's logprobs with the ensemble teacher's (paper H5, App. B.5): the
     sampled y is scored under K prompt variants (`prompt_logprobs`, one prefill each) and
-    every generated position gets the mean of the K distributions. Outputs cut off by
-    max_new_tokens are scored too: a task may keep them (`Task.answer_survives_cut`). One
-    whose scoring prompts do not all fit the engine's context is dropped (counted as too long)."""
+    every generated position gets the mean of the K distributions. An output cut off by
+    max_new_tokens is scored when its task keeps it (`Task.answer_survives_cut`), and left to
+    be skipped otherwise. One whose scoring prompts do not all fit the engine's context is
+    dropped (counted as too long)."""
     t = cfg.teacher
     jobs, prompts = [], []  # (output index, variant)
     for i, (x, out) in enumerate(zip(examples, outputs)):
-        if out is None:
+        if out is None or _lost_to_the_cut(task, tokenizer, out):
             continue
         variants = [tokenizer(task.teacher_prompt_variant(x, v))["input_ids"] + out["token_ids"] for v in range(k)]
         if max(map(len, variants)) >= t.max_model_len:
@@ -251,6 +252,15 @@ def ensemble_signal(
         # Generated position j is predicted at prompt position len(variant prompt) + j.
         averaged = [average_topk([rows[v][jobs[start + v][1] + j] for v in range(k)]) for j in range(len(outputs[i]["token_ids"]))]
         outputs[i] = {**outputs[i], **flatten_topk(averaged)}
+
+
+def _lost_to_the_cut(task: Task, tokenizer: Any, out: dict[str, Any]) -> bool:
+    """Cut off by max_new_tokens, and not kept: skipped unless the task knows its answer is whole."""
+    if out["finish_reason"] != "length":
+        return False
+    completion = tokenizer.decode(out["token_ids"], skip_special_tokens=True)
+    span = task.answer_span(completion)
+    return span is None or not task.answer_survives_cut(completion, span)
 
 
 # What happened to a round's inputs, per operation: the same keys for teacher and gold targets.
@@ -269,12 +279,11 @@ def _targets_from_outputs(
         if out is None:
             counts["too_long"] += 1
             continue
-        completion = decode(out["token_ids"])
-        span = task.answer_span(completion)
-        # Cut off by max_new_tokens: skipped unless the task knows its answer is whole.
-        if out["finish_reason"] == "length" and (span is None or not task.answer_survives_cut(completion, span)):
+        if _lost_to_the_cut(task, tokenizer, out):
             counts["truncated"] += 1
             continue
+        completion = decode(out["token_ids"])
+        span = task.answer_span(completion)
         if span is None:
             counts["no_answer"] += 1
             continue

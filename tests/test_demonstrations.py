@@ -17,7 +17,7 @@ def _records(path: Path, pairs) -> Path:
     return path
 
 
-def _config(tmp_path, demonstrations: Path, records: Path, *extra):
+def _config(demonstrations: Path, records: Path, *extra):
     options = f"{{path: {records}, demonstrations_path: {demonstrations}, teacher_template: '{{demonstrations}}Q: {{input}}'}}"
     stages = f"stages=[{{operations: [{{name: gd, inputs: demonstrations, targets: gold, task: {{name: records, options: {options}}}}}]}}]"
     return load_config(None, ["data.num_train=256", "data.num_eval=20", stages, *extra])
@@ -26,7 +26,7 @@ def _config(tmp_path, demonstrations: Path, records: Path, *extra):
 def test_an_operation_with_inputs_demonstrations_trains_on_the_examples_only(tmp_path):
     records = _records(tmp_path / "qa.jsonl", [(f"question {i}", str(i)) for i in range(400)])
     shown = _records(tmp_path / "shown.jsonl", [(f"example {i}", str(i)) for i in range(4)])
-    cfg = _config(tmp_path, shown, records)
+    cfg = _config(shown, records)
     stages = resolve_stages(cfg)
     eval_sets, rounds = sample_splits(cfg, stages, build_tasks(stages))
     assert len(rounds[0]["gd"]) == 256 and {x.input for x in rounds[0]["gd"]} == {f"example {i}" for i in range(4)}
@@ -37,8 +37,8 @@ def test_examples_that_are_also_evaluation_inputs_are_refused(tmp_path):
     """An examples file that repeats questions of the records file: training on the examples
     would train on the evaluation."""
     records = _records(tmp_path / "qa.jsonl", [(f"question {i}", str(i)) for i in range(400)])
-    cfg = _config(tmp_path, records, records)
-    with pytest.raises(ConfigError, match=r"num_train \(gd\): in-context examples are also evaluation inputs: \['question "):
+    cfg = _config(records, records)
+    with pytest.raises(ConfigError, match=r"num_train \(gd\): in-context examples \(the task.s demonstrations\) are also evaluation inputs: \[.question "):
         sample_splits(cfg, resolve_stages(cfg), build_tasks(resolve_stages(cfg)))
 
 
@@ -56,6 +56,7 @@ def test_the_gold_completion_is_written_as_the_examples_write_it(tmp_path, smoll
     x = Example(input="dog", gold="seven")
     assert task.gold_completion(x) == " seven"
     assert build_task("records", {"path": str(records), "student_template": "{input}\n"}).gold_completion(x) == "seven"
+    assert task.gold_completion(Example(input="a synthetic input")) is None  # no gold: no target
     cfg = load_config(None, ["student.batch_size=1", "student.num_ranks=1"])
     [record], _ = gold_targets(cfg, smollm2_tokenizer, task, [x], "gold")
     answer = smollm2_tokenizer.decode(record["input_ids"][record["answer_start"]:])
@@ -86,3 +87,14 @@ def test_the_label_data_keeps_its_convention():
         assert sorted(r["category"] for r in shown) == sorted(list(labels) * (k // 4))
         sets[k] = {r["input"] for r in shown}
     assert sets[4] < sets[8] < sets[16] and not sets[16] & {r["input"] for r in rows}
+
+
+def test_in_context_examples_are_checked_against_the_templates(tmp_path):
+    records = tmp_path / "qa.jsonl"
+    records.write_text(json.dumps({"input": "dog", "gold": "seven", "kind": "animal"}) + "\n")
+    shown = _records(tmp_path / "shown.jsonl", [("cat", "seven")])  # no "kind" field
+    with pytest.raises(ConfigError, match=r"shown.jsonl line 1: missing field\(s\) \['kind'\] that a template uses"):
+        build_task("records", {"path": str(records), "demonstrations_path": str(shown),
+                               "student_template": "{kind}: {input}", "teacher_template": "{demonstrations}{kind}: {input}"})
+    with pytest.raises(ConfigError, match="held_out_per_mille: must be in"):
+        build_task("records", {"path": str(records), "held_out_per_mille": True})

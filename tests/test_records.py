@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdscale.cli import main
+from cdscale.config import ConfigError
 from cdscale.tasks import build_task
 from cdscale.tasks.records import RecordError, Records, load_records
 
@@ -122,6 +123,9 @@ def test_random_records_load_or_raise_an_error_naming_the_file(tmp_path, lines, 
     ("Delhi is new", "New Delhi", 0.0),            # the words in order, next to each other
     ("The capital is St. George's.", "St. George's", 1.0),
     ("Parisian", "Paris", 0.0),                   # whole words only
+    ("The opposite of 'hot' is 'cold'.", "cold", 1.0),  # quotes are not part of a word
+    ("It is N’Djamena.", "N'Djamena", 1.0),       # either apostrophe
+    ("It is N'Djamena.", "N'Djamena", 1.0),
     ("", "Lima", 0.0),
     (None, "Lima", 0.0),
 ])
@@ -132,5 +136,5 @@ def test_match_words_finds_the_golds_words_in_the_answer(tmp_path, answer, gold,
     assert task.score(task.examples[0], answer) == expected
     # Exact match stays the default.
     assert build_task("records", {"path": str(path)}).score(task.examples[0], answer) == float(answer == gold)
-    with pytest.raises(Exception, match="match: must be 'exact' or 'words'"):
+    with pytest.raises(ConfigError, match="task.options: match: must be 'exact' or 'words'"):
         build_task("records", {"path": str(path), "match": "fuzzy"})

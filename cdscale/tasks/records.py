@@ -98,7 +98,7 @@ class Records(Task):
         match: str = "exact",
     ):
         if held_out_per_mille is not None:
-            if not 0 < held_out_per_mille < 1000:
+            if isinstance(held_out_per_mille, bool) or not isinstance(held_out_per_mille, int) or not 0 < held_out_per_mille < 1000:
                 raise RecordError(f"held_out_per_mille: must be in [1, 999], got {held_out_per_mille}")
             self.held_out_per_mille = held_out_per_mille  # a small file keeps more of itself for evaluation
         if match not in ("exact", "words"):
@@ -110,7 +110,8 @@ class Records(Task):
         self.teacher_template, self.student_template = teacher_template, student_template
         # In-context examples for {demonstrations}: each prompt variant shows its own
         # k-of-n subset, in its own order (an ensemble teacher beyond the window, H5).
-        self.demonstrations = [x for _, x in load_records(demonstrations_path)] if demonstrations_path else []
+        shown = load_records(demonstrations_path) if demonstrations_path else []
+        self.demonstrations = [x for _, x in shown]
         self.per_prompt = demonstrations_per_prompt or len(self.demonstrations)
         if self.demonstrations and not 1 <= self.per_prompt <= len(self.demonstrations):
             raise RecordError(f"demonstrations_per_prompt: must be in [1, {len(self.demonstrations)}] (the demonstrations), got {demonstrations_per_prompt}")
@@ -126,9 +127,11 @@ class Records(Task):
             used |= names - {"input", "context", "demonstrations"}
             if "demonstrations" in names and not self.demonstrations:
                 raise RecordError(f"{name}: uses {{demonstrations}} but no demonstrations_path is given")
-        for number, x in lines:
-            if used - x.meta.keys():
-                raise RecordError(f"{path} line {number}: missing field(s) {sorted(used - x.meta.keys())} that a template uses")
+        # The examples go through the templates too (a student trained on them, `inputs: demonstrations`).
+        for source, records in ((path, lines), (demonstrations_path, shown)):
+            for number, x in records:
+                if used - x.meta.keys():
+                    raise RecordError(f"{source} line {number}: missing field(s) {sorted(used - x.meta.keys())} that a template uses")
 
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
         return [self.examples[rng.randrange(len(self.examples))] for _ in range(n)]
@@ -156,9 +159,12 @@ class Records(Task):
         return self._fill(self.student_template, x, None)
 
     def gold_completion(self, x: Example) -> str | None:
-        # As the worked examples write it ("Answer: Paris"): after a prompt that ends in a
-        # colon, the answer's first token carries its space, as a model's own answer does.
-        return x.gold if self.student_template.endswith((" ", "\n")) else " " + x.gold
+        # As the worked examples write it ("Answer: Paris"): after a prompt that ends in
+        # neither a space nor a newline, the answer's first token carries its space, as a
+        # model's own answer does.
+        if x.gold is None or self.student_template.endswith((" ", "\n")):
+            return x.gold
+        return " " + x.gold
 
     def demonstration_examples(self) -> list[Example]:
         if not self.demonstrations:
@@ -197,4 +203,4 @@ class Records(Task):
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[\w']+", text.lower())
+    return re.findall(r"\w+(?:'\w+)*", text.lower().replace("’", "'"))  # "'cold'." -> cold; "N’Djamena" = "N'Djamena"
