@@ -103,7 +103,7 @@ def bootstrap(
         if step % 50 == 0:
             log(f"bootstrap step {step}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
         if step % eval_every == 0 or step == steps:
-            acc = sum(greedy_accuracy(model, tokenizer, t, 200 // len(tasks), seed + 10_000 + step, max_new_tokens=160) for t in tasks) / len(tasks)
+            acc = sum(greedy_accuracy(model, tokenizer, t, 200 // len(tasks), seed + 10_000 + step, max_new_tokens=400) for t in tasks) / len(tasks)
             history.append({"step": step, "loss": loss.item(), "teacher_accuracy": acc, "seconds": time.time() - start})
             log(f"bootstrap step {step}: teacher greedy accuracy {acc:.3f}")
     model.save_pretrained(tmp, safe_serialization=True)

@@ -51,7 +51,10 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from cdscale.models import prepared_path
     from cdscale.tasks import build_task
 
-    out = prepared_path(f"tiny-{args.task}" + ("-inputs" if args.learn_inputs else ""))
+    # The default digit range keeps the plain name; another range gets its own folder, so an
+    # 8-digit teacher never overwrites the 1-3 digit one.
+    digits = "" if args.task != "addition" or (args.min_digits, args.max_digits) == (1, 3) else f"-{args.min_digits}to{args.max_digits}"
+    out = prepared_path(f"tiny-{args.task}{digits}" + ("-inputs" if args.learn_inputs else ""))
     if (out / "config.json").is_file() and not args.force:
         print(f"[cdscale] {out} already bootstrapped (use --force to redo)")
         return 0
@@ -61,7 +64,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
         from cdscale.tasks.arithmetic import OPERATIONS
 
         tasks = [build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5}) for op in OPERATIONS]
-    info = bootstrap(tasks, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, learn_inputs=args.learn_inputs)
+    info = bootstrap(tasks, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                     eval_every=args.eval_every, learn_inputs=args.learn_inputs)
     print(f"[cdscale] bootstrapped tiny model in {out}: {info['history'][-1]}")
     return 0
 
@@ -110,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-digits", type=int, default=1)
     p.add_argument("--max-digits", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=10**9, metavar="STEPS",
+                   help="also measure the teacher's greedy accuracy every STEPS steps (always at the end)")
     p.add_argument("--learn-inputs", action="store_true",
                    help="also learn to continue a list of the task's inputs, so few-shot prompting samples synthetic D (saved as tiny-<task>-inputs)")
     p.add_argument("--force", action="store_true")

@@ -12,6 +12,7 @@ PREPARED = {
     "tiny-addition": "cdscale bootstrap",
     "tiny-arithmetic": "cdscale bootstrap --task arithmetic",
     "tiny-addition-inputs": "cdscale bootstrap --learn-inputs",
+    "tiny-addition-1to8": "cdscale bootstrap --max-digits 8 --steps 1000",
     "smollm2-135m": "cdscale prepare-model smollm2-135m",
 }
 
