@@ -9,7 +9,8 @@ one or two held-out problems, one epoch, a greedy teacher). Every stage and oper
 every config then goes through its task (options and data files), inputs, targets,
 training, sync and evaluation of the student. What the merge does not keep per config: the
 teacher's token cap and context length are the largest in the group, the student's answers
-are cut at STUDENT_TOKENS, the teacher is not evaluated (`eval.before: false`), and the
+are cut at STUDENT_TOKENS, an addition task's operands have at most 2 digits (what the tiny
+stand-in learned: one that writes 8-digit scratchpads costs a minute more to bootstrap), the teacher is not evaluated (`eval.before: false`), and the
 other settings (learning rate, top-k, ...) are the first config's; tests/test_config.py
 loads each config as it is. The models are stand-ins of each
 family: a tiny Llama bootstrapped for a few hundred steps on the tiny configs' tasks
@@ -32,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Per model family: SmolLM2 trains at tens of tokens/s on 2 CPUs, and a SQL prompt is ~600 tokens.
 # Two inputs per operation with a batch of one: a run goes on when one input gives no answer (a
 # synthetic review the teacher answered with an empty turn, in CI; a SQL answer cut off).
-SMALL = {"tiny": {"num_train": 8, "num_eval": 2, "batch_size": 2}, "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 1}}
+SMALL = {"tiny": {"num_train": 8, "num_eval": 2, "batch_size": 2, "addition_max_digits": 2},
+         "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 1}}
 STUDENT_TOKENS = 24  # the student's answers in the smoke's evaluation: its accuracy is not what it checks
 
 
@@ -63,7 +65,12 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
             merged["rounds"] = max(merged["rounds"], stage.rounds)
             for op in stage.operations:
                 num_train = small["num_train"] if op.num_train else 0  # 0: evaluated only
-                merged["operations"].append({**dataclasses.asdict(op), "name": f"{name}.{op.name}", "num_train": num_train})
+                merged_op = {**dataclasses.asdict(op), "name": f"{name}.{op.name}", "num_train": num_train}
+                if op.task.name == "addition" and "addition_max_digits" in small:
+                    options = merged_op["task"]["options"]
+                    options["max_digits"] = min(options.get("max_digits", 8), small["addition_max_digits"])
+                    options["min_digits"] = min(options.get("min_digits", 1), options["max_digits"])
+                merged["operations"].append(merged_op)
     first = configs[0][1]
     tree = {
         "model": {"path": str(model), "dtype": first.model.dtype},
@@ -93,7 +100,7 @@ def tiny_stand_in(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("models") / "tiny-stand-in"
     torch.set_num_threads(2)
-    tasks = [build_task("addition", {"min_digits": 1, "max_digits": 2}),
+    tasks = [build_task("addition", {"min_digits": 1, "max_digits": SMALL["tiny"]["addition_max_digits"]}),
              *(build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5}) for op in ("max", "min", "first", "second"))]
     bootstrap(tasks, out, steps=300, batch_size=16, lr=3e-3, eval_every=10**9, log=lambda _: None, learn_inputs=True)
     return out
