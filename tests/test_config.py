@@ -143,3 +143,20 @@ def test_stages_are_checked_with_the_field_named():
     assert [op.num_train for op in resolve_stages(evaluated_only)[0].operations] == [65536, 0]
     with pytest.raises(ConfigError, match="stages: expected a list"):
         load_config(None, ["stages={name: a}"])
+
+
+@pytest.mark.parametrize("args, folder", [([], "tiny-addition"), (["--max-digits", "8"], "tiny-addition-1to8"),
+                                          (["--learn-inputs"], "tiny-addition-inputs")])
+def test_bootstrap_saves_each_digit_range_under_its_own_prepared_name(args, folder, capsys, monkeypatch, tmp_path):
+    """An 8-digit bootstrap must not overwrite the 1-3 digit teacher; the folder is checked
+    through the "already bootstrapped" path, which trains nothing."""
+    from cdscale.models import PREPARED, prepared_path
+
+    monkeypatch.setenv("CDSCALE_CACHE", str(tmp_path))
+    for name in ("tiny-addition", "tiny-addition-1to8", "tiny-addition-inputs"):  # a wrong name fails fast too
+        prepared_path(name).mkdir(parents=True)
+        (prepared_path(name) / "config.json").write_text("{}")
+    assert main(["bootstrap", *args]) == 0
+    assert f"{prepared_path(folder)} already bootstrapped" in capsys.readouterr().out
+    # The command the "not prepared yet" error names makes this same folder.
+    assert PREPARED[folder].split()[2:][: len(args)] == args
