@@ -54,11 +54,15 @@ def demonstration_batch(
 
 
 @torch.no_grad()
-def greedy_accuracy(model, tokenizer, task: Task, n: int, seed: int, max_new_tokens: int, student: bool = False) -> float:
+def greedy_accuracy(model, tokenizer, task: Task, n: int, seed: int, student: bool = False) -> float:
     """Exact-match accuracy of greedy Hugging Face generation (left-padded batch)."""
     model.eval()
     examples = sample_where(task, n, random.Random(seed), held_out=True, distinct=True)
     prompts = [task.student_prompt(x) if student else task.teacher_prompt(x) for x in examples]
+    # Room for the longest gold completion and a few tokens more (an 8 + 8 digit scratchpad is
+    # about 330 tokens): a model that does not stop costs no more than that.
+    golds = [x.gold if student else task.teacher_demonstration(x) for x in examples]
+    max_new_tokens = max(len(tokenizer(g, add_special_tokens=False)["input_ids"]) for g in golds) + 8
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -103,7 +107,7 @@ def bootstrap(
         if step % 50 == 0:
             log(f"bootstrap step {step}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
         if step % eval_every == 0 or step == steps:
-            acc = sum(greedy_accuracy(model, tokenizer, t, 200 // len(tasks), seed + 10_000 + step, max_new_tokens=400) for t in tasks) / len(tasks)
+            acc = sum(greedy_accuracy(model, tokenizer, t, 200 // len(tasks), seed + 10_000 + step) for t in tasks) / len(tasks)
             history.append({"step": step, "loss": loss.item(), "teacher_accuracy": acc, "seconds": time.time() - start})
             log(f"bootstrap step {step}: teacher greedy accuracy {acc:.3f}")
     model.save_pretrained(tmp, safe_serialization=True)

@@ -145,18 +145,16 @@ def test_stages_are_checked_with_the_field_named():
         load_config(None, ["stages={name: a}"])
 
 
-@pytest.mark.parametrize("args, folder", [([], "tiny-addition"), (["--max-digits", "8"], "tiny-addition-1to8"),
-                                          (["--learn-inputs"], "tiny-addition-inputs")])
-def test_bootstrap_saves_each_digit_range_under_its_own_prepared_name(args, folder, capsys, monkeypatch, tmp_path):
-    """An 8-digit bootstrap must not overwrite the 1-3 digit teacher; the folder is checked
-    through the "already bootstrapped" path, which trains nothing."""
+@pytest.mark.parametrize("folder", ["tiny-addition", "tiny-addition-1to8", "tiny-addition-inputs"])
+def test_bootstrap_commands_name_their_own_prepared_folder(folder, capsys, monkeypatch, tmp_path):
+    """Each prepared tiny model's command (the one the "not prepared yet" error names) uses its
+    own folder: an 8-digit bootstrap must not overwrite the 1-3 digit teacher. With every folder
+    already there, the command trains nothing and says which folder it found."""
     from cdscale.models import PREPARED, prepared_path
 
     monkeypatch.setenv("CDSCALE_CACHE", str(tmp_path))
-    for name in ("tiny-addition", "tiny-addition-1to8", "tiny-addition-inputs"):  # a wrong name fails fast too
+    for name in ("tiny-addition", "tiny-addition-1to8", "tiny-addition-inputs"):
         prepared_path(name).mkdir(parents=True)
         (prepared_path(name) / "config.json").write_text("{}")
-    assert main(["bootstrap", *args]) == 0
+    assert main(PREPARED[folder].split()[1:]) == 0
     assert f"{prepared_path(folder)} already bootstrapped" in capsys.readouterr().out
-    # The command the "not prepared yet" error names makes this same folder.
-    assert PREPARED[folder].split()[2:][: len(args)] == args

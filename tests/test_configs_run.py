@@ -68,6 +68,7 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
                 merged_op = {**dataclasses.asdict(op), "name": f"{name}.{op.name}", "num_train": num_train}
                 if op.task.name == "addition" and "addition_max_digits" in small:
                     options = merged_op["task"]["options"]
+                    # 8: the addition task's own default, when a config gives no max_digits.
                     options["max_digits"] = min(options.get("max_digits", 8), small["addition_max_digits"])
                     options["min_digits"] = min(options.get("min_digits", 1), options["max_digits"])
                 merged["operations"].append(merged_op)
