@@ -46,6 +46,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# The digit range of the default tiny-addition teacher; other ranges are saved under their own name.
+BOOTSTRAP_DIGITS = (1, 3)
+
+
 def _bootstrap(args: argparse.Namespace) -> int:
     from cdscale.bootstrap import bootstrap
     from cdscale.models import prepared_path
@@ -53,7 +57,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
     # The default digit range keeps the plain name; another range gets its own folder, so an
     # 8-digit teacher never overwrites the 1-3 digit one.
-    digits = "" if args.task != "addition" or (args.min_digits, args.max_digits) == (1, 3) else f"-{args.min_digits}to{args.max_digits}"
+    digits = "" if args.task != "addition" or (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS else f"-{args.min_digits}to{args.max_digits}"
     out = prepared_path(f"tiny-{args.task}{digits}" + ("-inputs" if args.learn_inputs else ""))
     if (out / "config.json").is_file() and not args.force:
         print(f"[cdscale] {out} already bootstrapped (use --force to redo)")
@@ -111,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--min-digits", type=int, default=1)
-    p.add_argument("--max-digits", type=int, default=3)
+    p.add_argument("--min-digits", type=int, default=BOOTSTRAP_DIGITS[0])
+    p.add_argument("--max-digits", type=int, default=BOOTSTRAP_DIGITS[1])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=10**9, metavar="STEPS",
                    help="also measure the teacher's greedy accuracy every STEPS steps (always at the end)")

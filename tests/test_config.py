@@ -5,6 +5,7 @@ import pytest
 
 from cdscale.cli import main
 from cdscale.config import Config, ConfigError, RunFailed, describe, load_config
+from cdscale.models import PREPARED
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -145,15 +146,18 @@ def test_stages_are_checked_with_the_field_named():
         load_config(None, ["stages={name: a}"])
 
 
-@pytest.mark.parametrize("folder", ["tiny-addition", "tiny-addition-1to8", "tiny-addition-inputs"])
+TINY_ADDITION_MODELS = [name for name in PREPARED if name.startswith("tiny-addition")]
+
+
+@pytest.mark.parametrize("folder", TINY_ADDITION_MODELS)
 def test_bootstrap_commands_name_their_own_prepared_folder(folder, capsys, monkeypatch, tmp_path):
     """Each prepared tiny model's command (the one the "not prepared yet" error names) uses its
     own folder: an 8-digit bootstrap must not overwrite the 1-3 digit teacher. With every folder
     already there, the command trains nothing and says which folder it found."""
-    from cdscale.models import PREPARED, prepared_path
+    from cdscale.models import prepared_path
 
     monkeypatch.setenv("CDSCALE_CACHE", str(tmp_path))
-    for name in ("tiny-addition", "tiny-addition-1to8", "tiny-addition-inputs"):
+    for name in TINY_ADDITION_MODELS:
         prepared_path(name).mkdir(parents=True)
         (prepared_path(name) / "config.json").write_text("{}")
     assert main(PREPARED[folder].split()[1:]) == 0

@@ -12,9 +12,9 @@ teacher's token cap and context length are the largest in the group, the student
 are cut at STUDENT_TOKENS, an addition task's operands have at most 2 digits (what the tiny
 stand-in learned: one that writes 8-digit scratchpads costs a minute more to bootstrap), the
 teacher is not evaluated (`eval.before: false`), and the other settings (learning rate,
-top-k, ...) are the first config's; tests/test_config.py loads each config as it is. The models are stand-ins of each
-family: a tiny Llama bootstrapped for a few hundred steps on the tiny configs' tasks
-(answers in each task's format, and inputs for synthetic D), and the real
+top-k, ...) are the first config's; tests/test_config.py loads each config as it is. The
+models are stand-ins of each family: a tiny Llama bootstrapped for a few hundred steps on the
+tiny configs' tasks (answers in each task's format, and inputs for synthetic D), and the real
 SmolLM2-135M-Instruct.
 """
 import dataclasses
