@@ -84,7 +84,7 @@ def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stag
         "train_batch_size": len(batches[0]), "train_micro_batch_size_per_gpu": len(batches[0]),
         "gradient_accumulation_steps": 1, "gradient_clipping": 1.0, "zero_optimization": {"stage": stage},
         "zero_allow_untested_optimizer": True, "bf16": {"enabled": dtype == "bfloat16"}, "steps_per_print": 10**9,
-        "_lr": 1e-4, "_weight_decay": 0.0, "_timeout_s": 600.0, "_export_bucket_mb": 512,
+        "_lr": 1e-4, "_weight_decay": 0.0, "_timeout_s": 600.0, "_bucket_mb": 512,
     }
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -1,5 +1,5 @@
 """Weight sync benchmark: the whole student pushed from the DeepSpeed ranks into running
-vLLM engines (`push_weights`, the path a round takes), against a plain in-memory copy of
+vLLM engines by each transport (the paths a round takes), against a plain in-memory copy of
 the same state dict in one process, which is the physical floor on one machine.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 from benchmarks.common import Engines, Timer
 from cdscale.config import load_config
 from cdscale.driver import start_trainers
-from cdscale.sync.object_store import push_weights
+from cdscale.sync.broadcast import push_weights as broadcast_weights
+from cdscale.sync.object_store import export_weights, push_weights
 
 
 def in_memory_copy_s(named_tensors: list[tuple[str, torch.Tensor]], reps: int) -> float:
@@ -30,8 +31,8 @@ def in_memory_copy_s(named_tensors: list[tuple[str, torch.Tensor]], reps: int) -
 
 def run(model_path: str, num_engines: int, num_ranks: int, zero_stage: int, reps: int,
         engines: Engines | None = None, **engine_settings: Any) -> dict[str, Any]:
-    """`engines` starts the engines (a fresh `Engines()` by default); `engine_settings` override
-    their settings below."""
+    """Both transports, one after the other, between the same ranks and engines. `engines`
+    starts the engines (a fresh `Engines()` by default); `engine_settings` override their settings below."""
     engines = engines or Engines()
     cfg = load_config(None, [f"model.path={model_path}", f"student.num_ranks={num_ranks}",
                              f"student.zero_stage={zero_stage}", f"student.batch_size={2 * num_ranks}"])
@@ -39,39 +40,45 @@ def run(model_path: str, num_engines: int, num_ranks: int, zero_stage: int, reps
                        enable_prefix_caching=True, seed=0), **engine_settings}
     receivers = engines.start(num_engines, **settings)
     trainers = start_trainers(cfg, model_path)
+    syncs = {
+        "object_store": lambda version: push_weights(trainers, receivers, version=version, timeout_s=600)[0],
+        "broadcast": lambda version: broadcast_weights(trainers, receivers, version=version, timeout_s=600, backend="gloo"),
+    }
     try:
-        runs = []
-        for version in range(1, reps + 2):
-            stats, weights = push_weights(trainers, receivers, version=version, timeout_s=600)
-            runs.append(stats)
-        runs = runs[1:]  # the first sync is a warm-up
-        pushed = ray.get(weights)
+        runs = {name: [sync(version) for version in range(1, reps + 2)][1:] for name, sync in syncs.items()}  # the first sync is a warm-up
+        pushed = ray.get(export_weights(trainers, 600))
     finally:
         engines.release(receivers)
         for trainer in trainers:
             ray.kill(trainer)
     nbytes = pushed.nbytes
     copy_s = in_memory_copy_s(pushed.named_tensors(), reps)
-    sync_s = statistics.median(r["seconds"] for r in runs)
-    return {
-        "bytes": nbytes, "num_engines": num_engines, "num_ranks": num_ranks, "zero_stage": zero_stage, "reps": reps,
-        "sync_s": sync_s, "export_s": statistics.median(r["export_s"] for r in runs),
-        "reload_s": statistics.median(r["reload_s"] for r in runs), "copy_s": copy_s,
-        "sync_bytes_per_s": nbytes / sync_s, "copy_bytes_per_s": nbytes / copy_s,
-        "target_s": 3 * copy_s + 0.5, "target_met": sync_s <= 3 * copy_s + 0.5,
-    }
+    result = {"bytes": nbytes, "num_engines": num_engines, "num_ranks": num_ranks, "zero_stage": zero_stage, "reps": reps,
+              "copy_s": copy_s, "copy_bytes_per_s": nbytes / copy_s, "target_s": 3 * copy_s + 0.5}
+    for name, timed in runs.items():
+        sync_s = statistics.median(r["seconds"] for r in timed)
+        result[name] = {
+            "sync_s": sync_s, "sync_bytes_per_s": nbytes / sync_s,
+            # before the reload: the export into the object store, or the broadcast's gather and send (till the last engine has it)
+            "send_s": statistics.median(r["export_s" if name == "object_store" else "receive_s"] for r in timed),
+            "reload_s": statistics.median(r["reload_s"] for r in timed),
+            "target_met": sync_s <= result["target_s"],
+        }
+    return result
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["| model | MB | sync s (export s, engine reload s) | MB/s | in-memory copy s | MB/s | sync / copy | target: 3 x copy + 0.5 s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | transport | MB | sync s (export or send s, engine reload s) | MB/s | in-memory copy s | MB/s | sync / copy | target: 3 x copy + 0.5 s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, r in results.items():
-        lines.append(
-            f"| {model} | {r['bytes'] / 1e6:.1f} | {r['sync_s']:.3f} ({r['export_s']:.3f}, {r['reload_s']:.3f}) | {r['sync_bytes_per_s'] / 1e6:,.0f} | "
-            f"{r['copy_s']:.4f} | {r['copy_bytes_per_s'] / 1e6:,.0f} | {r['sync_s'] / r['copy_s']:.0f}x | "
-            f"{r['target_s']:.2f} s: {'met' if r['target_met'] else 'MISSED'} |"
-        )
+        for name in ("object_store", "broadcast"):
+            t = r[name]
+            lines.append(
+                f"| {model} | {name} | {r['bytes'] / 1e6:.1f} | {t['sync_s']:.3f} ({t['send_s']:.3f}, {t['reload_s']:.3f}) | {t['sync_bytes_per_s'] / 1e6:,.0f} | "
+                f"{r['copy_s']:.4f} | {r['copy_bytes_per_s'] / 1e6:,.0f} | {t['sync_s'] / r['copy_s']:.0f}x | "
+                f"{r['target_s']:.2f} s: {'met' if t['target_met'] else 'MISSED'} |"
+            )
     first = next(iter(results.values()))
-    note = (f"ZeRO-{first['zero_stage']} with {first['num_ranks']} rank(s) into {first['num_engines']} running engine(s) "
-            f"through Ray's object store; median of {first['reps']} syncs after a warm-up.")
+    note = (f"ZeRO-{first['zero_stage']} with {first['num_ranks']} rank(s) into {first['num_engines']} running engine(s), "
+            f"by each transport (`sync.transport`; the broadcast over gloo); median of {first['reps']} syncs after a warm-up.")
     return note + "\n\n" + "\n".join(lines)

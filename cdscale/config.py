@@ -142,8 +142,20 @@ class StudentConfig:
     batch_size: int = _f(128, "global batch size (sequences), split evenly across ranks")
     epochs: int = _f(3, "passes over each round's distillation data")
     grad_clip: float = _f(1.0, "gradient norm clip")
-    export_bucket_mb: int = _f(512, "ZeRO-3 weight export: parameters gathered per collective, in MiB of full weights")
     steps_per_call: int = _f(25, "optimizer steps per call to the rank actors (fewer round trips; progress granularity)")
+
+
+@dataclass
+class SyncConfig:
+    transport: str = _f(
+        "auto",
+        "how trainer weights reach the engines after training. object_store: rank 0's weights through Ray's object "
+        "store (any placement); broadcast: rank 0 broadcasts packed buckets to every engine over a process group of "
+        "their own, gloo on CPU and NCCL on GPUs (trainers and engines must not share a GPU); auto: broadcast when "
+        "trainers and engines have GPUs, else object_store",
+        ("auto", "object_store", "broadcast"),
+    )
+    bucket_mb: int = _f(512, "MiB of full weights per bucket: per ZeRO-3 gather collective, and per broadcast")
 
 
 @dataclass
@@ -178,6 +190,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     stages: list[StageConfig] = _f(
@@ -289,7 +302,7 @@ def validate(cfg: Config) -> Config:
         "teacher.max_new_tokens": cfg.teacher.max_new_tokens, "teacher.chunk_size": cfg.teacher.chunk_size,
         "student.num_ranks": cfg.student.num_ranks, "student.batch_size": cfg.student.batch_size,
         "student.epochs": cfg.student.epochs, "run.rounds": cfg.run.rounds,
-        "student.steps_per_call": cfg.student.steps_per_call, "student.export_bucket_mb": cfg.student.export_bucket_mb,
+        "student.steps_per_call": cfg.student.steps_per_call, "sync.bucket_mb": cfg.sync.bucket_mb,
     }
     for path, value in positive.items():
         if value < 1:
@@ -314,6 +327,7 @@ def validate(cfg: Config) -> Config:
     ):
         if cpus < 0 or gpus < 0 or cpus + gpus == 0:
             raise ConfigError(f"{where}: must not be negative, and not both 0 (each actor reserves something)")
+    weight_transport(cfg)
     if cfg.teacher.kv_cache_gib <= 0:
         raise ConfigError(f"teacher.kv_cache_gib: must be positive, got {cfg.teacher.kv_cache_gib}")
     if not 0 < cfg.student.jsd_beta < 1:
@@ -335,6 +349,24 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"{section}.{name}: must be a finite number, got {value}")
     resolve_stages(cfg)
     return cfg
+
+
+def weight_transport(cfg: Config) -> tuple[str, str | None]:
+    """The transport `sync.transport` resolves to, and the broadcast's process-group backend
+    (None for the object store). A broadcast needs the tensors of both ends on one kind of
+    device: NCCL between GPUs, gloo between CPUs."""
+    on_gpu = {"trainers": cfg.student.gpus_per_rank > 0, "engines": cfg.teacher.gpus_per_engine > 0}
+    transport = cfg.sync.transport
+    if transport == "auto":
+        transport = "broadcast" if all(on_gpu.values()) else "object_store"
+    if transport == "object_store":
+        return transport, None
+    if on_gpu["trainers"] != on_gpu["engines"]:
+        raise ConfigError(
+            "sync.transport: broadcast needs trainers and engines both on GPUs or both on CPUs (student.gpus_per_rank="
+            f"{cfg.student.gpus_per_rank}, teacher.gpus_per_engine={cfg.teacher.gpus_per_engine}); use object_store"
+        )
+    return transport, "nccl" if on_gpu["trainers"] else "gloo"
 
 
 def resolve_stages(cfg: Config) -> list[StageConfig]:

@@ -26,7 +26,7 @@ from cdscale.checkpoint import (
     commit_state, copy_dir_atomic, load_latest_state, read_shard, save_hf_checkpoint, write_json_atomic, write_shard,
     write_text_atomic,
 )
-from cdscale.config import Config, ConfigError, OperationConfig, RunFailed, StageConfig, resolve_stages
+from cdscale.config import Config, ConfigError, OperationConfig, RunFailed, StageConfig, resolve_stages, weight_transport
 from cdscale.eval import evaluate
 from cdscale.metrics import MetricsLog
 from cdscale.models import resolve_model_path
@@ -35,6 +35,7 @@ from cdscale.preemption import Preempted, StopRequest
 from cdscale.report import results_table
 from cdscale.student.schedule import warmup_cosine
 from cdscale.student.trainer import StudentTrainer
+from cdscale.sync.broadcast import push_weights as broadcast_weights
 from cdscale.sync.object_store import export_weights, push_weights
 from cdscale.targets import FlatTopk, average_topk, build_student_record, flatten_topk, gold_record
 from cdscale.tasks import Example, Task, build_task, sample_where
@@ -98,7 +99,7 @@ def start_trainers(cfg: Config, model_path: str, placement: PlacementGroup | Non
         "_lr": s.lr,
         "_weight_decay": s.weight_decay,
         "_timeout_s": cfg.run.timeout_s,
-        "_export_bucket_mb": s.export_bucket_mb,
+        "_bucket_mb": cfg.sync.bucket_mb,
     }
     actor = ray.remote(StudentTrainer)
     trainers = [
@@ -448,10 +449,18 @@ def _rounds(
         print(f"[cdscale] {op} {label}: accuracy {100 * metrics['accuracy']:.1f}% on {metrics['n']} held-out inputs")
         return metrics
 
-    def push(version: int, weights: ray.ObjectRef | None = None) -> tuple[dict[str, Any], ray.ObjectRef]:
+    transport, backend = weight_transport(cfg)
+
+    def push(version: int, weights: ray.ObjectRef | None = None) -> tuple[dict[str, Any], ray.ObjectRef | None]:
+        """Load the trainers' weights into the engines, or `weights` (an ObjectRef of PackedWeights)
+        when given. Returns the sync's stats and the weights' ObjectRef, if they went through the object store."""
         with clock("sync"):
-            sync, weights = push_weights(trainers if weights is None else None, engines, version, cfg.run.timeout_s, weights)
-        replace.holds(weights, version)  # what a replaced engine must load
+            if weights is None and transport == "broadcast":
+                sync = broadcast_weights(trainers, engines, version, cfg.run.timeout_s, backend)
+                replace.holds(lambda engine: broadcast_weights(trainers, [engine], version, cfg.run.timeout_s, backend))
+            else:
+                sync, weights = push_weights(trainers if weights is None else None, engines, version, cfg.run.timeout_s, weights)
+                replace.holds(lambda engine: push_weights(None, [engine], version, cfg.run.timeout_s, weights))
         return sync, weights
 
     def commit(progress: dict[str, Any], weights: ray.ObjectRef | None = None) -> None:

@@ -52,7 +52,9 @@ def test_two_nodes_match_one_node_and_the_metrics_reach_the_dashboard(teacher_mo
         worker = cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         # STRICT_SPREAD: one rank per node, so the gradient all-reduce crosses between nodes.
-        two = run(_config(teacher_model, tmp_path, cluster.address, "two", "student.placement=STRICT_SPREAD"))
+        # The weights reach the engine by the other transport: rank 0's broadcast over gloo.
+        two = run(_config(teacher_model, tmp_path, cluster.address, "two", "student.placement=STRICT_SPREAD",
+                          "sync.transport=broadcast"))
         head = ray.get_runtime_context().get_node_id()
         assert sorted(two["placement"]["trainers"]) == sorted([head, worker.node_id])
 
@@ -61,6 +63,15 @@ def test_two_nodes_match_one_node_and_the_metrics_reach_the_dashboard(teacher_mo
         # within 1e-5 relative (the reduction's order may differ).
         for key in ("teacher", "student_before", "student_after"):
             assert two[key] == one[key], key
+        # The student's answers after the sync: the same with either transport, and not the
+        # answers of the weights the engine started with.
+        answers = {(run_name, when): [json.loads(line)["completion"] for line in (tmp_path / run_name / "eval" / "addition" / f"{when}.jsonl").open()]
+                   for run_name in ("one", "two") for when in ("student_before", "student_after_round_0")}
+        assert answers["two", "student_after_round_0"] == answers["one", "student_after_round_0"]
+        assert answers["two", "student_after_round_0"] != answers["two", "student_before"]
+        syncs = {run_name: [json.loads(line) for line in (tmp_path / run_name / "metrics.jsonl").open() if '"event": "sync"' in line]
+                 for run_name in ("one", "two")}
+        assert [e["transport"] for e in syncs["one"] + syncs["two"]] == ["object_store", "broadcast (gloo)"]
         assert two["round_0"]["kept"] == one["round_0"]["kept"]
         for key in ("loss_first", "loss_last"):
             assert two["round_0"][key] == pytest.approx(one["round_0"][key], rel=1e-5)

@@ -162,3 +162,19 @@ def test_bootstrap_commands_name_their_own_prepared_folder(folder, capsys, monke
         (prepared_path(name) / "config.json").write_text("{}")
     assert main(PREPARED[folder].split()[1:]) == 0
     assert f"{prepared_path(folder)} already bootstrapped" in capsys.readouterr().out
+
+
+def test_the_weight_transport_follows_the_devices_unless_chosen():
+    from cdscale.config import weight_transport
+
+    gpus = ["teacher.gpus_per_engine=1", "student.gpus_per_rank=1"]
+    assert weight_transport(load_config(None, [])) == ("object_store", None)
+    assert weight_transport(load_config(None, gpus)) == ("broadcast", "nccl")
+    assert weight_transport(load_config(None, ["sync.transport=broadcast"])) == ("broadcast", "gloo")
+    assert weight_transport(load_config(None, [*gpus, "sync.transport=object_store"])) == ("object_store", None)
+    # auto falls back to the object store when only one side has GPUs; asking for a broadcast there is refused
+    assert weight_transport(load_config(None, gpus[1:])) == ("object_store", None)
+    with pytest.raises(ConfigError, match="sync.transport: broadcast needs trainers and engines both on GPUs or both on CPUs"):
+        load_config(None, [gpus[1], "sync.transport=broadcast"])
+    with pytest.raises(ConfigError, match=r"sync.transport: 'nccl' is not allowed; allowed values: \['auto', 'object_store', 'broadcast'\]"):
+        load_config(None, ["sync.transport=nccl"])

@@ -3,6 +3,8 @@ out-of-band buffers under pickle protocol 5, which is what lets Ray's object sto
 them without copies."""
 import pickle
 
+import pytest
+
 import torch
 
 from cdscale.sync.packing import pack
@@ -60,3 +62,18 @@ def test_buckets_keep_order_and_stay_under_the_limit_except_for_a_larger_single_
     assert [[name for name, _ in g] for g in groups] == [["a", "b"], ["c"], ["d", "e"], ["f"]]
     assert [p for g in groups for p in g] == sizes  # every parameter once, in order
     assert list(buckets([], 7, nbytes=lambda n: n)) == []
+
+
+def test_a_broadcast_bucket_unpacks_to_the_tensors_it_was_packed_from():
+    from cdscale.sync.broadcast import bucket_bytes, pack_bucket, unpack_bucket
+
+    original = named()
+    plan = [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in original]
+    buffer = pack_bucket([t for _, t in original])
+    assert buffer.dtype == torch.uint8 and buffer.numel() == bucket_bytes(plan)
+    out = unpack_bucket(buffer, plan)
+    assert [n for n, _ in out] == [n for n, _ in original]
+    for (_, a), (_, b) in zip(original, out):
+        assert b.dtype == a.dtype and b.shape == a.shape and torch.equal(a, b)
+    with pytest.raises(ValueError, match="does not match its plan"):
+        unpack_bucket(buffer[:-2], plan)

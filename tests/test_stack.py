@@ -11,6 +11,7 @@ import ray
 import torch
 
 from cdscale.config import load_config
+from cdscale.sync.broadcast import push_weights as broadcast_weights
 from cdscale.sync.object_store import export_weights, push_weights
 from cdscale.tasks import build_task
 
@@ -46,7 +47,7 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
     from cdscale.driver import MetricsLog, PhaseClock, ensemble_signal, start_trainers, teacher_targets, train
     from cdscale.teacher.engine import generate_across, start_engines
 
-    cfg = _config(teacher_model, tmp_path, "student.zero_stage=3", "student.lr=3e-3", "student.export_bucket_mb=1")  # several buckets
+    cfg = _config(teacher_model, tmp_path, "student.zero_stage=3", "student.lr=3e-3", "sync.bucket_mb=1")  # several buckets
     task = build_task("addition", TASK)
     tokenizer = AutoTokenizer.from_pretrained(teacher_model)
     [engine] = start_engines(1, 1, 0, model_path=str(teacher_model), dtype="float32", max_model_len=256,
@@ -78,17 +79,33 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
         assert ray.get(engine.weight_checksum.remote()) != pytest.approx(before)
         assert sync["bytes"] > 0
 
-        weights = dict(ray.get(export_weights(trainers, 300)).named_tensors())
-        hf = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=torch.float32)
-        missing, unexpected = hf.load_state_dict(weights, strict=False)
-        assert not unexpected and set(missing) <= {"lm_head.weight"}  # lm_head is tied to the embeddings
-        hf.eval()
         prompts = [tokenizer(task.teacher_prompt(x))["input_ids"] for x in task.sample_inputs(8, random.Random(9))]
-        engine_out = generate_across([engine], prompts, [{"temperature": 0.0, "max_tokens": 40}] * 8, 8, 300, "eval")
-        for prompt, out in zip(prompts, engine_out):
-            hf_ids = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
-            assert out["token_ids"] == hf_ids
+
+        def engine_matches_hf_generate() -> dict[str, torch.Tensor]:
+            weights = dict(ray.get(export_weights(trainers, 300)).named_tensors())
+            hf = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=torch.float32)
+            missing, unexpected = hf.load_state_dict(weights, strict=False)
+            assert not unexpected and set(missing) <= {"lm_head.weight"}  # lm_head is tied to the embeddings
+            hf.eval()
+            engine_out = generate_across([engine], prompts, [{"temperature": 0.0, "max_tokens": 40}] * 8, 8, 300, "eval")
+            for prompt, out in zip(prompts, engine_out):
+                hf_ids = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+                assert out["token_ids"] == hf_ids
+            return weights
+
+        engine_matches_hf_generate()
+        # The broadcast transport, after two more steps: both ranks gather each 1 MiB bucket,
+        # rank 0 broadcasts it over a gloo group to the engine, which then reloads.
+        for step in (0, 1):  # a second pass over the first batches
+            batch = records[step * 16 : (step + 1) * 16]
+            ray.get([t.train_step.remote(batch[r::2], 3e-3) for r, t in enumerate(trainers)])
+        before = ray.get(engine.weight_checksum.remote())
+        sync = broadcast_weights(trainers, [engine], version=2, timeout_s=300, backend="gloo")
+        assert ray.get(engine.get_weight_version.remote()) == 2 and sync["buckets"] > 1
+        assert sync["bytes"] == ray.get(export_weights(trainers, 300)).nbytes  # every tensor arrived whole
+        assert ray.get(engine.weight_checksum.remote()) != pytest.approx(before)
+        weights = engine_matches_hf_generate()
 
         # A non-finite loss (poisoned teacher logprobs) on one rank stops both ranks before the
         # update: the clean rank does not hang in the gradient all-reduce, and no weight moves.
@@ -236,7 +253,7 @@ def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redon
         own = generate_across(engines, prompts, greedy, 8, 300, "own weights")
         weights = ray.put(pack(hf.named_parameters(), copy=True))
         ray.get([engine.update_weights.remote(weights, 7) for engine in engines])
-        replace.holds(weights, 7)
+        replace.holds(lambda engine: push_weights(None, [engine], 7, 300, weights))
         before = generate_across(engines, prompts, greedy, 8, 300, "before")
         assert [o["token_ids"] for o in before] != [o["token_ids"] for o in own]  # the check below has teeth
 

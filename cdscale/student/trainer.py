@@ -11,12 +11,13 @@ import os
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from cdscale.checkpoint import rng_state, set_rng_state, write_json_atomic
 from cdscale.student.losses import distillation_loss
+from cdscale.sync.broadcast import BucketPlan, open_group, pack_bucket
 from cdscale.sync.packing import PackedWeights, buckets, pack
 
 
@@ -188,22 +189,52 @@ class StudentTrainer:
             raise FileNotFoundError(f"{folder}: no trainer state for rank {self.rank}")
         set_rng_state(json.loads((Path(folder) / f"rng_rank{self.rank}.json").read_text()))
 
-    def export_weights(self) -> PackedWeights | None:
-        """Full weights in Hugging Face names as numpy arrays, on rank 0 only. Every rank
-        must call this: under ZeRO-3 each parameter is gathered collectively."""
+    def _buckets(self) -> list[list[tuple[str, torch.nn.Parameter]]]:
+        """The parameters in buckets of at most sync.bucket_mb of full weights, in order."""
+        full_bytes = lambda p: getattr(p, "ds_numel", p.numel()) * p.element_size()  # noqa: E731 (ZeRO-3 holds a shard)
+        return list(buckets(self.engine.module.named_parameters(), self.ds_config["_bucket_mb"] * 2**20, full_bytes))
+
+    def _full_buckets(self) -> Iterator[list[tuple[str, torch.nn.Parameter]]]:
+        """Each bucket with its parameters whole. Every rank must iterate: under ZeRO-3 each
+        bucket is gathered by one collective, and freed again before the next."""
         import deepspeed
 
-        module = self.engine.module
+        zero3 = self.engine.zero_optimization_stage() == 3
+        for bucket in self._buckets():
+            if not zero3:
+                yield bucket
+                continue
+            with deepspeed.zero.GatheredParameters([p for _, p in bucket]):
+                yield bucket
+
+    def weight_plan(self) -> list[BucketPlan]:
+        """The buckets `broadcast_weights` sends: each tensor's name, dtype and full shape."""
+        return [
+            [(name, str(p.dtype).removeprefix("torch."), list(getattr(p, "ds_shape", p.shape))) for name, p in bucket]
+            for bucket in self._buckets()
+        ]
+
+    def export_weights(self) -> PackedWeights | None:
+        """Full weights in Hugging Face names as numpy arrays, on rank 0 only. Every rank
+        must call this: under ZeRO-3 each bucket is gathered collectively."""
         if self.engine.zero_optimization_stage() < 3:
             # Full parameters on every rank: hand Ray views of them, and its out-of-band
             # serialization of the return value is the only copy.
-            return pack(module.named_parameters(), copy=False) if self.rank == 0 else None
-        # ZeRO-3: gather in buckets (one collective per bucket rather than per parameter);
-        # rank 0 keeps a CPU copy, and each bucket's full parameters are freed when its gather ends.
-        named = []
-        full_bytes = lambda p: p.ds_numel * p.element_size()  # noqa: E731
-        for bucket in buckets(module.named_parameters(), self.ds_config["_export_bucket_mb"] * 2**20, full_bytes):
-            with deepspeed.zero.GatheredParameters([p for _, p in bucket]):
-                if self.rank == 0:
-                    named += [(name, p.detach().to("cpu", copy=True)) for name, p in bucket]
+            return pack(self.engine.module.named_parameters(), copy=False) if self.rank == 0 else None
+        named = []  # rank 0 keeps a CPU copy of each gathered bucket
+        for bucket in self._full_buckets():
+            if self.rank == 0:
+                named += [(name, p.detach().to("cpu", copy=True)) for name, p in bucket]
         return pack(named, copy=False) if self.rank == 0 else None
+
+    def broadcast_weights(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+        """Send the full weights to the engines' sync group as rank 0 of it (`sync/broadcast.py`).
+        Every rank must call this; only rank 0 joins the group and sends."""
+        group = open_group(host, port, 0, world_size, backend, timeout_s) if self.rank == 0 else None
+        try:
+            for bucket in self._full_buckets():
+                if group is not None:
+                    group.broadcast(pack_bucket([p for _, p in bucket]), 0).wait()
+        finally:
+            if group is not None:
+                group.shutdown()

@@ -40,6 +40,6 @@ def push_weights(
     loaded = ray.get([e.update_weights.remote(weights, version) for e in engines], timeout=timeout_s)
     stats = {
         "seconds": time.perf_counter() - start, "export_s": export_s, "reload_s": max(x["seconds"] for x in loaded),
-        "bytes": loaded[0]["bytes"], "version": version,
+        "bytes": loaded[0]["bytes"], "version": version, "transport": "object_store",
     }
     return stats, weights

@@ -87,13 +87,26 @@ class TeacherEngine:
         return results
 
     def update_weights(self, weights: PackedWeights, version: int) -> dict[str, float]:
-        """Load new weights into the running engine; cached prefixes are stale afterwards.
+        """Load new weights into the running engine (the object-store transport).
         `weights` arrives as a read-only view of the object store: no copy until the reload."""
         start = time.perf_counter()
         self.llm.collective_rpc("reload_named_weights", args=(weights.named_tensors(),))
-        self.llm.reset_prefix_cache()
-        self.weight_version = version
+        self._now_holds(version)
         return {"seconds": time.perf_counter() - start, "version": version, "bytes": weights.nbytes}
+
+    def receive_weights(
+        self, host: str, port: int, rank: int, world_size: int, backend: str, plan: list[Any], version: int, timeout_s: float
+    ) -> dict[str, float]:
+        """Receive new weights from trainer rank 0's broadcast as `rank` of the sync group and
+        load them (the broadcast transport, `sync/broadcast.py`)."""
+        start = time.perf_counter()
+        [stats] = self.llm.collective_rpc("receive_broadcast_weights", args=(host, port, rank, world_size, backend, plan, timeout_s))
+        self._now_holds(version)
+        return {**stats, "seconds": time.perf_counter() - start, "version": version}
+
+    def _now_holds(self, version: int) -> None:
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+        self.weight_version = version
 
     def get_weight_version(self) -> int:
         return self.weight_version
@@ -146,7 +159,7 @@ def start_engines(
 
 class EngineReplacer:
     """Replaces an engine actor that died with a new one of the same settings, loaded with
-    the weights the engines hold (the caller records them with `holds` after every sync),
+    the weights the engines hold (the caller says how to load them with `holds` after every sync),
     so a replacement never teaches or answers with stale weights. At most `limit` times per run."""
 
     def __init__(
@@ -154,13 +167,13 @@ class EngineReplacer:
     ) -> None:
         self.cpus, self.gpus, self.placement = cpus, gpus, placement
         self.timeout_s, self.limit, self.engine_kwargs = timeout_s, limit, engine_kwargs
-        self.weights: ray.ObjectRef | None = None  # None: the model's own weights, as loaded at start
-        self.version = 0
+        self.load: Callable[[Any], Any] | None = None  # None: the model's own weights, as loaded at start
         self.replaced = 0
         self.redone_prompts = 0
 
-    def holds(self, weights: ray.ObjectRef, version: int) -> None:
-        self.weights, self.version = weights, version
+    def holds(self, load: Callable[[Any], Any]) -> None:
+        """`load(engine)` gives `engine` the weights the engines hold now."""
+        self.load = load
 
     def __call__(self, engines: list[Any], dead: Any, unfinished: int) -> Any:
         """Put a new engine in `dead`'s place in `engines`; `unfinished` prompts will be sent again."""
@@ -171,8 +184,8 @@ class EngineReplacer:
         seed = self.engine_kwargs["seed"] + len(engines) + self.replaced  # a fresh random stream
         new = _engine_actor(self.cpus, self.gpus, self.placement, i).remote(**{**self.engine_kwargs, "seed": seed})  # the dead one's bundle
         ray.get(new.ready.remote(), timeout=self.timeout_s)
-        if self.weights is not None:
-            ray.get(new.update_weights.remote(self.weights, self.version), timeout=self.timeout_s)
+        if self.load is not None:
+            self.load(new)
         engines[i] = new
         self.replaced += 1
         self.redone_prompts += unfinished

@@ -6,7 +6,11 @@ handles backends that repack weights after loading (the CPU backend does;
 """
 from __future__ import annotations
 
+import time
+
 import torch
+
+from cdscale.sync.broadcast import BucketPlan, open_group, receive
 
 
 class WeightReloadExtension:
@@ -19,6 +23,21 @@ class WeightReloadExtension:
             # post-processing and the CPU backend keeps computing logits from its stale
             # packed copy of the old embeddings. Re-pack it from the new shared weight.
             lm_head.quant_method.process_weights_after_loading(lm_head)
+
+    def receive_broadcast_weights(
+        self, host: str, port: int, rank: int, world_size: int, backend: str, plan: list[BucketPlan], timeout_s: float
+    ) -> dict[str, float]:
+        """Join the sync group as `rank`, receive every bucket of `plan`, then reload."""
+        start = time.perf_counter()
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        group = open_group(host, port, rank, world_size, backend, timeout_s)
+        try:
+            named = receive(group, plan, device)
+        finally:
+            group.shutdown()
+        received = time.perf_counter()
+        self.reload_named_weights(named)
+        return {"bytes": sum(t.nbytes for _, t in named), "receive_s": received - start, "reload_s": time.perf_counter() - received}
 
     def weight_checksum(self) -> float:
         """Sum of the parameters the model exposes, a quick sign that a sync arrived. Not a

@@ -1,0 +1,109 @@
+"""The collective transport: trainer rank 0 broadcasts the weights to every engine in packed
+buckets, over a process group of their own (gloo between CPUs, NCCL between GPUs).
+
+The group is rank 0 of the trainers (group rank 0, the sender) plus each engine's worker
+(group ranks 1..N). It is a process group of its own (`open_group`), so neither DeepSpeed's process
+group nor vLLM's own is touched, and it lives for one sync only: a replaced engine or a
+restarted trainer needs no rejoin, at the cost of forming the group again.
+
+Each bucket travels as one flat byte buffer: one collective per bucket rather than per
+tensor. Both ends cut the buckets from the same plan (`StudentTrainer.weight_plan`), so the
+engines know every buffer's size and how to slice it before it arrives. Every trainer rank
+takes part in a sync (ZeRO-3 gathers each bucket collectively); only rank 0 sends.
+"""
+from __future__ import annotations
+
+import math
+import time
+from datetime import timedelta
+from typing import Any
+
+import ray
+import torch
+
+# A bucket in the plan: (name, torch dtype name, shape) of each of its tensors, in order.
+BucketPlan = list[tuple[str, str, list[int]]]
+
+
+def open_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float) -> Any:
+    """Join the sync group as `rank`; rank 0 hosts its rendezvous (a TCP store) at host:port.
+
+    A bare gloo or NCCL backend object built on its own store: it leaves the process's default
+    group alone (DeepSpeed's in a trainer, vLLM's in an engine), and needs nothing but torch.
+    """
+    import torch.distributed as dist
+
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.PrefixStore("cdscale-sync", dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout))
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+    options = dist.ProcessGroupNCCL.Options()
+    options._timeout = timeout
+    return dist.ProcessGroupNCCL(store, rank, world_size, options)
+
+
+# Each tensor starts at a multiple of this many bytes: a view of a byte buffer as a wider
+# dtype must start at a multiple of that dtype's size.
+ALIGN = 16
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def pack_bucket(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors' bytes, one after the other (each padded to ALIGN), in one uint8 buffer on their device."""
+    parts = []
+    for t in tensors:
+        raw = t.detach().contiguous().reshape(-1).view(torch.uint8)
+        parts += [raw, raw.new_zeros(_aligned(raw.numel()) - raw.numel())]
+    return torch.cat(parts)
+
+
+def bucket_bytes(plan: BucketPlan) -> int:
+    return sum(_aligned(getattr(torch, dtype).itemsize * math.prod(shape)) for _, dtype, shape in plan)
+
+
+def unpack_bucket(buffer: torch.Tensor, plan: BucketPlan) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) views into `buffer`, as `pack_bucket` laid them out."""
+    if buffer.numel() != bucket_bytes(plan):
+        raise ValueError(f"a bucket of {buffer.numel()} bytes does not match its plan of {bucket_bytes(plan)} bytes")
+    named, offset = [], 0
+    for name, dtype, shape in plan:
+        dt = getattr(torch, dtype)
+        size = dt.itemsize * math.prod(shape)
+        named.append((name, buffer[offset : offset + size].view(dt).view(shape)))
+        offset += _aligned(size)
+    return named
+
+
+def receive(group: Any, plan: list[BucketPlan], device: torch.device) -> list[tuple[str, torch.Tensor]]:
+    """Every bucket of the plan, received from group rank 0 into fresh buffers on `device`."""
+    named = []
+    for bucket in plan:
+        buffer = torch.empty(bucket_bytes(bucket), dtype=torch.uint8, device=device)
+        group.broadcast(buffer, 0).wait()
+        named += unpack_bucket(buffer, bucket)
+    return named
+
+
+def push_weights(trainers: list[Any], engines: list[Any], version: int, timeout_s: float, backend: str) -> dict[str, Any]:
+    """Broadcast the trainers' weights into every engine; returns timing and size."""
+    start = time.perf_counter()
+    plan, (host, port) = ray.get([trainers[0].weight_plan.remote(), trainers[0].master_address.remote()], timeout=timeout_s)
+    world_size = 1 + len(engines)
+    sends = [t.broadcast_weights.remote(host, port, world_size, backend, timeout_s) for t in trainers]
+    receives = [
+        e.receive_weights.remote(host, port, 1 + i, world_size, backend, plan, version, timeout_s) for i, e in enumerate(engines)
+    ]
+    pending = sends + receives
+    while pending:  # a failure on either side raises here at once, not after the others time out
+        done, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+        if not done:
+            raise TimeoutError(f"weight broadcast: {len(pending)} trainers and engines not done after {timeout_s:.0f}s (run.timeout_s)")
+        ray.get(done)
+    loaded = ray.get(receives)
+    return {
+        "seconds": time.perf_counter() - start, "receive_s": max(x["receive_s"] for x in loaded), "reload_s": max(x["reload_s"] for x in loaded),
+        "bytes": loaded[0]["bytes"], "buckets": len(plan), "version": version, "transport": f"broadcast ({backend})",
+    }
