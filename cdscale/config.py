@@ -95,6 +95,11 @@ class TeacherConfig:
     num_engines: int = _f(2, "vLLM engine actors (on CPU each decodes on one core)")
     cpus_per_engine: float = _f(1.0, "Ray CPUs reserved per engine")
     gpus_per_engine: float = _f(0.0, "Ray GPUs reserved per engine (0 on CPU)")
+    tensor_parallel_size: int = _f(
+        1,
+        "workers per engine, the model's layers split across them (vLLM tensor parallelism): on GPUs one GPU each "
+        "(gpus_per_engine must equal it), on CPU one process each",
+    )
     placement: str = _f(
         "PACK",
         "Ray placement-group strategy over the engines' bundles (one bundle per engine): PACK fills few nodes, SPREAD "
@@ -299,6 +304,7 @@ def validate(cfg: Config) -> Config:
     positive = {
         "data.num_train": cfg.data.num_train, "data.num_eval": cfg.data.num_eval,
         "teacher.num_engines": cfg.teacher.num_engines, "teacher.top_k": cfg.teacher.top_k,
+        "teacher.tensor_parallel_size": cfg.teacher.tensor_parallel_size,
         "teacher.max_new_tokens": cfg.teacher.max_new_tokens, "teacher.chunk_size": cfg.teacher.chunk_size,
         "student.num_ranks": cfg.student.num_ranks, "student.batch_size": cfg.student.batch_size,
         "student.epochs": cfg.student.epochs, "run.rounds": cfg.run.rounds,
@@ -328,6 +334,9 @@ def validate(cfg: Config) -> Config:
         if cpus < 0 or gpus < 0 or cpus + gpus == 0:
             raise ConfigError(f"{where}: must not be negative, and not both 0 (each actor reserves something)")
     weight_transport(cfg)
+    tp, gpus = cfg.teacher.tensor_parallel_size, cfg.teacher.gpus_per_engine
+    if tp > 1 and gpus > 0 and gpus != tp:
+        raise ConfigError(f"teacher.gpus_per_engine: {gpus} GPUs for teacher.tensor_parallel_size={tp} workers; each worker takes one GPU")
     if cfg.teacher.kv_cache_gib <= 0:
         raise ConfigError(f"teacher.kv_cache_gib: must be positive, got {cfg.teacher.kv_cache_gib}")
     if not 0 < cfg.student.jsd_beta < 1:

@@ -593,7 +593,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     engine_kwargs = dict(
         model_path=model_path, dtype=cfg.model.dtype, max_model_len=t.max_model_len, kv_cache_gib=t.kv_cache_gib,
         max_logprobs=t.top_k + 1, enable_prefix_caching=t.enable_prefix_caching, max_num_seqs=t.max_num_seqs,
-        seed=cfg.data.seed,
+        seed=cfg.data.seed, tensor_parallel_size=t.tensor_parallel_size,
     )
     # The groups are collected one by one so that a failure while reserving the second one
     # (or starting any actor) still releases the first in the `finally` below.

@@ -178,3 +178,12 @@ def test_the_weight_transport_follows_the_devices_unless_chosen():
         load_config(None, [gpus[1], "sync.transport=broadcast"])
     with pytest.raises(ConfigError, match=r"sync.transport: 'nccl' is not allowed; allowed values: \['auto', 'object_store', 'broadcast'\]"):
         load_config(None, ["sync.transport=nccl"])
+
+
+def test_a_tensor_parallel_engine_takes_one_gpu_per_worker():
+    assert load_config(None, ["teacher.tensor_parallel_size=2"]).teacher.tensor_parallel_size == 2  # CPU: worker processes
+    assert load_config(None, ["teacher.tensor_parallel_size=4", "teacher.gpus_per_engine=4"]).teacher.gpus_per_engine == 4
+    with pytest.raises(ConfigError, match="teacher.gpus_per_engine: 1.0 GPUs for teacher.tensor_parallel_size=2 workers"):
+        load_config(None, ["teacher.tensor_parallel_size=2", "teacher.gpus_per_engine=1"])
+    with pytest.raises(ConfigError, match="teacher.tensor_parallel_size: must be at least 1, got 0"):
+        load_config(None, ["teacher.tensor_parallel_size=0"])

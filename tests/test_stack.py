@@ -288,3 +288,68 @@ def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redon
     finally:
         for engine in engines:
             ray.kill(engine)
+
+
+def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_model, ray_cluster):
+    """An engine split over two worker processes (vLLM tensor parallelism on CPU). After a sync
+    by each transport its log-probabilities match Hugging Face's on the same weights, within
+    float tolerance: the workers sum partial products in another order. In the broadcast both
+    workers join the sync group, and each loads its own shard of the full weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cdscale.student.trainer import free_port
+    from cdscale.sync.broadcast import open_group, pack_bucket
+    from cdscale.sync.packing import pack
+    from cdscale.teacher.engine import generate_across, start_engines
+
+    [engine] = start_engines(1, 2, 0, 300, model_path=str(teacher_model), dtype="float32", max_model_len=256, kv_cache_gib=0.25,
+                             max_logprobs=21, enable_prefix_caching=True, seed=0, tensor_parallel_size=2)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_model)
+    task = build_task("addition", TASK)
+    sequences = [tokenizer(task.teacher_prompt(x) + " " + x.gold)["input_ids"] for x in task.sample_inputs(6, random.Random(4))]
+
+    def variant(layer: int) -> torch.nn.Module:  # the model's weights with one layer's MLP output halved
+        hf = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=torch.float32).eval()
+        with torch.no_grad():
+            hf.model.layers[layer].mlp.down_proj.weight.mul_(0.5)
+        return hf
+
+    def hf_logprobs(hf: torch.nn.Module) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [torch.log_softmax(hf(torch.tensor([ids])).logits[0, :-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+                    for ids in sequences]
+
+    def engine_logprobs() -> list[torch.Tensor]:
+        outs = generate_across([engine], sequences, [{"max_tokens": 1, "prompt_logprobs": 0}] * len(sequences), 8, 300, "score")
+        result = []
+        for ids, out in zip(sequences, outs):
+            starts, got = out["prompt_logprob_starts"], []
+            for j in range(1, len(ids)):  # the entry of the token the sequence has at j
+                entries = range(starts[j], starts[j + 1])
+                got.append(next(out["prompt_logprob_values"][e] for e in entries if out["prompt_logprob_ids"][e] == ids[j]))
+            result.append(torch.tensor(got))
+        return result
+
+    def max_gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+    try:
+        assert ray.get(engine.get_num_workers.remote()) == 2
+        first, second = variant(0), variant(1)
+        push_weights(None, [engine], 1, 300, ray.put(pack(first.named_parameters(), copy=True)))
+        by_store = engine_logprobs()
+        assert max_gap(by_store, hf_logprobs(first)) < 1e-4
+
+        named = list(second.named_parameters())
+        plan = [[(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in named]]  # one bucket
+        port = free_port()
+        received = engine.receive_weights.remote("127.0.0.1", port, 1, 3, "gloo", plan, 2, 300)
+        group = open_group("127.0.0.1", port, 0, 3, "gloo", 300)  # this process sends, as trainer rank 0 does
+        group.broadcast(pack_bucket([t for _, t in named]), 0).wait()
+        group.shutdown()
+        assert ray.get(received, timeout=300)["version"] == 2
+        by_broadcast = engine_logprobs()
+        assert max_gap(by_broadcast, hf_logprobs(second)) < 1e-4
+        assert max_gap(by_broadcast, by_store) > 1e-2  # the two weight sets score differently: the checks have teeth
+    finally:
+        ray.kill(engine)

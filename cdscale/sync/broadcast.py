@@ -1,10 +1,11 @@
 """The collective transport: trainer rank 0 broadcasts the weights to every engine in packed
 buckets, over a process group of their own (gloo between CPUs, NCCL between GPUs).
 
-The group is rank 0 of the trainers (group rank 0, the sender) plus each engine's worker
-(group ranks 1..N). It is a process group of its own (`open_group`), so neither DeepSpeed's process
-group nor vLLM's own is touched, and it lives for one sync only: a replaced engine or a
-restarted trainer needs no rejoin, at the cost of forming the group again.
+The group is rank 0 of the trainers (group rank 0, the sender) plus every worker of every
+engine (a tensor-parallel engine has several; each takes the full weights and keeps its
+shard). It is a process group of its own (`open_group`), so neither DeepSpeed's process group
+nor vLLM's own is touched, and it lives for one sync only: a replaced engine or a restarted
+trainer needs no rejoin, at the cost of forming the group again.
 
 Each bucket travels as one flat byte buffer: one collective per bucket rather than per
 tensor. Both ends cut the buckets from the same plan (`StudentTrainer.weight_plan`), so the
@@ -90,11 +91,15 @@ def receive(group: Any, plan: list[BucketPlan], device: torch.device) -> list[tu
 def push_weights(trainers: list[Any], engines: list[Any], version: int, timeout_s: float, backend: str) -> dict[str, Any]:
     """Broadcast the trainers' weights into every engine; returns timing and size."""
     start = time.perf_counter()
-    plan, (host, port) = ray.get([trainers[0].weight_plan.remote(), trainers[0].master_address.remote()], timeout=timeout_s)
-    world_size = 1 + len(engines)
+    plan, (host, port), *workers = ray.get(
+        [trainers[0].weight_plan.remote(), trainers[0].master_address.remote(), *(e.get_num_workers.remote() for e in engines)],
+        timeout=timeout_s,
+    )
+    first_ranks = [1 + sum(workers[:i]) for i in range(len(engines))]  # each engine's workers in turn after rank 0
+    world_size = 1 + sum(workers)
     sends = [t.broadcast_weights.remote(host, port, world_size, backend, timeout_s) for t in trainers]
     receives = [
-        e.receive_weights.remote(host, port, 1 + i, world_size, backend, plan, version, timeout_s) for i, e in enumerate(engines)
+        e.receive_weights.remote(host, port, first, world_size, backend, plan, version, timeout_s) for e, first in zip(engines, first_ranks)
     ]
     pending = sends + receives
     while pending:  # a failure on either side raises here at once, not after the others time out

@@ -38,8 +38,13 @@ class TeacherEngine:
         enable_prefix_caching: bool,
         seed: int,
         max_num_seqs: int | None = None,
+        tensor_parallel_size: int = 1,
     ):
         os.environ.update(ENGINE_ENV)
+        if tensor_parallel_size > 1:
+            # vLLM's CPU backend binds each worker's threads to a NUMA node of its own and refuses
+            # more workers than nodes; Ray has already reserved this engine's CPUs.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         from vllm import LLM
 
         self.llm = LLM(
@@ -51,10 +56,13 @@ class TeacherEngine:
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
             max_num_seqs=max_num_seqs,
-            distributed_executor_backend="uni",
+            tensor_parallel_size=tensor_parallel_size,
+            # One worker runs in this actor's process; more run as processes of their own.
+            distributed_executor_backend="uni" if tensor_parallel_size == 1 else "mp",
             worker_extension_cls="cdscale.teacher.worker_extension.WeightReloadExtension",
         )
         self.weight_version = 0
+        self.num_workers = tensor_parallel_size
 
     def generate_many(self, prompt_ids: list[list[int]], sampling: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Generate for each prompt with its own sampling parameters.
@@ -95,14 +103,18 @@ class TeacherEngine:
         return {"seconds": time.perf_counter() - start, "version": version, "bytes": weights.nbytes}
 
     def receive_weights(
-        self, host: str, port: int, rank: int, world_size: int, backend: str, plan: list[Any], version: int, timeout_s: float
+        self, host: str, port: int, first_rank: int, world_size: int, backend: str, plan: list[Any], version: int, timeout_s: float
     ) -> dict[str, float]:
-        """Receive new weights from trainer rank 0's broadcast as `rank` of the sync group and
-        load them (the broadcast transport, `sync/broadcast.py`)."""
+        """Receive new weights from trainer rank 0's broadcast and load them (the broadcast
+        transport, `sync/broadcast.py`). Each worker joins the sync group, worker w as rank
+        first_rank + w, takes the full weights and loads its own shard of them."""
         start = time.perf_counter()
-        [stats] = self.llm.collective_rpc("receive_broadcast_weights", args=(host, port, rank, world_size, backend, plan, timeout_s))
+        stats = self.llm.collective_rpc("receive_broadcast_weights", args=(host, port, first_rank, world_size, backend, plan, timeout_s))
         self._now_holds(version)
-        return {**stats, "seconds": time.perf_counter() - start, "version": version}
+        return {
+            "bytes": stats[0]["bytes"], "receive_s": max(x["receive_s"] for x in stats), "reload_s": max(x["reload_s"] for x in stats),
+            "seconds": time.perf_counter() - start, "version": version,
+        }
 
     def _now_holds(self, version: int) -> None:
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
@@ -110,6 +122,9 @@ class TeacherEngine:
 
     def get_weight_version(self) -> int:
         return self.weight_version
+
+    def get_num_workers(self) -> int:
+        return self.num_workers
 
     def weight_checksum(self) -> float:
         return self.llm.collective_rpc("weight_checksum")[0]

@@ -25,12 +25,13 @@ class WeightReloadExtension:
             lm_head.quant_method.process_weights_after_loading(lm_head)
 
     def receive_broadcast_weights(
-        self, host: str, port: int, rank: int, world_size: int, backend: str, plan: list[BucketPlan], timeout_s: float
+        self, host: str, port: int, first_rank: int, world_size: int, backend: str, plan: list[BucketPlan], timeout_s: float
     ) -> dict[str, float]:
-        """Join the sync group as `rank`, receive every bucket of `plan`, then reload."""
+        """Join the sync group as rank first_rank + this worker's rank in its engine, receive
+        every bucket of `plan`, then reload (a tensor-parallel worker keeps its shard)."""
         start = time.perf_counter()
         device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        group = open_group(host, port, rank, world_size, backend, timeout_s)
+        group = open_group(host, port, first_rank + self.rank, world_size, backend, timeout_s)
         try:
             named = receive(group, plan, device)
         finally:
