@@ -13,7 +13,7 @@ import torch
 from benchmarks.common import Engines, Timer
 from cdscale.config import load_config
 from cdscale.driver import start_trainers
-from cdscale.sync.broadcast import push_weights as broadcast_weights
+from cdscale.sync import broadcast
 from cdscale.sync.object_store import export_weights, push_weights
 
 
@@ -42,7 +42,7 @@ def run(model_path: str, num_engines: int, num_ranks: int, zero_stage: int, reps
     trainers = start_trainers(cfg, model_path)
     syncs = {
         "object_store": lambda version: push_weights(trainers, receivers, version=version, timeout_s=600)[0],
-        "broadcast": lambda version: broadcast_weights(trainers, receivers, version=version, timeout_s=600, backend="gloo"),
+        "broadcast": lambda version: broadcast.push_weights(trainers, receivers, version=version, timeout_s=600, backend="gloo"),
     }
     try:
         runs = {name: [sync(version) for version in range(1, reps + 2)][1:] for name, sync in syncs.items()}  # the first sync is a warm-up

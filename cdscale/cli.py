@@ -16,7 +16,10 @@ from pathlib import Path
 from cdscale.config import ConfigError, RunFailed, describe, load_config
 
 
-RESUMABLE_WITH = ("run.ray_address", "run.dashboard_host", "run.metrics_export_port", "run.timeout_s", "run.save_by_s")
+RESUMABLE_WITH = (
+    "run.ray_address", "run.dashboard_host", "run.metrics_export_port", "run.timeout_s", "run.save_by_s",
+    "sync.transport", "sync.bucket_mb",  # how the weights travel, not what they are
+)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -157,7 +157,7 @@ class SyncConfig:
         "how trainer weights reach the engines after training. object_store: rank 0's weights through Ray's object "
         "store (any placement); broadcast: rank 0 broadcasts packed buckets to every engine over a process group of "
         "their own, gloo on CPU and NCCL on GPUs (trainers and engines must not share a GPU); auto: broadcast when "
-        "trainers and engines have GPUs, else object_store",
+        "trainers and engines have whole GPUs of their own, else object_store",
         ("auto", "object_store", "broadcast"),
     )
     bucket_mb: int = _f(512, "MiB of full weights per bucket: per ZeRO-3 gather collective, and per broadcast")
@@ -364,18 +364,22 @@ def weight_transport(cfg: Config) -> tuple[str, str | None]:
     """The transport `sync.transport` resolves to, and the broadcast's process-group backend
     (None for the object store). A broadcast needs the tensors of both ends on one kind of
     device: NCCL between GPUs, gloo between CPUs."""
-    on_gpu = {"trainers": cfg.student.gpus_per_rank > 0, "engines": cfg.teacher.gpus_per_engine > 0}
+    rank_gpus, engine_gpus = cfg.student.gpus_per_rank, cfg.teacher.gpus_per_engine
+    # NCCL refuses two members on one GPU: only actors with whole GPUs of their own can broadcast over it.
+    whole_gpus = rank_gpus >= 1 and engine_gpus >= 1 and rank_gpus % 1 == 0 and engine_gpus % 1 == 0
     transport = cfg.sync.transport
     if transport == "auto":
-        transport = "broadcast" if all(on_gpu.values()) else "object_store"
+        transport = "broadcast" if whole_gpus else "object_store"
     if transport == "object_store":
         return transport, None
-    if on_gpu["trainers"] != on_gpu["engines"]:
+    if rank_gpus == engine_gpus == 0:
+        return transport, "gloo"
+    if not whole_gpus:
         raise ConfigError(
-            "sync.transport: broadcast needs trainers and engines both on GPUs or both on CPUs (student.gpus_per_rank="
-            f"{cfg.student.gpus_per_rank}, teacher.gpus_per_engine={cfg.teacher.gpus_per_engine}); use object_store"
+            "sync.transport: broadcast needs trainers and engines both on CPUs or each on whole GPUs of its own "
+            f"(student.gpus_per_rank={rank_gpus}, teacher.gpus_per_engine={engine_gpus}); use object_store"
         )
-    return transport, "nccl" if on_gpu["trainers"] else "gloo"
+    return transport, "nccl"
 
 
 def resolve_stages(cfg: Config) -> list[StageConfig]:
@@ -426,6 +430,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        student = tree.get("student") if isinstance(tree, dict) else None
+        if isinstance(student, dict) and "export_bucket_mb" in student:
+            # Its name until 2026-11-28: run directories saved before then still resume.
+            tree.setdefault("sync", {}).setdefault("bucket_mb", student.pop("export_bucket_mb"))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.field=value")

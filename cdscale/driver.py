@@ -35,7 +35,7 @@ from cdscale.preemption import Preempted, StopRequest
 from cdscale.report import results_table
 from cdscale.student.schedule import warmup_cosine
 from cdscale.student.trainer import StudentTrainer
-from cdscale.sync.broadcast import push_weights as broadcast_weights
+from cdscale.sync import broadcast
 from cdscale.sync.object_store import export_weights, push_weights
 from cdscale.targets import FlatTopk, average_topk, build_student_record, flatten_topk, gold_record
 from cdscale.tasks import Example, Task, build_task, sample_where
@@ -456,8 +456,10 @@ def _rounds(
         when given. Returns the sync's stats and the weights' ObjectRef, if they went through the object store."""
         with clock("sync"):
             if weights is None and transport == "broadcast":
-                sync = broadcast_weights(trainers, engines, version, cfg.run.timeout_s, backend)
-                replace.holds(lambda engine: broadcast_weights(trainers, [engine], version, cfg.run.timeout_s, backend))
+                sync = broadcast.push_weights(trainers, engines, version, cfg.run.timeout_s, backend)
+                # A replacement takes the trainers' weights as they are when it starts. They are
+                # the engines' until training begins, and no engine is used between then and the next push.
+                replace.holds(lambda engine: broadcast.push_weights(trainers, [engine], version, cfg.run.timeout_s, backend))
             else:
                 sync, weights = push_weights(trainers if weights is None else None, engines, version, cfg.run.timeout_s, weights)
                 replace.holds(lambda engine: push_weights(None, [engine], version, cfg.run.timeout_s, weights))

@@ -172,10 +172,14 @@ def test_the_weight_transport_follows_the_devices_unless_chosen():
     assert weight_transport(load_config(None, gpus)) == ("broadcast", "nccl")
     assert weight_transport(load_config(None, ["sync.transport=broadcast"])) == ("broadcast", "gloo")
     assert weight_transport(load_config(None, [*gpus, "sync.transport=object_store"])) == ("object_store", None)
-    # auto falls back to the object store when only one side has GPUs; asking for a broadcast there is refused
+    # auto takes the object store when one side has no GPU, or a GPU is shared (NCCL refuses two
+    # members on one GPU); asking for a broadcast there is refused
+    shared = ["teacher.gpus_per_engine=0.5", "student.gpus_per_rank=0.5"]
     assert weight_transport(load_config(None, gpus[1:])) == ("object_store", None)
-    with pytest.raises(ConfigError, match="sync.transport: broadcast needs trainers and engines both on GPUs or both on CPUs"):
-        load_config(None, [gpus[1], "sync.transport=broadcast"])
+    assert weight_transport(load_config(None, shared)) == ("object_store", None)
+    for devices in (gpus[1:], shared):
+        with pytest.raises(ConfigError, match="sync.transport: broadcast needs trainers and engines both on CPUs or each on whole GPUs"):
+            load_config(None, [*devices, "sync.transport=broadcast"])
     with pytest.raises(ConfigError, match=r"sync.transport: 'nccl' is not allowed; allowed values: \['auto', 'object_store', 'broadcast'\]"):
         load_config(None, ["sync.transport=nccl"])
 
@@ -187,3 +191,10 @@ def test_a_tensor_parallel_engine_takes_one_gpu_per_worker():
         load_config(None, ["teacher.tensor_parallel_size=2", "teacher.gpus_per_engine=1"])
     with pytest.raises(ConfigError, match="teacher.tensor_parallel_size: must be at least 1, got 0"):
         load_config(None, ["teacher.tensor_parallel_size=0"])
+
+
+def test_a_config_saved_before_sync_bucket_mb_existed_still_loads(tmp_path):
+    saved = tmp_path / "config.yaml"  # as a run directory of 2026-11-27 holds it
+    saved.write_text("student:\n  zero_stage: 3\n  export_bucket_mb: 64\n")
+    cfg = load_config(saved)
+    assert cfg.sync.bucket_mb == 64 and cfg.student.zero_stage == 3

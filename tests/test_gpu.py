@@ -49,14 +49,14 @@ def test_rank_0_broadcasts_its_weights_over_nccl_to_a_receiver_on_another_gpu(te
 
     from cdscale.config import load_config
     from cdscale.driver import start_trainers
-    from cdscale.sync.broadcast import open_group, receive
+    from cdscale.sync.broadcast import close_group, open_group, receive
 
     @ray.remote(num_gpus=1)
     class Receiver:
         def take(self, host, port, plan):
             group = open_group(host, port, 1, 2, "nccl", 600)
             named = receive(group, plan, torch.device("cuda", 0))
-            group.shutdown()
+            close_group(group, "nccl")
             return {name: t.cpu() for name, t in named}
 
     if ray.is_initialized():

@@ -65,10 +65,10 @@ def test_buckets_keep_order_and_stay_under_the_limit_except_for_a_larger_single_
 
 
 def test_a_broadcast_bucket_unpacks_to_the_tensors_it_was_packed_from():
-    from cdscale.sync.broadcast import bucket_bytes, pack_bucket, unpack_bucket
+    from cdscale.sync.broadcast import bucket_bytes, pack_bucket, plan_entry, unpack_bucket
 
     original = named()
-    plan = [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in original]
+    plan = [plan_entry(n, t.dtype, t.shape) for n, t in original]
     buffer = pack_bucket([t for _, t in original])
     assert buffer.dtype == torch.uint8 and buffer.numel() == bucket_bytes(plan)
     out = unpack_bucket(buffer, plan)

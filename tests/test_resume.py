@@ -79,8 +79,9 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     code, out = finish(start([*common, "run.name=straight"]), 900)
     assert code == 0, out[-3000:]
 
-    # 1. SIGKILL the driver once round 0 is committed.
-    proc = start([*common, "run.name=faulty"])
+    # 1. SIGKILL the driver once round 0 is committed. This run syncs by rank 0's broadcast, the
+    # straight one through the object store: the transport must not change what is computed.
+    proc = start([*common, "run.name=faulty", "sync.transport=broadcast"])
     wait_for(proc, faulty_dir, 0, lambda e: e["event"] == "commit" and e["round"] == 1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
@@ -145,3 +146,5 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     assert faulty["round_1"]["loss_last"] == pytest.approx(straight["round_1"]["loss_last"], rel=0.25)
     assert abs(faulty["student_after"]["addition"]["accuracy"] - straight["student_after"]["addition"]["accuracy"]) <= 4 / 16
     assert (faulty_dir / "student" / "config.json").is_file()
+    syncs = [e for e in events(faulty_dir) if e["event"] == "sync"]
+    assert {e["round"] for e in syncs} == {0, 1} and {e["transport"] for e in syncs} == {"broadcast"}

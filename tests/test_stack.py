@@ -11,7 +11,7 @@ import ray
 import torch
 
 from cdscale.config import load_config
-from cdscale.sync.broadcast import push_weights as broadcast_weights
+from cdscale.sync import broadcast
 from cdscale.sync.object_store import export_weights, push_weights
 from cdscale.tasks import build_task
 
@@ -101,7 +101,7 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
             batch = records[step * 16 : (step + 1) * 16]
             ray.get([t.train_step.remote(batch[r::2], 3e-3) for r, t in enumerate(trainers)])
         before = ray.get(engine.weight_checksum.remote())
-        sync = broadcast_weights(trainers, [engine], version=2, timeout_s=300, backend="gloo")
+        sync = broadcast.push_weights(trainers, [engine], version=2, timeout_s=300, backend="gloo")
         assert ray.get(engine.get_weight_version.remote()) == 2 and sync["buckets"] > 1
         assert sync["bytes"] == ray.get(export_weights(trainers, 300)).nbytes  # every tensor arrived whole
         assert ray.get(engine.weight_checksum.remote()) != pytest.approx(before)
@@ -298,7 +298,7 @@ def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_m
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cdscale.student.trainer import free_port
-    from cdscale.sync.broadcast import open_group, pack_bucket
+    from cdscale.sync.broadcast import close_group, open_group, pack_bucket, plan_entry
     from cdscale.sync.packing import pack
     from cdscale.teacher.engine import generate_across, start_engines
 
@@ -341,12 +341,12 @@ def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_m
         assert max_gap(by_store, hf_logprobs(first)) < 1e-4
 
         named = list(second.named_parameters())
-        plan = [[(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in named]]  # one bucket
+        plan = [[plan_entry(name, t.dtype, t.shape) for name, t in named]]  # one bucket
         port = free_port()
         received = engine.receive_weights.remote("127.0.0.1", port, 1, 3, "gloo", plan, 2, 300)
         group = open_group("127.0.0.1", port, 0, 3, "gloo", 300)  # this process sends, as trainer rank 0 does
         group.broadcast(pack_bucket([t for _, t in named]), 0).wait()
-        group.shutdown()
+        close_group(group, "gloo")
         assert ray.get(received, timeout=300)["version"] == 2
         by_broadcast = engine_logprobs()
         assert max_gap(by_broadcast, hf_logprobs(second)) < 1e-4

@@ -17,7 +17,7 @@ import torch
 
 from cdscale.checkpoint import rng_state, set_rng_state, write_json_atomic
 from cdscale.student.losses import distillation_loss
-from cdscale.sync.broadcast import BucketPlan, open_group, pack_bucket
+from cdscale.sync.broadcast import BucketPlan, close_group, open_group, pack_bucket, plan_entry
 from cdscale.sync.packing import PackedWeights, buckets, pack
 
 
@@ -210,7 +210,7 @@ class StudentTrainer:
     def weight_plan(self) -> list[BucketPlan]:
         """The buckets `broadcast_weights` sends: each tensor's name, dtype and full shape."""
         return [
-            [(name, str(p.dtype).removeprefix("torch."), list(getattr(p, "ds_shape", p.shape))) for name, p in bucket]
+            [plan_entry(name, p.dtype, getattr(p, "ds_shape", p.shape)) for name, p in bucket]
             for bucket in self._buckets()
         ]
 
@@ -237,4 +237,4 @@ class StudentTrainer:
                     group.broadcast(pack_bucket([p for _, p in bucket]), 0).wait()
         finally:
             if group is not None:
-                group.shutdown()
+                close_group(group, backend)

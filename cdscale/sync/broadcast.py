@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterable
 
 import ray
 import torch
@@ -41,6 +41,18 @@ def open_group(host: str, port: int, rank: int, world_size: int, backend: str, t
     options = dist.ProcessGroupNCCL.Options()
     options._timeout = timeout
     return dist.ProcessGroupNCCL(store, rank, world_size, options)
+
+
+def close_group(group: Any, backend: str) -> None:
+    """Leave the sync group once its last collective is done. NCCL's `wait()` only makes the
+    GPU stream wait for the collective, so the host waits for the stream before shutting down."""
+    if backend == "nccl":
+        torch.cuda.current_stream().synchronize()
+    group.shutdown()
+
+
+def plan_entry(name: str, dtype: torch.dtype, shape: Iterable[int]) -> tuple[str, str, list[int]]:
+    return name, str(dtype).removeprefix("torch."), list(shape)
 
 
 # Each tensor starts at a multiple of this many bytes: a view of a byte buffer as a wider
@@ -110,5 +122,5 @@ def push_weights(trainers: list[Any], engines: list[Any], version: int, timeout_
     loaded = ray.get(receives)
     return {
         "seconds": time.perf_counter() - start, "receive_s": max(x["receive_s"] for x in loaded), "reload_s": max(x["reload_s"] for x in loaded),
-        "bytes": loaded[0]["bytes"], "buckets": len(plan), "version": version, "transport": f"broadcast ({backend})",
+        "bytes": loaded[0]["bytes"], "buckets": len(plan), "version": version, "transport": "broadcast", "backend": backend,
     }

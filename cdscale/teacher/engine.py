@@ -1,8 +1,9 @@
 """A vLLM engine in a Ray actor (steps 2, 5 and 6 of a round: generate, take weights, evaluate).
 
-The engine lives in the actor's own process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
-executor "uni"), so `collective_rpc` reaches the worker extension in-process and
-tensors arrive as tensors. Prompts are passed as token ids: the driver tokenizes once,
+The engine lives in the actor's own process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`). With one
+worker (executor "uni") `collective_rpc` reaches the worker extension in-process and tensors
+arrive as tensors; a tensor-parallel engine's workers are processes of their own (executor
+"mp"), and its arguments are pickled to each. Prompts are passed as token ids: the driver tokenizes once,
 and the ids the teacher saw are exactly the ids the trainer aligns against.
 """
 from __future__ import annotations
@@ -96,7 +97,8 @@ class TeacherEngine:
 
     def update_weights(self, weights: PackedWeights, version: int) -> dict[str, float]:
         """Load new weights into the running engine (the object-store transport).
-        `weights` arrives as a read-only view of the object store: no copy until the reload."""
+        `weights` arrives as a read-only view of the object store: with one worker, no copy
+        until the reload; each worker of a tensor-parallel engine gets a pickled copy."""
         start = time.perf_counter()
         self.llm.collective_rpc("reload_named_weights", args=(weights.named_tensors(),))
         self._now_holds(version)

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from cdscale.sync.broadcast import BucketPlan, open_group, receive
+from cdscale.sync.broadcast import BucketPlan, close_group, open_group, receive
 
 
 class WeightReloadExtension:
@@ -35,7 +35,7 @@ class WeightReloadExtension:
         try:
             named = receive(group, plan, device)
         finally:
-            group.shutdown()
+            close_group(group, backend)
         received = time.perf_counter()
         self.reload_named_weights(named)
         return {"bytes": sum(t.nbytes for _, t in named), "receive_s": received - start, "reload_s": time.perf_counter() - received}
