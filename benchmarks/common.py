@@ -48,34 +48,29 @@ class Engines:
 
     def __init__(self, share: bool = False) -> None:
         self.share = share
-        self.running: list[list[Any]] = []
-        self.shared: dict[str, list[Any]] = {}
+        self.running: list[Any] = []
+        self.shared: dict[str, Any] = {}
 
-    def start(self, num_engines: int, **settings: Any) -> list[Any]:
-        from cdscale.teacher.engine import start_engines
+    def start(self, num_engines: int, **settings: Any) -> Any:
+        """An `EngineGroup` of `num_engines` engines started with `EngineSettings(**settings)`."""
+        from cdscale.teacher.engine import EngineSettings
+        from cdscale.teacher.group import EngineGroup
 
         key = repr((num_engines, sorted(settings.items())))
         if self.share and key in self.shared:
             return self.shared[key]
-        engines = start_engines(num_engines, 1, 0, **settings)
+        engines = EngineGroup(EngineSettings(**settings), timeout_s=3600).start(num_engines)
         self.running.append(engines)
         if self.share:
             self.shared[key] = engines
         return engines
 
-    def release(self, engines: list[Any]) -> None:
+    def release(self, engines: Any) -> None:
         if not self.share:
             self.running = [e for e in self.running if e is not engines]
-            _kill(engines)
+            engines.kill()
 
     def close(self) -> None:
         for engines in self.running:
-            _kill(engines)
+            engines.kill()
         self.running, self.shared = [], {}
-
-
-def _kill(actors: list[Any]) -> None:
-    import ray
-
-    for actor in actors:
-        ray.kill(actor)

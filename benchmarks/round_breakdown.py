@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cdscale.config import load_config
-from cdscale.driver import run as run_cdscale
+from cdscale.distillation import run as run_cdscale
 
 
 def run(model_path: str, out_dir: Path, overrides: list[str]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdscale.student.losses import distillation_loss
-from cdscale.student.trainer import StudentTrainer, answer_logits, collate, free_port
+from cdscale.student.trainer import StudentTrainer, TrainerSettings, answer_logits, collate, free_port
 
 SHAPES = {
     "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, vocab_size=8192),
@@ -84,12 +84,11 @@ def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stag
         "train_batch_size": len(batches[0]), "train_micro_batch_size_per_gpu": len(batches[0]),
         "gradient_accumulation_steps": 1, "gradient_clipping": 1.0, "zero_optimization": {"stage": stage},
         "zero_allow_untested_optimizer": True, "bf16": {"enabled": dtype == "bfloat16"}, "steps_per_print": 10**9,
-        "_lr": 1e-4, "_weight_decay": 0.0, "_timeout_s": 600.0, "_bucket_mb": 512,
     }
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer = StudentTrainer(0, 1, str(model_dir), dtype, ds_config, "forward_kl_topk", 0)
+    trainer = StudentTrainer(0, 1, TrainerSettings(str(model_dir), dtype, lr=1e-4, timeout_s=600.0), ds_config)
     trainer.setup("127.0.0.1", free_port())
     times = []
     for records in batches:
@@ -111,7 +110,7 @@ def run_ranks(model_dir: Path, records: list[dict], batch_size: int, steps: int,
     import ray
 
     from cdscale.config import load_config
-    from cdscale.driver import start_trainers
+    from cdscale.student.group import TrainerGroup
 
     batches = [records[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
     tokens_per_step = sum(len(r["input_ids"]) for r in batches[0])
@@ -123,19 +122,19 @@ def run_ranks(model_dir: Path, records: list[dict], batch_size: int, steps: int,
         for stage in stages:
             cfg = load_config(None, [f"model.path={model_dir}", f"student.num_ranks={n}", f"student.zero_stage={stage}",
                                      f"student.batch_size={batch_size}", "student.lr=1e-4"])
-            trainers = start_trainers(cfg, str(model_dir))
+            group = TrainerGroup.from_config(cfg, str(model_dir)).start()
+            trainers = group.actors
             try:
-                ray.get([t.set_records.remote(records) for t in trainers])
+                group.call("set_records", records)
                 plan = [list(range(i * batch_size, (i + 1) * batch_size)) for i in range(steps)]
                 times = []
                 for step in plan:  # one step per call, so each can be timed; the first is warm-up
                     start = time.perf_counter()
-                    ray.get([t.train_steps.remote([step[r::n]], [1e-4]) for r, t in enumerate(trainers)])
+                    group.call("train_steps", [step], [1e-4])  # each rank takes its share of the global batch
                     times.append(time.perf_counter() - start)
-                memory = ray.get([t.memory_stats.remote() for t in trainers])
+                memory = group.call("memory_stats")
             finally:
-                for t in trainers:
-                    ray.kill(t)
+                group.kill()
             step_s = statistics.median(times[1:])
             rows[f"zero{stage}_{n}_ranks"] = {
                 "tokens_per_s": tokens_per_step / step_s, "step_s": step_s, "vs_plain": plain["step_s"] / step_s,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import Engines, Timer
-from cdscale.teacher.engine import generate_across
+from cdscale.teacher.group import EngineGroup
 
 INSTRUCTION = (
     "You are a careful assistant. Read the question, think about what is asked, and answer "
@@ -40,13 +40,13 @@ def shared_prefix_prompts(tokenizer: Any, n: int, prefix_tokens: int, seed: int)
     return prompts
 
 
-def engine_run(engines: list[Any], prompts: list[list[int]], sampling: dict[str, Any], reps: int) -> dict[str, float]:
-    """Median tokens/s of `generate_across` over `reps` timed runs (after one warm-up run)."""
-    chunk = -(-len(prompts) // len(engines))
+def engine_run(engines: EngineGroup, prompts: list[list[int]], sampling: dict[str, Any], reps: int) -> dict[str, float]:
+    """Median tokens/s of `EngineGroup.generate` over `reps` timed runs (after one warm-up run)."""
+    engines.chunk_size = -(-len(prompts) // len(engines.engines))  # one chunk per engine
     times, tokens = [], 0
     for rep in range(reps + 1):
         with Timer() as t:
-            outputs = generate_across(engines, prompts, [sampling] * len(prompts), chunk, 3600, "bench")
+            outputs = engines.generate(prompts, [sampling] * len(prompts), "bench")
         tokens = sum(sum(map(len, o.get("samples", [o["token_ids"]]))) for o in outputs)
         if rep > 0:
             times.append(t.seconds)

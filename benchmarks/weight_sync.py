@@ -12,9 +12,9 @@ import torch
 
 from benchmarks.common import Engines, Timer
 from cdscale.config import load_config
-from cdscale.driver import start_trainers
-from cdscale.sync import broadcast
-from cdscale.sync.object_store import export_weights, push_weights
+from cdscale.student.group import TrainerGroup
+from cdscale.sync.broadcast import BroadcastSync
+from cdscale.sync.object_store import ObjectStoreSync, export_weights
 
 
 def in_memory_copy_s(named_tensors: list[tuple[str, torch.Tensor]], reps: int) -> float:
@@ -39,18 +39,18 @@ def run(model_path: str, num_engines: int, num_ranks: int, zero_stage: int, reps
     settings = {**dict(model_path=model_path, dtype="float32", max_model_len=256, kv_cache_gib=0.25, max_logprobs=21,
                        enable_prefix_caching=True, seed=0), **engine_settings}
     receivers = engines.start(num_engines, **settings)
-    trainers = start_trainers(cfg, model_path)
+    group = TrainerGroup.from_config(cfg, model_path).start()
+    trainers = group.actors
     syncs = {
-        "object_store": lambda version: push_weights(trainers, receivers, version=version, timeout_s=600)[0],
-        "broadcast": lambda version: broadcast.push_weights(trainers, receivers, version=version, timeout_s=600, backend="gloo"),
+        "object_store": lambda version: ObjectStoreSync(600).push(trainers, receivers.engines, version)[0].as_event(),
+        "broadcast": lambda version: BroadcastSync(600, "gloo").push(trainers, receivers.engines, version)[0].as_event(),
     }
     try:
         runs = {name: [sync(version) for version in range(1, reps + 2)][1:] for name, sync in syncs.items()}  # the first sync is a warm-up
         pushed = ray.get(export_weights(trainers, 600))
     finally:
         engines.release(receivers)
-        for trainer in trainers:
-            ray.kill(trainer)
+        group.kill()
     nbytes = pushed.nbytes
     copy_s = in_memory_copy_s(pushed.named_tensors(), reps)
     result = {"bytes": nbytes, "num_engines": num_engines, "num_ranks": num_ranks, "zero_stage": zero_stage, "reps": reps,

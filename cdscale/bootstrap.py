@@ -8,9 +8,11 @@ model once; distillation itself runs on the Ray + vLLM + DeepSpeed stack.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cdscale.models.tiny import build_tiny_llama
 from cdscale.student.schedule import warmup_cosine
 from cdscale.tasks import Task, sample_where
+
+log = logging.getLogger(__name__)
 
 
 def demonstration_batch(
@@ -71,19 +75,21 @@ def greedy_accuracy(model, tokenizer, task: Task, n: int, seed: int, student: bo
     return sum(task.score(x, task.extract_answer(t)) for x, t in zip(examples, texts)) / n
 
 
-def bootstrap(
-    task: Task | list[Task],
-    out_dir: Path,
-    steps: int = 1200,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    seed: int = 0,
-    eval_every: int = 10**9,
-    log=print,
-    learn_inputs: bool = False,
-) -> dict:
+@dataclass
+class BootstrapSettings:
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+    eval_every: int = 10**9  # also measure the greedy accuracy every this many steps (always at the end)
+    learn_inputs: bool = False  # see `demonstration_batch`
+
+
+def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSettings | None = None) -> dict:
     """Train a tiny Llama on the teacher demonstrations of one task (or a uniform mixture of
-    several) and save it to out_dir atomically (`learn_inputs`: see `demonstration_batch`)."""
+    several) and save it to out_dir atomically. Progress goes to the `cdscale.bootstrap` logger."""
+    s = settings or BootstrapSettings()
+    steps, batch_size, lr, seed, eval_every, learn_inputs = s.steps, s.batch_size, s.lr, s.seed, s.eval_every, s.learn_inputs
     tasks = task if isinstance(task, list) else [task]
     torch.manual_seed(seed)
     rng = random.Random(f"bootstrap-{seed}")
@@ -105,11 +111,11 @@ def bootstrap(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         if step % 50 == 0:
-            log(f"bootstrap step {step}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+            log.info("bootstrap step %d/%d loss %.4f (%.0fs)", step, steps, loss.item(), time.time() - start)
         if step % eval_every == 0 or step == steps:
             acc = sum(greedy_accuracy(model, tokenizer, t, 200 // len(tasks), seed + 10_000 + step) for t in tasks) / len(tasks)
             history.append({"step": step, "loss": loss.item(), "teacher_accuracy": acc, "seconds": time.time() - start})
-            log(f"bootstrap step {step}: teacher greedy accuracy {acc:.3f}")
+            log.info("bootstrap step %d: teacher greedy accuracy %.3f", step, acc)
     model.save_pretrained(tmp, safe_serialization=True)
     info = {"task": [t.name for t in tasks], "learn_inputs": learn_inputs, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "history": history}
     (tmp / "cdscale_bootstrap.json").write_text(json.dumps(info, indent=2))

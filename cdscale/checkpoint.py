@@ -12,10 +12,29 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+
+@dataclass
+class Progress:
+    """How far a run has come. Committed with the trainers' state (progress.json); a resumed
+    run, or ranks restarted after a crash, go on from the last commit's."""
+
+    round: int = 0  # the round under way (rounds before it are done)
+    step: int = 0  # optimizer steps of `round` done at the commit (a stop mid-round)
+    losses: list[float] = field(default_factory=list)  # step losses of `round` so far
+    summary: dict[str, Any] = field(default_factory=dict)  # what summary.json will hold
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> Progress:
+        return cls(saved["round"], saved["step"], saved["losses"], saved["summary"])
 
 
 def write_text_atomic(path: Path, text: str) -> None:

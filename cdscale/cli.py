@@ -10,10 +10,26 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from cdscale.config import ConfigError, RunFailed, describe, load_config
+
+
+log = logging.getLogger("cdscale")
+
+
+def _log_to_console() -> None:
+    """The run's progress lines on stdout as `[cdscale] ...` (the `cdscale` logger; a library
+    user configures logging as they like)."""
+    for handler in [h for h in log.handlers if getattr(h, "cdscale_console", False)]:
+        log.removeHandler(handler)  # one per process, on the stdout of this call
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[cdscale] %(message)s"))
+    handler.cdscale_console = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 RESUMABLE_WITH = (
@@ -23,7 +39,7 @@ RESUMABLE_WITH = (
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cdscale.driver import run
+    from cdscale.distillation import run
     from cdscale.preemption import Preempted
 
     if args.resume is not None:
@@ -45,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         run(cfg, resume=args.resume is not None)
     except Preempted as stopped:
-        print(f"[cdscale] stopped at a safe point: {stopped}. Continue with: cdscale run --resume {cfg.run_dir}")
+        log.info("stopped at a safe point: %s. Continue with: cdscale run --resume %s", stopped, cfg.run_dir)
     return 0
 
 
@@ -54,7 +70,7 @@ BOOTSTRAP_DIGITS = (1, 3)
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from cdscale.bootstrap import bootstrap
+    from cdscale.bootstrap import BootstrapSettings, bootstrap
     from cdscale.models import prepared_path
     from cdscale.tasks import build_task
 
@@ -63,7 +79,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     digits = "" if args.task != "addition" or (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS else f"-{args.min_digits}to{args.max_digits}"
     out = prepared_path(f"tiny-{args.task}{digits}" + ("-inputs" if args.learn_inputs else ""))
     if (out / "config.json").is_file() and not args.force:
-        print(f"[cdscale] {out} already bootstrapped (use --force to redo)")
+        log.info("%s already bootstrapped (use --force to redo)", out)
         return 0
     if args.task == "addition":
         tasks = build_task("addition", {"min_digits": args.min_digits, "max_digits": args.max_digits})
@@ -71,9 +87,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
         from cdscale.tasks.arithmetic import OPERATIONS
 
         tasks = [build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5}) for op in OPERATIONS]
-    info = bootstrap(tasks, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                     eval_every=args.eval_every, learn_inputs=args.learn_inputs)
-    print(f"[cdscale] bootstrapped tiny model in {out}: {info['history'][-1]}")
+    settings = BootstrapSettings(args.steps, args.batch_size, args.lr, args.seed, args.eval_every, args.learn_inputs)
+    info = bootstrap(tasks, out, settings)
+    log.info("bootstrapped tiny model in %s: %s", out, info["history"][-1])
     return 0
 
 
@@ -91,7 +107,7 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run_dirs[0] / "report"
     path = write_report(run_dirs, out)
     print(path.read_text())
-    print(f"[cdscale] wrote {path}, {out / 'accuracy.png'} and {out / 'loss.png'}")
+    log.info("wrote %s, %s and %s", path, out / "accuracy.png", out / "loss.png")
     return 0
 
 
@@ -139,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_prepare_model)
 
     args = parser.parse_args(argv)
+    _log_to_console()
     try:
         return args.fn(args)
     except (ConfigError, FileNotFoundError, FileExistsError) as err:

@@ -2,40 +2,43 @@
 held-out inputs, greedily, through the running engines."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from cdscale.tasks import Example, Task
-from cdscale.teacher.engine import generate_across
+
+if TYPE_CHECKING:
+    from cdscale.teacher.group import EngineGroup
 
 
-def evaluate(
-    engines: list[Any],
-    tokenizer: Any,
-    task: Task,
-    examples: list[Example],
-    role: str,
-    max_new_tokens: int,
-    chunk_size: int,
-    timeout_s: float,
-    replace: Callable[[list[Any], Any, int], Any] | None = None,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Greedy accuracy of `role` ("teacher": T_teacher prompts, "student": T_student prompts).
-
-    Returns the metrics and one row per example (prompt, completion, answer, score), so a
-    run directory shows what the model actually said.
-    """
+def eval_prompts(tokenizer: Any, task: Task, examples: list[Example], role: str) -> list[list[int]]:
+    """The token ids of each example's prompt for `role` ("teacher": T_teacher, "student": T_student)."""
     build_prompt = task.teacher_prompt if role == "teacher" else task.student_prompt
-    prompts = [tokenizer(build_prompt(x))["input_ids"] for x in examples]
-    greedy = {"temperature": 0.0, "max_tokens": max_new_tokens}
-    outputs = generate_across(engines, prompts, [greedy] * len(prompts), chunk_size, timeout_s, f"eval {role}", replace=replace)
-    rows, correct, extracted, prompt_tokens, generated_tokens = [], 0.0, 0, 0, 0
+    return [tokenizer(build_prompt(x))["input_ids"] for x in examples]
+
+
+def score_outputs(
+    task: Task, tokenizer: Any, examples: list[Example], prompts: list[list[int]], outputs: list[dict[str, Any] | None]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The metrics and one row per example of the engines' `outputs`, None where the prompt
+    was too long to send.
+
+    A skipped example scores 0 (it is in `n`, so accuracy is over the whole eval set), and is
+    counted in "too_long"; its row has completion and answer None and `skipped: "too_long"`.
+    Token averages are over all `n`: a skipped example adds its prompt and no generated tokens.
+    """
+    rows, correct, extracted, too_long, prompt_tokens, generated_tokens = [], 0.0, 0, 0, 0, 0
     for x, prompt, out in zip(examples, prompts, outputs):
+        prompt_tokens += len(prompt)
+        if out is None:
+            too_long += 1
+            rows.append({"input": x.input, "gold": x.gold, "completion": None, "answer": None, "score": 0.0,
+                         "skipped": "too_long"})
+            continue
         completion = tokenizer.decode(out["token_ids"], skip_special_tokens=True)
         answer = task.extract_answer(completion)
         score = task.score(x, answer)
         correct += score
         extracted += answer is not None
-        prompt_tokens += len(prompt)
         generated_tokens += len(out["token_ids"])
         rows.append({"input": x.input, "gold": x.gold, "completion": completion, "answer": answer, "score": score})
     n = len(examples)
@@ -45,6 +48,22 @@ def evaluate(
         "prompt_tokens": prompt_tokens / n,
         "generated_tokens": generated_tokens / n,
         "tokens_per_answer": (prompt_tokens + generated_tokens) / n,
+        "too_long": too_long,
         "n": n,
     }
     return metrics, rows
+
+
+def evaluate(
+    engines: EngineGroup, tokenizer: Any, task: Task, examples: list[Example], role: str, max_new_tokens: int
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Greedy accuracy of `role` ("teacher": T_teacher prompts, "student": T_student prompts).
+
+    Prompts as long as the engines' context or longer are not sent, as in target generation
+    (`EngineGroup.generate_fitting`); they score 0 and are counted in the metric "too_long".
+    Returns the metrics and one row per example (`score_outputs`), so a run directory shows
+    what the model actually said.
+    """
+    prompts = eval_prompts(tokenizer, task, examples, role)
+    outputs = engines.generate_fitting(prompts, {"temperature": 0.0, "max_tokens": max_new_tokens}, f"eval {role}")
+    return score_outputs(task, tokenizer, examples, prompts, outputs)

@@ -8,10 +8,11 @@ node's Prometheus endpoint show them while the run goes on.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import ray
 
@@ -32,20 +33,83 @@ def gauge_name(metric: str) -> str:
     return "cdscale_" + metric.replace("/", "_")
 
 
+def _event(line: str) -> Any:
+    """The "event" of a metrics.jsonl line; None for a line that is not a JSON event (a line
+    cut short by a crash, say), which is kept or dropped like any other."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("event") if isinstance(record, dict) else None
+
+
+def committed_lines(lines: list[str]) -> list[str]:
+    """The lines of metrics.jsonl that a restart from the last commit keeps: those up to and
+    including the last "commit" event; without one (the run starts again from the
+    beginning), those before the first "train" event. The rest describe undone work."""
+    events = [_event(line) for line in lines]
+    if "commit" in events:
+        return lines[: len(events) - events[::-1].index("commit")]
+    return lines[: events.index("train")] if "train" in events else lines
+
+
 class MetricsLog:
-    """metrics.jsonl (a new run starts it afresh, a resumed one appends), TensorBoard and Ray gauges."""
+    """metrics.jsonl (a new run starts it afresh, a resumed one keeps what its last commit
+    covers: `rollback`), TensorBoard and Ray gauges. Close it, or use it as a context manager."""
+
+    # Lines end in "\n" only (newline="\n"), and bytes that are not UTF-8 pass through unchanged.
+    _TEXT = {"encoding": "utf-8", "errors": "surrogateescape", "newline": "\n"}
 
     def __init__(self, run_dir: Path, append: bool = False) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.run_name = run_dir.name
+        self.tensorboard_dir = run_dir / "tensorboard"
+        self.gauges: dict[str, Any] = {}
+        self.file: IO[str] | None = None
+        self.closed = False
+        if append and self.path.exists():
+            # A resumed run goes on from its last commit: what came after it is undone.
+            self.rollback()
+        else:
+            self.path.write_text("")
+            self._open(train_steps=0)
+
+    def _open(self, train_steps: int) -> None:
+        """Append to metrics.jsonl; TensorBoard's train steps count on from `train_steps`."""
         from torch.utils.tensorboard import SummaryWriter
 
-        path = run_dir / "metrics.jsonl"
-        # A resumed run goes on counting optimizer steps where the file left off, so its
-        # TensorBoard curves continue rather than start again at step 0.
-        self.train_steps = sum('"event": "train"' in line for line in path.open()) if append and path.exists() else 0
-        self.file = open(path, "a" if append else "w")
-        self.run_name = run_dir.name
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), flush_secs=10)
-        self.gauges: dict[str, Any] = {}
+        self.train_steps = train_steps
+        self.file = open(self.path, "a", **self._TEXT)
+        self.tensorboard = SummaryWriter(str(self.tensorboard_dir), flush_secs=10)
+
+    def _close_outputs(self) -> None:
+        if self.file is not None:
+            self.tensorboard.close()
+            self.file.close()
+            self.file = None
+
+    def rollback(self) -> int:
+        """Drop the events after the last commit (`committed_lines`), which a restart from
+        it undoes, so that metrics.jsonl and TensorBoard's train step count match the state
+        the run goes on from. Rewrites the file atomically, appends {"event": "rollback",
+        "dropped": n} and returns n. Call it before writing any event about the restart."""
+        if self.closed:
+            raise ValueError(f"{self.path}: rollback of a closed MetricsLog")
+        self._close_outputs()
+        with open(self.path, **self._TEXT) as f:
+            lines = list(f)
+        kept = committed_lines(lines)
+        # Not checkpoint.write_text_atomic: its default text mode would not pass a bad line's bytes through.
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", **self._TEXT) as f:
+            f.writelines(line if line.endswith("\n") else line + "\n" for line in kept)  # a cut line stays one line
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        # The steps already on the curves are those of the train events kept.
+        self._open(train_steps=sum(_event(line) == "train" for line in kept))
+        self.write(event="rollback", dropped=len(lines) - len(kept))
+        return len(lines) - len(kept)
 
     def write(self, **event: Any) -> None:
         self.file.write(json.dumps({"time": time.time(), **event}) + "\n")
@@ -77,6 +141,13 @@ class MetricsLog:
         return self.gauges[metric]
 
     def close(self) -> None:
-        self.tensorboard.close()
-        self.file.close()
+        """Flush and close the file and TensorBoard's writer; closing again does nothing."""
+        self.closed = True
+        self._close_outputs()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 

@@ -1,4 +1,4 @@
-"""Where the actors go: Ray placement groups, one for the teacher engines and one for the
+"""The Ray cluster, and where the actors go in it: Ray placement groups, one for the teacher engines and one for the
 trainer ranks, each with one bundle per actor.
 
 A placement group reserves all of its bundles at once or none, so a run that does not fit
@@ -8,11 +8,34 @@ replacement actor (a dead engine, restarted ranks) goes back into the same bundl
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+import os
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+if TYPE_CHECKING:
+    from cdscale.config import Config
+
+
+def init_ray(cfg: Config) -> None:
+    """Join `run.ray_address`, or start the embedded default: a local cluster."""
+    if ray.is_initialized():
+        return
+    if cfg.run.ray_address:
+        ray.init(address=cfg.run.ray_address)
+        return
+    # Logical CPUs cover every actor (engines and trainers take turns on the cores:
+    # generation and training never run at once).
+    needed = cfg.teacher.num_engines * cfg.teacher.cpus_per_engine + cfg.student.num_ranks * cfg.student.cpus_per_rank
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
+        include_dashboard=True,
+        dashboard_host=cfg.run.dashboard_host,
+        _metrics_export_port=cfg.run.metrics_export_port,
+    )
 
 
 def reserve(count: int, cpus: float, gpus: float, strategy: str, timeout_s: float, what: str) -> PlacementGroup:

@@ -24,11 +24,11 @@ def teacher_model(tmp_path_factory):
     teacher outputs with extractable answers (about a minute on 2 CPUs)."""
     import torch
 
-    from cdscale.bootstrap import bootstrap
+    from cdscale.bootstrap import BootstrapSettings, bootstrap
     from cdscale.tasks import build_task
 
     out = tmp_path_factory.mktemp("models") / "tiny-teacher"
     torch.set_num_threads(2)
     task = build_task("addition", {"min_digits": 1, "max_digits": 2})
-    bootstrap(task, out, steps=250, batch_size=32, lr=3e-3, eval_every=10**9, log=lambda _: None)
+    bootstrap(task, out, BootstrapSettings(steps=250, batch_size=32, lr=3e-3))
     return out

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdscale.config import Config, ConfigError, RunFailed, load_config, resolve_stages
-from cdscale.driver import _targets_from_outputs
+from cdscale.build_targets import TargetBuilder
 from cdscale.tasks import build_task
 from cdscale.tasks.records import load_records
 
@@ -68,7 +68,7 @@ def test_outputs_of_prompts_too_long_are_counted_and_fail_the_round_above_the_th
     task = build_task("addition", {})
     examples = task.sample_inputs(4, random.Random(0))
     with pytest.raises(RunFailed, match="'too_long': 4") as err:
-        _targets_from_outputs(cfg, tiny_tokenizer, task, examples, [None] * 4, 0)
+        TargetBuilder(cfg, tiny_tokenizer).from_outputs(task, examples, [None] * 4, 0)
     assert "teacher.max_model_len" in str(err.value)
 
 
@@ -86,15 +86,15 @@ def test_an_output_cut_off_after_its_answer_is_kept_and_one_cut_within_it_is_cou
                 "logprob_starts": list(range(len(ids) + 1))}
 
     whole, cut = cut_off(" 3\nInput: 5 + 5\nAnswer: 1"), cut_off(" 1 2 3 4")
-    records_kept, counts = _targets_from_outputs(cfg, tiny_tokenizer, task, examples, [whole, cut], 0)
-    assert counts["truncated"] == 1 and counts["kept"] == 1
+    records_kept, counts = TargetBuilder(cfg, tiny_tokenizer).from_outputs(task, examples, [whole, cut], 0)
+    assert counts.truncated == 1 and counts.kept == 1
     assert records_kept[0]["answer"] == "3" and records_kept[0]["input"] == "1 + 2"
     # With an answer marker, a cut before the marker leaves the reasoning's first line as the
     # "answer": such outputs stay skipped, as do cut-off addition scratchpads.
     marked = build_task("records", {"path": str(records), "answer_marker": "</scratch>"})
     in_reasoning = cut_off("<scratch>\n1 + 2 , C: 0\n3")
     with pytest.raises(RunFailed, match="'truncated': 2"):
-        _targets_from_outputs(cfg, tiny_tokenizer, marked, examples, [in_reasoning, in_reasoning], 0)
+        TargetBuilder(cfg, tiny_tokenizer).from_outputs(marked, examples, [in_reasoning, in_reasoning], 0)
     addition = build_task("addition", {"min_digits": 1, "max_digits": 1})
     with pytest.raises(RunFailed, match="'truncated': 2"):
-        _targets_from_outputs(cfg, tiny_tokenizer, addition, examples, [in_reasoning, whole], 0)
+        TargetBuilder(cfg, tiny_tokenizer).from_outputs(addition, examples, [in_reasoning, whole], 0)

@@ -11,7 +11,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from cdscale.config import load_config
-from cdscale.driver import run
+from cdscale.distillation import run
 from cdscale.student.trainer import free_port
 
 pytestmark = pytest.mark.stack

@@ -82,10 +82,10 @@ def test_resume_may_change_where_the_run_goes_on_but_not_what_it_computes(capsys
     run.ray_address=auto to the resumed run as it did to the first."""
     import yaml
 
-    import cdscale.driver
+    import cdscale.distillation
 
     seen = {}
-    monkeypatch.setattr(cdscale.driver, "run", lambda cfg, resume=False: seen.update(cfg=cfg, resume=resume))
+    monkeypatch.setattr(cdscale.distillation, "run", lambda cfg, resume=False: seen.update(cfg=cfg, resume=resume))
     (tmp_path / "moved" / "old").mkdir(parents=True)
     (tmp_path / "moved" / "old" / "config.yaml").write_text(yaml.safe_dump(load_config(None, ["run.name=old"]).to_dict()))
     assert main(["run", "--resume", str(tmp_path / "moved" / "old"), "run.ray_address=auto", "run.timeout_s=60"]) == 0
@@ -101,12 +101,12 @@ def test_cli_exits_1_with_the_drivers_message_when_a_run_cannot_go_on(capsys, mo
     """The exit status only: the messages come from the real ranks and driver elsewhere (a
     NaN loss on one rank in tests/test_stack.py; too many skipped inputs in
     tests/test_bad_input.py)."""
-    import cdscale.driver
+    import cdscale.distillation
 
     def fail(cfg, resume=False):
         raise error("round 0, steps 0-2: the cause")
 
-    monkeypatch.setattr(cdscale.driver, "run", fail)
+    monkeypatch.setattr(cdscale.distillation, "run", fail)
     assert main(["run"]) == 1
     assert "cdscale: error: round 0, steps 0-2: the cause" in capsys.readouterr().err
 
@@ -114,7 +114,7 @@ def test_cli_exits_1_with_the_drivers_message_when_a_run_cannot_go_on(capsys, mo
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path, monkeypatch):
     from cdscale.config import resolve_stages
-    from cdscale.driver import build_tasks, sample_splits
+    from cdscale.inputs import build_tasks, sample_splits
 
     monkeypatch.chdir(CONFIGS.parent)  # records paths are relative to the repository root
     cfg = load_config(str(path))

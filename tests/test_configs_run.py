@@ -96,20 +96,20 @@ def tiny_stand_in(tmp_path_factory):
     inputs when few-shot prompted with them (synthetic D); not a good teacher of any."""
     import torch
 
-    from cdscale.bootstrap import bootstrap
+    from cdscale.bootstrap import BootstrapSettings, bootstrap
     from cdscale.tasks import build_task
 
     out = tmp_path_factory.mktemp("models") / "tiny-stand-in"
     torch.set_num_threads(2)
     tasks = [build_task("addition", {"min_digits": 1, "max_digits": SMALL["tiny"]["addition_max_digits"]}),
              *(build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5}) for op in ("max", "min", "first", "second"))]
-    bootstrap(tasks, out, steps=300, batch_size=16, lr=3e-3, eval_every=10**9, log=lambda _: None, learn_inputs=True)
+    bootstrap(tasks, out, BootstrapSettings(steps=300, batch_size=16, lr=3e-3, learn_inputs=True))
     return out
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS), ids=str)
 def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request):
-    from cdscale.driver import run
+    from cdscale.distillation import run
     from cdscale.models.smollm2 import prepare_smollm2
 
     monkeypatch.chdir(ROOT)  # records paths are relative to the repository root

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from cdscale.config import ConfigError, load_config, resolve_stages
-from cdscale.driver import build_tasks, gold_targets, sample_splits
+from cdscale.build_targets import TargetBuilder
+from cdscale.inputs import build_tasks, sample_splits
 from cdscale.tasks import Example, build_task, is_held_out
 
 LABELS = Path(__file__).resolve().parent.parent / "configs" / "data" / "labels"
@@ -58,7 +59,7 @@ def test_the_gold_completion_is_written_as_the_examples_write_it(tmp_path, smoll
     assert build_task("records", {"path": str(records), "student_template": "{input}\n"}).gold_completion(x) == "seven"
     assert task.gold_completion(Example(input="a synthetic input")) is None  # no gold: no target
     cfg = load_config(None, ["student.batch_size=1", "student.num_ranks=1"])
-    [record], _ = gold_targets(cfg, smollm2_tokenizer, task, [x], "gold")
+    [record], _ = TargetBuilder(cfg, smollm2_tokenizer).gold(task, [x], "gold")
     answer = smollm2_tokenizer.decode(record["input_ids"][record["answer_start"]:])
     assert answer.startswith(" seven")  # one token with its space, as the model writes it
     assert smollm2_tokenizer.decode(record["input_ids"]).startswith("Input: dog\nAnswer: seven")

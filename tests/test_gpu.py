@@ -16,7 +16,7 @@ def test_a_zero3_rank_on_a_gpu_uses_nccl_and_exports_its_weights_in_buckets(teac
     from transformers import AutoModelForCausalLM
 
     from cdscale.config import load_config
-    from cdscale.driver import start_trainers
+    from cdscale.student.group import TrainerGroup
     from cdscale.sync.object_store import export_weights
 
     if ray.is_initialized():
@@ -26,7 +26,7 @@ def test_a_zero3_rank_on_a_gpu_uses_nccl_and_exports_its_weights_in_buckets(teac
         f"model.path={teacher_model}", "student.num_ranks=1", "student.gpus_per_rank=1", "student.cpus_per_rank=1",
         "student.zero_stage=3", "sync.bucket_mb=1", "student.batch_size=8", "model.dtype=bfloat16",
     ])
-    [trainer] = start_trainers(cfg, str(teacher_model))
+    [trainer] = TrainerGroup.from_config(cfg, str(teacher_model)).start().actors
     try:
         where = ray.get(trainer.__ray_call__.remote(lambda self: (torch.distributed.get_backend(), str(self.device))))
         assert where[0] == "nccl" and where[1].startswith("cuda")
@@ -48,13 +48,13 @@ def test_rank_0_broadcasts_its_weights_over_nccl_to_a_receiver_on_another_gpu(te
     from transformers import AutoModelForCausalLM
 
     from cdscale.config import load_config
-    from cdscale.driver import start_trainers
-    from cdscale.sync.broadcast import close_group, open_group, receive
+    from cdscale.student.group import TrainerGroup
+    from cdscale.sync.broadcast import SyncGroup, close_group, open_group, receive
 
     @ray.remote(num_gpus=1)
     class Receiver:
-        def take(self, host, port, plan):
-            group = open_group(host, port, 1, 2, "nccl", 600)
+        def take(self, spec, plan):
+            group = open_group(spec, 1)
             named = receive(group, plan, torch.device("cuda", 0))
             close_group(group, "nccl")
             return {name: t.cpu() for name, t in named}
@@ -66,13 +66,14 @@ def test_rank_0_broadcasts_its_weights_over_nccl_to_a_receiver_on_another_gpu(te
         f"model.path={teacher_model}", "student.num_ranks=1", "student.gpus_per_rank=1", "student.cpus_per_rank=1",
         "teacher.gpus_per_engine=1", "student.zero_stage=3", "sync.bucket_mb=1", "student.batch_size=8", "model.dtype=bfloat16",
     ])
-    [trainer] = start_trainers(cfg, str(teacher_model))
+    [trainer] = TrainerGroup.from_config(cfg, str(teacher_model)).start().actors
     receiver = Receiver.options(num_cpus=0).remote()
     try:
         plan = ray.get(trainer.weight_plan.remote())
         host, port = ray.get(trainer.master_address.remote())
-        sent = trainer.broadcast_weights.remote(host, port, 2, "nccl", 600)
-        received = ray.get(receiver.take.remote(host, port, plan), timeout=600)
+        spec = SyncGroup(host, port, 2, "nccl", 600)
+        sent = trainer.broadcast_weights.remote(spec)
+        received = ray.get(receiver.take.remote(spec, plan), timeout=600)
         ray.get(sent, timeout=60)
         assert len(plan) > 1  # several buckets
         reference = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=torch.bfloat16).state_dict()

@@ -6,7 +6,7 @@ import pytest
 
 import torch
 
-from cdscale.student.losses import bucket_logprobs, distillation_loss, empirical, forward_kl_topk, hard_label_nll, jsd
+from cdscale.student.losses import LossSpec, bucket_logprobs, distillation_loss, empirical, forward_kl_topk, hard_label_nll, jsd
 
 
 def _random_dists(n=6, vocab=11, seed=0):
@@ -91,7 +91,7 @@ def test_temperature_with_full_support_equals_the_softened_full_vocab_kl_times_t
     teacher, student_logits = _random_dists(seed=5)
     t = 2.5
     ids = torch.arange(teacher.shape[1]).expand_as(teacher)
-    got = distillation_loss("forward_kl_topk", student_logits, ids[:, 0], ids, teacher, temperature=t)
+    got = distillation_loss(LossSpec(temperature=t), student_logits, ids[:, 0], ids, teacher)
     p, q = torch.log_softmax(teacher / t, -1), torch.log_softmax(student_logits / t, -1)
     expected = (p.exp() * (p - q)).sum(-1).mean() * t**2
     assert torch.allclose(got, expected, atol=1e-5)
@@ -101,7 +101,7 @@ def test_temperature_with_full_support_equals_the_softened_full_vocab_kl_times_t
 def test_jsd_on_top_k_with_tail_equals_the_jsd_of_the_bucketed_distributions(beta):
     teacher, student = _random_dists(seed=6)
     top, p, q = _bucketed_reference(teacher, student, 4)
-    got = distillation_loss("jsd", student, top.indices[:, 0], top.indices, top.values, jsd_beta=beta)
+    got = distillation_loss(LossSpec("jsd", jsd_beta=beta), student, top.indices[:, 0], top.indices, top.values)
     assert abs(got.item() - _jsd_reference(p, q, beta).mean().item()) < 1e-5
 
 
@@ -130,7 +130,7 @@ def test_sampled_soft_expected_gradient_is_the_forward_kl_gradient():
 
     def grad(name, generator=None):
         logits = student.clone().requires_grad_(True)
-        distillation_loss(name, logits, top.indices[:, 0], top.indices, top.values, soft_label_samples=50, generator=generator).backward()
+        distillation_loss(LossSpec(name, soft_label_samples=50), logits, top.indices[:, 0], top.indices, top.values, generator).backward()
         return logits.grad
 
     g = torch.Generator().manual_seed(1)
@@ -154,3 +154,19 @@ def test_a_nan_in_the_teacher_signal_makes_the_loss_nan_not_padding(name):
     assert torch.isnan(distillation_loss(name, logits, ids[:, 0], ids, logprobs))
     logprobs[1, 2] = -math.inf
     assert torch.isfinite(distillation_loss(name, logits, ids[:, 0], ids, logprobs))
+
+
+@pytest.mark.parametrize("name", ["forward_kl_topk", "sampled_soft", "jsd", "hard"])
+def test_sum_reduction_is_the_mean_times_the_positions(name):
+    """The trainer sums per-token losses and divides by the global batch's answer tokens."""
+    teacher, student = _random_dists(seed=10)
+    top = teacher.topk(4, -1)
+
+    def loss(reduction):
+        g = torch.Generator().manual_seed(0)  # the same soft labels for both reductions
+        return distillation_loss(LossSpec(name, temperature=2.0), student, top.indices[:, 0], top.indices, top.values, g,
+                                 reduction=reduction)
+
+    assert torch.allclose(loss("sum"), loss("mean") * teacher.shape[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        loss("none")

@@ -11,9 +11,12 @@ import ray
 import torch
 
 from cdscale.config import load_config
-from cdscale.sync import broadcast
-from cdscale.sync.object_store import export_weights, push_weights
+from cdscale.sync import EngineWeights
+from cdscale.sync.broadcast import BroadcastSync
+from cdscale.sync.object_store import ObjectStoreSync, export_weights, load_packed
 from cdscale.tasks import build_task
+from cdscale.teacher.engine import EngineSettings
+from cdscale.teacher.group import EngineGroup
 
 pytestmark = pytest.mark.stack
 
@@ -25,6 +28,12 @@ def ray_cluster():
     ray.init(num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+def _engines(model, count=1, cpus=1, max_restarts=0, **settings):
+    """`count` engines of the tiny model, in chunks of 8 prompts."""
+    settings = EngineSettings(str(model), "float32", max_model_len=256, kv_cache_gib=0.25, max_logprobs=21, **settings)
+    return EngineGroup(settings, cpus=cpus, timeout_s=300, max_restarts=max_restarts, chunk_size=8).start(count)
 
 
 def _config(model, tmp_path, *extra):
@@ -44,18 +53,23 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
     Then a NaN loss on one rank (sharing the ranks' start-up with the above)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cdscale.driver import MetricsLog, PhaseClock, ensemble_signal, start_trainers, teacher_targets, train
-    from cdscale.teacher.engine import generate_across, start_engines
+    from cdscale.build_targets import TargetBuilder
+    from cdscale.checkpoint import Progress
+    from cdscale.metrics import MetricsLog
+    from cdscale.student.group import TrainerGroup
+    from cdscale.student.loop import train_round
 
     cfg = _config(teacher_model, tmp_path, "student.zero_stage=3", "student.lr=3e-3", "sync.bucket_mb=1")  # several buckets
     task = build_task("addition", TASK)
     tokenizer = AutoTokenizer.from_pretrained(teacher_model)
-    [engine] = start_engines(1, 1, 0, model_path=str(teacher_model), dtype="float32", max_model_len=256,
-                             kv_cache_gib=0.25, max_logprobs=21, enable_prefix_caching=True, seed=0)
-    trainers = start_trainers(cfg, str(teacher_model))
+    engines = _engines(teacher_model)
+    [engine] = engines.engines
+    group = TrainerGroup.from_config(cfg, str(teacher_model)).start()
+    trainers = group.actors
+    builder = TargetBuilder(cfg, tokenizer, engines)
     try:
         examples = task.sample_inputs(64, random.Random(5))
-        records, _ = teacher_targets(cfg, [engine], tokenizer, task, examples, 0, PhaseClock())
+        records, _ = builder.teacher(task, examples, 0)
         for step in range(4):
             batch = records[step * 16 : (step + 1) * 16]
             ray.get([t.train_step.remote(batch[r::2], 3e-3) for r, t in enumerate(trainers)])
@@ -66,18 +80,18 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
         records_task = build_task("records", {"path": str(shown), "demonstrations_path": str(shown), "demonstrations_per_prompt": 2,
                                               "teacher_template": "{demonstrations}Input: {input}\nAnswer:"})
         asked = records_task.examples[:4]
-        cut = generate_across([engine], [tokenizer(records_task.teacher_prompt(x))["input_ids"] for x in asked],
-                              [{"temperature": 0.0, "max_tokens": 6, "logprobs": 20}] * 4, 8, 300, "cut off")
+        cut = engines.generate([tokenizer(records_task.teacher_prompt(x))["input_ids"] for x in asked],
+                               [{"temperature": 0.0, "max_tokens": 6, "logprobs": 20}] * 4, "cut off")
         assert all(o["finish_reason"] == "length" for o in cut)
         single = [dict(o) for o in cut]
-        ensemble_signal(cfg, [engine], tokenizer, records_task, asked, cut, 4, "ensemble")
+        builder.ensemble_signal(records_task, asked, cut, 4, "ensemble")
         assert any(o["logprob_values"] != s["logprob_values"] for o, s in zip(cut, single))
 
         before = ray.get(engine.weight_checksum.remote())
-        sync, _ = push_weights(trainers, [engine], version=1, timeout_s=300)
-        assert ray.get(engine.get_weight_version.remote()) == 1
+        sync, held = ObjectStoreSync(300).push(trainers, [engine], version=1)
+        assert ray.get(engine.get_weight_version.remote()) == 1 and held.version == 1 and held.packed is not None
         assert ray.get(engine.weight_checksum.remote()) != pytest.approx(before)
-        assert sync["bytes"] > 0
+        assert sync.bytes > 0
 
         prompts = [tokenizer(task.teacher_prompt(x))["input_ids"] for x in task.sample_inputs(8, random.Random(9))]
 
@@ -87,7 +101,7 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
             missing, unexpected = hf.load_state_dict(weights, strict=False)
             assert not unexpected and set(missing) <= {"lm_head.weight"}  # lm_head is tied to the embeddings
             hf.eval()
-            engine_out = generate_across([engine], prompts, [{"temperature": 0.0, "max_tokens": 40}] * 8, 8, 300, "eval")
+            engine_out = engines.generate(prompts, [{"temperature": 0.0, "max_tokens": 40}] * 8, "eval")
             for prompt, out in zip(prompts, engine_out):
                 hf_ids = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
@@ -101,9 +115,9 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
             batch = records[step * 16 : (step + 1) * 16]
             ray.get([t.train_step.remote(batch[r::2], 3e-3) for r, t in enumerate(trainers)])
         before = ray.get(engine.weight_checksum.remote())
-        sync = broadcast.push_weights(trainers, [engine], version=2, timeout_s=300, backend="gloo")
-        assert ray.get(engine.get_weight_version.remote()) == 2 and sync["buckets"] > 1
-        assert sync["bytes"] == ray.get(export_weights(trainers, 300)).nbytes  # every tensor arrived whole
+        sync, held = BroadcastSync(300, "gloo").push(trainers, [engine], version=2)
+        assert ray.get(engine.get_weight_version.remote()) == 2 and sync.buckets > 1 and held == EngineWeights(2)
+        assert sync.bytes == ray.get(export_weights(trainers, 300)).nbytes  # every tensor arrived whole
         assert ray.get(engine.weight_checksum.remote()) != pytest.approx(before)
         weights = engine_matches_hf_generate()
 
@@ -120,10 +134,10 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
         assert all(torch.equal(unchanged[name], weights[name]) for name in weights)
         # The driver names the round and steps and points to the last good state.
         with pytest.raises(FloatingPointError, match=r"round 0, steps 0-\d+: .*not finite.*last good state"):
-            train(cfg, trainers, poison(records), MetricsLog(tmp_path), 0, [], stop=lambda: False)
+            train_round(cfg, group, poison(records), Progress(), MetricsLog(tmp_path), stop=lambda: False)
     finally:
-        for actor in [engine, *trainers]:
-            ray.kill(actor)
+        engines.kill()
+        group.kill()
 
 
 STAGES = (
@@ -143,7 +157,7 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
     in tests/test_resume.py.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cdscale.driver import run
+    from cdscale.distillation import run
     from cdscale.tasks import Example
 
     cfg = _config(teacher_model, tmp_path, "data.num_train=96", "teacher.mode=recursive", STAGES)
@@ -232,12 +246,9 @@ def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redon
 
     from cdscale.preemption import Preempted
     from cdscale.sync.packing import pack
-    from cdscale.teacher.engine import EngineReplacer, generate_across, start_engines
 
-    kwargs = dict(model_path=str(teacher_model), dtype="float32", max_model_len=256, kv_cache_gib=0.25,
-                  max_logprobs=21, enable_prefix_caching=True, seed=0)
-    engines = start_engines(2, 1, 0, 300, **kwargs)
-    replace = EngineReplacer(1, 0, 300, 1, **kwargs)
+    group = _engines(teacher_model, count=2, max_restarts=1)
+    engines = group.engines
 
     def pid(engine):
         return ray.get(engine.__ray_call__.remote(lambda self: os.getpid()))
@@ -250,11 +261,11 @@ def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redon
         task = build_task("addition", TASK)
         prompts = [tokenizer(task.teacher_prompt(x))["input_ids"] for x in task.sample_inputs(48, random.Random(3))]
         greedy = [{"temperature": 0.0, "max_tokens": 40}] * len(prompts)
-        own = generate_across(engines, prompts, greedy, 8, 300, "own weights")
-        weights = ray.put(pack(hf.named_parameters(), copy=True))
-        ray.get([engine.update_weights.remote(weights, 7) for engine in engines])
-        replace.holds(lambda engine: push_weights(None, [engine], 7, 300, weights))
-        before = generate_across(engines, prompts, greedy, 8, 300, "before")
+        own = group.generate(prompts, greedy, "own weights")
+        group.weights = EngineWeights(7, ray.put(pack(hf.named_parameters(), copy=True)))
+        load_packed(engines, group.weights, 300)
+        group.restore = lambda new, held: load_packed(new, held, 300)
+        before = group.generate(prompts, greedy, "before")
         assert [o["token_ids"] for o in before] != [o["token_ids"] for o in own]  # the check below has teeth
 
         # `stop` is polled before each wait for a chunk (and each second of it): at the second
@@ -267,10 +278,10 @@ def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redon
                 os.kill(dead_pid, signal.SIGKILL)
             return False
 
-        after = generate_across(engines, prompts, greedy, 8, 300, "after", stop=kill_at_second_poll, replace=replace)
+        after = group.generate(prompts, greedy, "after", stop=kill_at_second_poll)
         assert len(polls) > 2  # the kill came while chunks were still to come
-        assert engines[1] is not dead and replace.replaced == 1
-        assert replace.redone_prompts == 8  # one chunk of 48 prompts, not the whole call
+        assert engines[1] is not dead and group.replaced == 1
+        assert group.redone_prompts == 8  # one chunk of 48 prompts, not the whole call
         assert ray.get(engines[1].get_weight_version.remote()) == 7
         assert [o["token_ids"] for o in after] == [o["token_ids"] for o in before]
 
@@ -279,15 +290,16 @@ def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redon
         # 384 prompts, one machine finished it before the stop came.
         started = time.monotonic()
         with pytest.raises(Preempted, match="after 0 of 3072 prompts"):
-            generate_across(engines, prompts * 64, greedy * 64, 3072, 300, "stopped", stop=lambda: time.monotonic() > started + 0.5)
+            group.chunk_size = 3072
+            group.generate(prompts * 64, greedy * 64, "stopped", stop=lambda: time.monotonic() > started + 0.5)
         assert time.monotonic() - started < 2.5
 
         os.kill(pid(engines[0]), signal.SIGKILL)
+        group.chunk_size = 8
         with pytest.raises(RuntimeError, match="max_engine_restarts=1"):
-            generate_across(engines, prompts, greedy, 8, 300, "over the limit", replace=replace)
+            group.generate(prompts, greedy, "over the limit")
     finally:
-        for engine in engines:
-            ray.kill(engine)
+        group.kill()
 
 
 def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_model, ray_cluster):
@@ -298,13 +310,12 @@ def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_m
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cdscale.student.trainer import free_port
-    from cdscale.sync.broadcast import close_group, open_group, pack_bucket, plan_entry
+    from cdscale.sync.broadcast import SyncGroup, close_group, open_group, pack_bucket, plan_entry
     from cdscale.sync.packing import pack
     from cdscale.targets import FlatTopk
-    from cdscale.teacher.engine import generate_across, start_engines
 
-    [engine] = start_engines(1, 2, 0, 300, model_path=str(teacher_model), dtype="float32", max_model_len=256, kv_cache_gib=0.25,
-                             max_logprobs=21, enable_prefix_caching=True, seed=0, tensor_parallel_size=2)
+    group = _engines(teacher_model, cpus=2, tensor_parallel_size=2)
+    [engine] = group.engines
     tokenizer = AutoTokenizer.from_pretrained(teacher_model)
     task = build_task("addition", TASK)
     sequences = [tokenizer(task.teacher_prompt(x) + " " + x.gold)["input_ids"] for x in task.sample_inputs(6, random.Random(4))]
@@ -321,7 +332,7 @@ def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_m
                     for ids in sequences]
 
     def engine_logprobs() -> list[torch.Tensor]:  # of the token the sequence has at each position
-        outs = generate_across([engine], sequences, [{"max_tokens": 1, "prompt_logprobs": 0}] * len(sequences), 8, 300, "score")
+        outs = group.generate(sequences, [{"max_tokens": 1, "prompt_logprobs": 0}] * len(sequences), "score")
         return [torch.tensor([FlatTopk(out, "prompt_")[j][ids[j]] for j in range(1, len(ids))]) for ids, out in zip(sequences, outs)]
 
     def max_gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -330,20 +341,53 @@ def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_m
     try:
         assert ray.get(engine.get_num_workers.remote()) == 2
         first, second = variant(0), variant(1)
-        push_weights(None, [engine], 1, 300, ray.put(pack(first.named_parameters(), copy=True)))
+        load_packed([engine], EngineWeights(1, ray.put(pack(first.named_parameters(), copy=True))), 300)
         by_store = engine_logprobs()
         assert max_gap(by_store, hf_logprobs(first)) < 1e-4
 
         named = list(second.named_parameters())
         plan = [[plan_entry(name, t.dtype, t.shape) for name, t in named]]  # one bucket
         port = free_port()
-        received = engine.receive_weights.remote("127.0.0.1", port, 1, 3, "gloo", plan, 2, 300)
-        group = open_group("127.0.0.1", port, 0, 3, "gloo", 300)  # this process sends, as trainer rank 0 does
-        group.broadcast(pack_bucket([t for _, t in named]), 0).wait()
-        close_group(group, "gloo")
+        spec = SyncGroup("127.0.0.1", port, 3, "gloo", 300)
+        received = engine.receive_weights.remote(spec, 1, plan, 2)
+        members = open_group(spec, 0)  # this process sends, as trainer rank 0 does
+        members.broadcast(pack_bucket([t for _, t in named]), 0).wait()
+        close_group(members, "gloo")
         assert ray.get(received, timeout=300)["version"] == 2
         by_broadcast = engine_logprobs()
         assert max_gap(by_broadcast, hf_logprobs(second)) < 1e-4
         assert max_gap(by_broadcast, by_store) > 1e-2  # the two weight sets score differently: the checks have teeth
     finally:
         ray.kill(engine)
+
+
+def test_ranks_restarted_before_the_first_commit_find_the_engines_back_on_the_model_weights(teacher_model, ray_cluster, tmp_path):
+    """A rank dies after round 0's sync and before its first commit: the restarted ranks hold
+    the model's own weights, no commit exists, so round 0 starts again; the engines, which
+    took the trained student at the sync, must go back to the model's weights too, or the
+    repeated "before" evaluation and the teacher would be the student's."""
+    from cdscale.distillation import Distillation
+    from cdscale.student.loop import train_round
+
+    cfg = _config(teacher_model, tmp_path, "data.num_train=64", "data.num_eval=16", "student.epochs=2", "student.lr=3e-3")
+    recipe = Distillation(cfg)
+
+    def answers() -> list[str]:
+        recipe.evaluate("addition", "student", "probe")
+        return [json.loads(line)["completion"] for line in (tmp_path / "e2e" / "eval" / "addition" / "probe.jsonl").open()]
+
+    with recipe.cluster():
+        recipe.resume()  # no commit: evaluates before
+        before = answers()
+        records, _ = recipe.build_targets(0, recipe.plan[0][1])
+        assert train_round(cfg, recipe.trainers, records, recipe.progress, recipe.log, stop=lambda: False) is not None
+        recipe.push(1)
+        assert answers() != before  # the engines answer as the student now: the check below has teeth
+        ray.kill(recipe.trainers.rank0)
+        with pytest.raises(ray.exceptions.RayActorError) as died:
+            recipe.trainers.call("memory_stats")
+        assert recipe.trainers.owns(died.value)
+        recipe.restart_trainers(1)
+        recipe.resume()
+        assert recipe.engines.weights.version == 0 and recipe.progress.round == 0
+        assert answers() == before

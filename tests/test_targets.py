@@ -138,19 +138,19 @@ def test_supervised_records_for_gold_answers_demonstrations_and_plain_text(tiny_
     import random
 
     from cdscale.config import load_config
-    from cdscale.driver import gold_targets
+    from cdscale.build_targets import TargetBuilder
 
     cfg = load_config(None, ["student.batch_size=2"])
     task = Addition(1, 2)
     xs = task.sample_inputs(3, random.Random(0))
     eos = tiny_tokenizer.eos_token_id
-    gold, _ = gold_targets(cfg, tiny_tokenizer, task, xs, "gold")
+    gold, _ = TargetBuilder(cfg, tiny_tokenizer).gold(task, xs, "gold")
     prompt = tiny_tokenizer(task.student_prompt(xs[0]))["input_ids"]
     assert gold[0]["input_ids"] == prompt + tiny_tokenizer(xs[0].gold, add_special_tokens=False)["input_ids"] + [eos]
     assert gold[0]["answer_start"] == len(prompt)
-    demo, _ = gold_targets(cfg, tiny_tokenizer, task, xs, "gold_demonstration")
+    demo, _ = TargetBuilder(cfg, tiny_tokenizer).gold(task, xs, "gold_demonstration")
     answer = tiny_tokenizer.decode(demo[0]["input_ids"][demo[0]["answer_start"]:], skip_special_tokens=True)
     assert answer == task.teacher_demonstration(xs[0])
-    text, counts = gold_targets(cfg, tiny_tokenizer, task, xs, "text")
-    assert text[0]["input_ids"] == prompt + [eos] and text[0]["answer_start"] == 1 and counts["kept"] == 3
+    text, counts = TargetBuilder(cfg, tiny_tokenizer).gold(task, xs, "text")
+    assert text[0]["input_ids"] == prompt + [eos] and text[0]["answer_start"] == 1 and counts.kept == 3
     assert [row[0] for row in text[0]["topk_ids"]] == prompt[1:] + [eos]  # every token after the first is a target

@@ -21,10 +21,13 @@ the teacher's tail bucket is softened as one outcome: exact only for full suppor
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 LOSSES = ("forward_kl_topk", "sampled_soft", "jsd", "hard")
+REDUCTIONS = ("mean", "sum")  # over the answer positions
 TAIL_EPS = 1e-6  # teacher tail mass below this is float noise from sum(top-k) ~= 1
 
 
@@ -88,29 +91,47 @@ def hard_label_nll(student_logprobs: torch.Tensor, target_ids: torch.Tensor) -> 
     return -torch.gather(student_logprobs.float(), 1, target_ids[:, None]).squeeze(1)
 
 
+@dataclass(frozen=True)
+class LossSpec:
+    """Which loss, with its options (`student.loss`, `student.temperature`, ...)."""
+
+    name: str = "forward_kl_topk"  # one of LOSSES
+    temperature: float = 1.0  # softens both sides of the soft losses (the loss is scaled by T^2)
+    jsd_beta: float = 0.5  # jsd: the teacher's weight in the mixture
+    soft_label_samples: int = 100  # sampled_soft: teacher draws per position
+
+
 def distillation_loss(
-    name: str,
+    loss: LossSpec | str,
     student_logits: torch.Tensor,
     target_ids: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_logprobs: torch.Tensor,
-    temperature: float = 1.0,
-    jsd_beta: float = 0.5,
-    soft_label_samples: int = 100,
     generator: torch.Generator | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
-    """Mean loss over the answer positions in the batch; `student_logits`: [N, V] at those positions."""
+    """The loss over the answer positions in the batch; `student_logits`: [N, V] at those positions.
+
+    `reduction`: "mean" over the positions, or "sum" of the per-position losses, for a caller
+    that divides by a count of its own (the trainer divides by the global batch's answer
+    tokens, so that ranks with different counts weigh every token alike).
+    """
+    spec = LossSpec(loss) if isinstance(loss, str) else loss
+    name, temperature = spec.name, spec.temperature
     if name not in LOSSES:
         raise ValueError(f"student.loss: unknown loss {name!r}; allowed: {list(LOSSES)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: unknown {reduction!r}; allowed: {list(REDUCTIONS)}")
+    reduce = torch.sum if reduction == "sum" else torch.mean
     if name == "hard":  # a label, not a distribution: no temperature
-        return hard_label_nll(torch.log_softmax(student_logits.float(), -1), target_ids).mean()
+        return reduce(hard_label_nll(torch.log_softmax(student_logits.float(), -1), target_ids))
     student_logprobs = torch.log_softmax(student_logits.float() / temperature, -1)
     p_log, q_log = bucket_logprobs(student_logprobs, topk_ids, topk_logprobs)
     p_log = temper(p_log, temperature)
     if name == "forward_kl_topk":
         per_position = kl(p_log, q_log)
     elif name == "sampled_soft":
-        per_position = kl(empirical(p_log, soft_label_samples, generator), q_log)
+        per_position = kl(empirical(p_log, spec.soft_label_samples, generator), q_log)
     else:
-        per_position = jsd(p_log, q_log, jsd_beta)
-    return per_position.mean() * temperature**2
+        per_position = jsd(p_log, q_log, spec.jsd_beta)
+    return reduce(per_position) * temperature**2

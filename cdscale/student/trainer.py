@@ -1,24 +1,29 @@
 """One DeepSpeed ZeRO rank in a Ray actor (step 4 of a round: train; step 5: export weights).
 
 The driver makes M of these, then calls `setup` on all of them at once (the process
-group forms only when every rank joins). Each `train_step` gets this rank's share of the
-global batch; DeepSpeed averages gradients across ranks.
+group forms only when every rank joins). `train_steps` gets the global batches; each rank
+trains on its share and divides its loss by the global batch's answer-token count, so that
+DeepSpeed's average of the ranks' gradients is the gradient of the global per-token mean.
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 
 from cdscale.checkpoint import rng_state, set_rng_state, write_json_atomic
-from cdscale.student.losses import distillation_loss
-from cdscale.sync.broadcast import BucketPlan, close_group, open_group, pack_bucket, plan_entry
+from cdscale.student.losses import LossSpec, distillation_loss
+from cdscale.sync.broadcast import BucketPlan, SyncGroup, close_group, open_group, pack_bucket, plan_entry
 from cdscale.sync.packing import PackedWeights, buckets, pack
+
+if TYPE_CHECKING:
+    from cdscale.config import Config
 
 
 def free_port() -> int:
@@ -81,15 +86,74 @@ def answer_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return logits[batch["rows"], batch["cols"]]
 
 
+def answer_token_count(records: Iterable[dict[str, Any]]) -> int:
+    """The answer tokens of `records`: the positions the loss is taken over."""
+    return sum(len(r["input_ids"]) - r["answer_start"] for r in records)
+
+
+def rank_loss(
+    loss: LossSpec | str, logits: torch.Tensor, batch: dict[str, torch.Tensor], world_size: int, global_answer_tokens: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The loss one rank back-propagates: the sum of its per-token losses times
+    world_size / global_answer_tokens.
+
+    DeepSpeed divides the all-reduced gradient sum by world_size, so the update follows
+    sum over ranks of (rank sum * W / N) / W = (sum over all N answer tokens) / N: the
+    global per-token mean, whatever the ranks' counts. The mean of rank means, which a
+    per-rank mean would give, weighs the tokens of a rank with fewer of them more.
+    (verl's `global_token_num` and TRL's `num_items_in_batch` do the same.)
+    """
+    per_token_sum = distillation_loss(
+        loss, logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"], generator, reduction="sum"
+    )
+    return per_token_sum * (world_size / global_answer_tokens)
+
+
+def combine_rank_stats(stats: list[dict[str, float]]) -> dict[str, float]:
+    """One step's statistics from its ranks' `train_step` returns: the loss is the sum of the
+    ranks' "loss" (each is its share of the global per-token mean), the token accuracy the
+    ranks' accuracies weighted by their "answer_tokens", the token counts are sums."""
+    answer_tokens = sum(x["answer_tokens"] for x in stats)
+    return {
+        "loss": sum(x["loss"] for x in stats),
+        "token_accuracy": sum(x["token_accuracy"] * x["answer_tokens"] for x in stats) / answer_tokens,
+        "tokens": sum(x["tokens"] for x in stats),
+        "answer_tokens": answer_tokens,
+    }
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What every rank of a run is started with, beside its DeepSpeed config."""
+
+    model_path: str
+    dtype: str = "float32"
+    loss: LossSpec = LossSpec()
+    seed: int = 0
+    lr: float = 6e-4  # the optimizer's initial rate; each step sets its own (`train_steps`)
+    weight_decay: float = 0.0
+    timeout_s: float = 3600.0  # a collective whose peer died fails after this
+    bucket_mb: int = 512  # full weights per ZeRO-3 gather and per broadcast bucket
+
+    @classmethod
+    def from_config(cls, cfg: Config, model_path: str) -> TrainerSettings:
+        s = cfg.student
+        loss = LossSpec(s.loss, s.temperature, s.jsd_beta, s.soft_label_samples)
+        return cls(model_path, cfg.model.dtype, loss, cfg.data.seed, s.lr, s.weight_decay, cfg.run.timeout_s, cfg.sync.bucket_mb)
+
+
 class StudentTrainer:
-    def __init__(
-        self, rank: int, world_size: int, model_path: str, dtype: str, ds_config: dict, loss: str, seed: int,
-        loss_options: dict[str, Any] | None = None,
-    ):
-        """`loss`: a name in `losses.LOSSES`; `loss_options`: its temperature, jsd_beta, soft_label_samples."""
-        self.rank, self.world_size = rank, world_size
-        self.model_path, self.dtype, self.ds_config, self.loss_name, self.seed = model_path, dtype, ds_config, loss, seed
-        self.loss_options = loss_options or {}
+    def __init__(self, rank: int, world_size: int, settings: TrainerSettings, ds_config: dict[str, Any]) -> None:
+        """`ds_config`: DeepSpeed's own config (`student.group.deepspeed_config`)."""
+        self.rank, self.world_size, self.settings, self.ds_config = rank, world_size, settings, ds_config
+        self.seed = settings.seed
+
+    def actor_id(self) -> str:
+        """This rank's Ray actor id, as a `RayActorError` names a dead actor."""
+        import ray
+
+        return ray.get_runtime_context().get_actor_id()
 
     def master_address(self) -> tuple[str, int]:
         import ray
@@ -115,16 +179,13 @@ class StudentTrainer:
         self.rss_before_model = _rss_bytes()
         # A collective whose peer died fails after run.timeout_s instead of waiting forever.
         deepspeed.init_distributed(
-            dist_backend=get_accelerator().communication_backend_name(), timeout=timedelta(seconds=self.ds_config["_timeout_s"])
+            dist_backend=get_accelerator().communication_backend_name(), timeout=timedelta(seconds=self.settings.timeout_s)
         )
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
+        model = AutoModelForCausalLM.from_pretrained(self.settings.model_path, dtype=getattr(torch, self.settings.dtype))
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
         # Plain torch AdamW: works on CPU and GPU alike, no op compilation at start-up.
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=self.ds_config["_lr"], weight_decay=self.ds_config["_weight_decay"]
-        )
-        config = {k: v for k, v in self.ds_config.items() if not k.startswith("_")}
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
         self.device = self.engine.device
         return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
 
@@ -134,22 +195,47 @@ class StudentTrainer:
         return len(records)
 
     def train_steps(self, batches: list[list[int]], lrs: list[float]) -> list[dict[str, float]]:
-        """Several optimizer steps in one call; batches index into `set_records`. Fewer
-        round trips to the driver: per-step calls cost more than a tiny model's step."""
-        return [self.train_step([self.records[i] for i in batch], lr) for batch, lr in zip(batches, lrs)]
+        """Several optimizer steps in one call. Fewer round trips to the driver: per-step
+        calls cost more than a tiny model's step.
 
-    def train_step(self, records: list[dict[str, Any]], lr: float) -> dict[str, float]:
-        """One optimizer step on this rank's share of the global batch."""
+        `batches` are the GLOBAL batches, lists of indices into `set_records`, the same on
+        every rank; this rank trains on its share `batch[rank::world_size]` and normalizes by
+        the answer tokens of the whole batch. Returns `train_step`'s statistics per step:
+        combine the ranks' with `combine_rank_stats`.
+        """
+        steps = []
+        for batch, lr in zip(batches, lrs):
+            records = [self.records[i] for i in batch]
+            steps.append(self.train_step(records[self.rank :: self.world_size], lr, answer_token_count(records)))
+        return steps
+
+    def train_step(
+        self, records: list[dict[str, Any]], lr: float, global_answer_tokens: int | None = None
+    ) -> dict[str, float]:
+        """One optimizer step on this rank's share `records` of a global batch with
+        `global_answer_tokens` answer tokens in all (see `rank_loss`).
+
+        None: every rank is taken to hold as many answer tokens as this one (world_size
+        times its own count), which makes the step the mean of the ranks' per-token means:
+        exact with one rank, or with equal counts on all.
+
+        Returns this rank's part of the step: "loss", its per-token loss sum divided by
+        `global_answer_tokens` (the sum over ranks is the global per-token mean);
+        "answer_tokens" and "tokens", its counts; "token_accuracy", over its answer tokens
+        (weigh the ranks' by "answer_tokens"). `combine_rank_stats` does both.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = {k: v.to(self.device) for k, v in collate(records, self.pad_id).items()}
+        answer_tokens = len(batch["rows"])
+        if global_answer_tokens is None:
+            global_answer_tokens = answer_tokens * self.world_size
         self.engine.train()
         logits = answer_logits(self.engine, batch)
         # Sampled soft labels draw from a stream fixed by seed, rank and step: a resumed run draws the same.
         generator = torch.Generator(device=self.device).manual_seed(hash((self.seed, self.rank, self.engine.global_steps)) % 2**63)
-        loss = distillation_loss(
-            self.loss_name, logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"],
-            generator=generator, **self.loss_options,
+        loss = rank_loss(
+            self.settings.loss, logits, batch, self.world_size, global_answer_tokens, generator
         )
         # Every rank learns whether any rank's loss is non-finite, so all stop together: a rank
         # that went on to backward alone would wait forever in the gradient all-reduce.
@@ -163,7 +249,12 @@ class StudentTrainer:
         self.engine.step()
         with torch.no_grad():
             accuracy = (logits.argmax(-1) == batch["target_ids"]).float().mean().item()
-        return {"loss": loss.item(), "tokens": int(batch["attention_mask"].sum()), "answer_tokens": len(batch["rows"]), "token_accuracy": accuracy}
+        return {
+            "loss": loss.item() / self.world_size,  # undo the world_size that DeepSpeed's average divides out
+            "tokens": int(batch["attention_mask"].sum()),
+            "answer_tokens": answer_tokens,
+            "token_accuracy": accuracy,
+        }
 
     def memory_stats(self) -> dict[str, int]:
         """This rank's peak memory: allocated device memory on GPU; on CPU the peak resident
@@ -192,7 +283,7 @@ class StudentTrainer:
     def _buckets(self) -> list[list[tuple[str, torch.nn.Parameter]]]:
         """The parameters in buckets of at most sync.bucket_mb of full weights, in order."""
         full_bytes = lambda p: getattr(p, "ds_numel", p.numel()) * p.element_size()  # noqa: E731 (ZeRO-3 holds a shard)
-        return list(buckets(self.engine.module.named_parameters(), self.ds_config["_bucket_mb"] * 2**20, full_bytes))
+        return list(buckets(self.engine.module.named_parameters(), self.settings.bucket_mb * 2**20, full_bytes))
 
     def _full_buckets(self) -> Iterator[list[tuple[str, torch.nn.Parameter]]]:
         """Each bucket with its parameters whole. Every rank must iterate: under ZeRO-3 each
@@ -227,14 +318,14 @@ class StudentTrainer:
                 named += [(name, p.detach().to("cpu", copy=True)) for name, p in bucket]
         return pack(named, copy=False) if self.rank == 0 else None
 
-    def broadcast_weights(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+    def broadcast_weights(self, group: SyncGroup) -> None:
         """Send the full weights to the engines' sync group as rank 0 of it (`sync/broadcast.py`).
         Every rank must call this; only rank 0 joins the group and sends."""
-        group = open_group(host, port, 0, world_size, backend, timeout_s) if self.rank == 0 else None
+        members = open_group(group, 0) if self.rank == 0 else None
         try:
             for bucket in self._full_buckets():
-                if group is not None:
-                    group.broadcast(pack_bucket([p for _, p in bucket]), 0).wait()
+                if members is not None:
+                    members.broadcast(pack_bucket([p for _, p in bucket]), 0).wait()
         finally:
-            if group is not None:
-                close_group(group, backend)
+            if members is not None:
+                close_group(members, group.backend)

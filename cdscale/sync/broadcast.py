@@ -16,33 +16,48 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterable
 
 import ray
 import torch
 
+from cdscale.sync import EngineWeights, SyncStats, WeightSync
 from cdscale.sync.packing import dtype_name
 
 # A bucket in the plan: (name, torch dtype name, shape) of each of its tensors, in order.
 BucketPlan = list[tuple[str, str, list[int]]]
 
 
-def open_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float) -> Any:
-    """Join the sync group as `rank`; rank 0 hosts its rendezvous (a TCP store) at host:port.
+@dataclass(frozen=True)
+class SyncGroup:
+    """Where and how one sync's process group meets: group rank 0 (trainer rank 0) hosts its
+    rendezvous, a TCP store, at host:port."""
+
+    host: str
+    port: int
+    world_size: int
+    backend: str  # gloo between CPUs, nccl between GPUs
+    timeout_s: float
+
+
+def open_group(spec: SyncGroup, rank: int) -> Any:
+    """Join the sync group as `rank`.
 
     A bare gloo or NCCL backend object built on its own store: it leaves the process's default
     group alone (DeepSpeed's in a trainer, vLLM's in an engine), and needs nothing but torch.
     """
     import torch.distributed as dist
 
-    timeout = timedelta(seconds=timeout_s)
-    store = dist.PrefixStore("cdscale-sync", dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout))
-    if backend == "gloo":
-        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+    timeout = timedelta(seconds=spec.timeout_s)
+    tcp = dist.TCPStore(spec.host, spec.port, spec.world_size, is_master=rank == 0, timeout=timeout)
+    store = dist.PrefixStore("cdscale-sync", tcp)
+    if spec.backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, spec.world_size, timeout)
     options = dist.ProcessGroupNCCL.Options()
     options._timeout = timeout
-    return dist.ProcessGroupNCCL(store, rank, world_size, options)
+    return dist.ProcessGroupNCCL(store, rank, spec.world_size, options)
 
 
 def close_group(group: Any, backend: str) -> None:
@@ -102,27 +117,37 @@ def receive(group: Any, plan: list[BucketPlan], device: torch.device) -> list[tu
     return named
 
 
-def push_weights(trainers: list[Any], engines: list[Any], version: int, timeout_s: float, backend: str) -> dict[str, Any]:
-    """Broadcast the trainers' weights into every engine; returns timing and size."""
-    start = time.perf_counter()
-    plan, (host, port), *workers = ray.get(
-        [trainers[0].weight_plan.remote(), trainers[0].master_address.remote(), *(e.get_num_workers.remote() for e in engines)],
-        timeout=timeout_s,
-    )
-    first_ranks = [1 + sum(workers[:i]) for i in range(len(engines))]  # each engine's workers in turn after rank 0
-    world_size = 1 + sum(workers)
-    sends = [t.broadcast_weights.remote(host, port, world_size, backend, timeout_s) for t in trainers]
-    receives = [
-        e.receive_weights.remote(host, port, first, world_size, backend, plan, version, timeout_s) for e, first in zip(engines, first_ranks)
-    ]
-    pending = sends + receives
-    while pending:  # a failure on either side raises here at once, not after the others time out
-        done, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
-        if not done:
-            raise TimeoutError(f"weight broadcast: {len(pending)} trainers and engines not done after {timeout_s:.0f}s (run.timeout_s)")
-        ray.get(done)
-    loaded = ray.get(receives)
-    return {
-        "seconds": time.perf_counter() - start, "receive_s": max(x["receive_s"] for x in loaded), "reload_s": max(x["reload_s"] for x in loaded),
-        "bytes": loaded[0]["bytes"], "buckets": len(plan), "version": version, "transport": "broadcast", "backend": backend,
-    }
+class BroadcastSync(WeightSync):
+    transport = "broadcast"
+
+    def __init__(self, timeout_s: float, backend: str) -> None:
+        super().__init__(timeout_s)
+        self.backend = backend  # gloo between CPUs, nccl between GPUs
+
+    def push(self, trainers: list[Any], engines: list[Any], version: int) -> tuple[SyncStats, EngineWeights]:
+        """Broadcast the trainers' weights into every engine. Nothing stays in the object store:
+        what the engines hold are the trainers' weights of this sync (`EngineWeights`)."""
+        start, timeout_s = time.perf_counter(), self.timeout_s
+        plan, (host, port), *workers = ray.get(
+            [trainers[0].weight_plan.remote(), trainers[0].master_address.remote(), *(e.get_num_workers.remote() for e in engines)],
+            timeout=timeout_s,
+        )
+        first_ranks = [1 + sum(workers[:i]) for i in range(len(engines))]  # each engine's workers in turn after rank 0
+        group = SyncGroup(host, port, 1 + sum(workers), self.backend, timeout_s)
+        sends = [t.broadcast_weights.remote(group) for t in trainers]
+        receives = [e.receive_weights.remote(group, first, plan, version) for e, first in zip(engines, first_ranks)]
+        pending = sends + receives
+        while pending:  # a failure on either side raises here at once, not after the others time out
+            done, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+            if not done:
+                raise TimeoutError(
+                    f"weight broadcast: {len(pending)} trainers and engines not done after {timeout_s:.0f}s (run.timeout_s)"
+                )
+            ray.get(done)
+        loaded = ray.get(receives)
+        stats = SyncStats(
+            transport="broadcast", version=version, seconds=time.perf_counter() - start, bytes=loaded[0]["bytes"],
+            reload_s=max(x["reload_s"] for x in loaded), receive_s=max(x["receive_s"] for x in loaded),
+            buckets=len(plan), backend=self.backend,
+        )
+        return stats, EngineWeights(version)

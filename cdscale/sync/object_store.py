@@ -12,34 +12,41 @@ from typing import Any
 
 import ray
 
+from cdscale.sync import EngineWeights, SyncStats, WeightSync
+
 
 def export_weights(trainers: list[Any], timeout_s: float) -> ray.ObjectRef:
     """An ObjectRef of rank 0's full weights (`PackedWeights`); every rank must take part."""
     refs = [t.export_weights.remote() for t in trainers]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s, fetch_local=False)
     if len(ready) < len(refs):
-        raise TimeoutError(f"weight export: {len(refs) - len(ready)} of {len(refs)} ranks did not finish within {timeout_s:.0f}s (run.timeout_s)")
+        raise TimeoutError(
+            f"weight export: {len(refs) - len(ready)} of {len(refs)} ranks did not finish within {timeout_s:.0f}s "
+            "(run.timeout_s)"
+        )
     ray.get(refs[1:], timeout=timeout_s)  # raises a rank's error here rather than in the engines
     return refs[0]
 
 
-def push_weights(
-    trainers: list[Any] | None,
-    engines: list[Any],
-    version: int,
-    timeout_s: float,
-    weights: ray.ObjectRef | None = None,
-) -> tuple[dict[str, Any], ray.ObjectRef]:
-    """Export from the trainers (or take `weights`, an ObjectRef of `PackedWeights`)
-    and load into every engine. Returns timing and size, and the weights' ObjectRef so a
-    caller that also saves them need not gather them again."""
+def load_packed(engines: list[Any], weights: EngineWeights, timeout_s: float) -> SyncStats:
+    """Load `weights.packed` (an ObjectRef of `PackedWeights`) into every engine as `weights.version`."""
     start = time.perf_counter()
-    if weights is None:
-        weights = export_weights(trainers, timeout_s)
-    export_s = time.perf_counter() - start
-    loaded = ray.get([e.update_weights.remote(weights, version) for e in engines], timeout=timeout_s)
-    stats = {
-        "seconds": time.perf_counter() - start, "export_s": export_s, "reload_s": max(x["seconds"] for x in loaded),
-        "bytes": loaded[0]["bytes"], "version": version, "transport": "object_store",
-    }
-    return stats, weights
+    loaded = ray.get([e.update_weights.remote(weights.packed, weights.version) for e in engines], timeout=timeout_s)
+    return SyncStats(
+        transport="object_store", version=weights.version, seconds=time.perf_counter() - start,
+        bytes=loaded[0]["bytes"], reload_s=max(x["seconds"] for x in loaded),
+    )
+
+
+class ObjectStoreSync(WeightSync):
+    transport = "object_store"
+
+    def push(self, trainers: list[Any], engines: list[Any], version: int) -> tuple[SyncStats, EngineWeights]:
+        """Export from the trainers, then load into every engine. The weights stay in the
+        object store (`EngineWeights.packed`): a checkpoint and a replacement engine reuse them."""
+        start = time.perf_counter()
+        held = EngineWeights(version, export_weights(trainers, self.timeout_s))
+        export_s = time.perf_counter() - start
+        stats = load_packed(engines, held, self.timeout_s)
+        stats.export_s, stats.seconds = export_s, time.perf_counter() - start
+        return stats, held

@@ -14,10 +14,13 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from cdscale.tasks import Example, Task, is_held_out, sample_where
-from cdscale.teacher.engine import generate_across
+
+if TYPE_CHECKING:
+    from cdscale.config import OperationConfig
+    from cdscale.teacher.group import EngineGroup
 
 
 def first_line(completion: str, finished: bool) -> str | None:
@@ -49,18 +52,19 @@ def keep_inputs(task: Task, lines: list[str | None], seen: set[str]) -> tuple[li
 
 
 def synthesize_inputs(
-    engines: list[Any], tokenizer: Any, task: Task, n: int, rng: random.Random, shots: int, sampling: dict[str, Any],
-    max_passes: int, chunk_size: int, timeout_s: float, desc: str,
-    stop: Callable[[], bool] | None = None, replace: Callable[[list[Any], Any, int], Any] | None = None,
+    engines: EngineGroup, tokenizer: Any, task: Task, op: OperationConfig, rng: random.Random, desc: str,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[list[Example], dict[str, int]]:
-    """Up to n distinct new inputs in at most `max_passes` generations. Each asks for what is
-    still missing, scaled by the share of candidates kept so far (a quarter more at first).
-    Returns them and the counts."""
+    """Up to op.num_train distinct new inputs in at most `op.synthetic_max_passes` generations.
+    Each asks for what is still missing, scaled by the share of candidates kept so far (a
+    quarter more at first). Returns them and the counts."""
+    shots, n = op.synthetic_shots, op.num_train
+    sampling = {"temperature": op.synthetic_temperature, "max_tokens": op.synthetic_max_new_tokens}
     pool = sample_where(task, 16 * shots, rng, held_out=False, what=f"{desc} shots")
     examples: list[Example] = []
     seen: set[str] = set()
     counts: Counter = Counter()
-    for _ in range(max_passes):
+    for _ in range(op.synthetic_max_passes):
         need = n - len(examples)
         if need <= 0:
             break
@@ -68,7 +72,7 @@ def synthesize_inputs(
         kept_share = max(len(examples) / asked, 0.05) if asked else 0.8
         prompts = [tokenizer(task.input_generation_prompt(rng.sample(pool, shots)))["input_ids"]
                    for _ in range(math.ceil(1.1 * need / kept_share))]
-        outputs = generate_across(engines, prompts, [sampling] * len(prompts), chunk_size, timeout_s, desc, stop, replace)
+        outputs = engines.generate(prompts, [sampling] * len(prompts), desc, stop)
         lines = [first_line(tokenizer.decode(o["token_ids"], skip_special_tokens=True), o["finish_reason"] == "stop") for o in outputs]
         kept, pass_counts = keep_inputs(task, lines, seen)
         examples += kept

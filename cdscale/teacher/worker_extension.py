@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from cdscale.sync.broadcast import BucketPlan, close_group, open_group, receive
+from cdscale.sync.broadcast import BucketPlan, SyncGroup, close_group, open_group, receive
 
 
 class WeightReloadExtension:
@@ -24,18 +24,16 @@ class WeightReloadExtension:
             # packed copy of the old embeddings. Re-pack it from the new shared weight.
             lm_head.quant_method.process_weights_after_loading(lm_head)
 
-    def receive_broadcast_weights(
-        self, host: str, port: int, first_rank: int, world_size: int, backend: str, plan: list[BucketPlan], timeout_s: float
-    ) -> dict[str, float]:
+    def receive_broadcast_weights(self, group: SyncGroup, first_rank: int, plan: list[BucketPlan]) -> dict[str, float]:
         """Join the sync group as rank first_rank + this worker's rank in its engine, receive
         every bucket of `plan`, then reload (a tensor-parallel worker keeps its shard)."""
         start = time.perf_counter()
-        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        group = open_group(host, port, first_rank + self.rank, world_size, backend, timeout_s)
+        device = torch.device("cuda", torch.cuda.current_device()) if group.backend == "nccl" else torch.device("cpu")
+        members = open_group(group, first_rank + self.rank)
         try:
-            named = receive(group, plan, device)
+            named = receive(members, plan, device)
         finally:
-            close_group(group, backend)
+            close_group(members, group.backend)
         received = time.perf_counter()
         self.reload_named_weights(named)
         return {"bytes": sum(t.nbytes for _, t in named), "receive_s": received - start, "reload_s": time.perf_counter() - received}

@@ -1,0 +1,196 @@
+"""Steps 2 and 3 of a round: an operation's training records, from the teacher or from gold.
+
+`TargetBuilder.teacher` samples the teacher engines on T_teacher(x) and keeps their signal at
+the answer f(y) (an ensemble teacher averages it over prompt variants); `TargetBuilder.gold`
+writes supervised records. The alignment of one record is `targets.py`; what happened to
+every input is counted in `TargetCounts`, with the same fields for both kinds.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, Callable
+
+from cdscale.config import RunFailed
+from cdscale.targets import FlatTopk, average_topk, build_student_record, flatten_topk, gold_record
+from cdscale.tasks import Example, Task
+
+if TYPE_CHECKING:
+    from cdscale.clock import PhaseClock
+    from cdscale.config import Config
+    from cdscale.teacher.group import EngineGroup
+
+
+@dataclass
+class TargetCounts:
+    """What happened to a round's inputs: each was generated from (or not: too_long), then
+    kept or skipped for one reason. Counts of several operations add up."""
+
+    generated: int = 0
+    too_long: int = 0
+    no_answer: int = 0
+    truncated: int = 0
+    unaligned: int = 0
+    kept: int = 0
+    generate_s: float = 0.0
+    generated_tokens: int = 0
+
+    def __add__(self, other: TargetCounts) -> TargetCounts:
+        return TargetCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TargetBuilder:
+    def __init__(
+        self, cfg: Config, tokenizer: Any, engines: EngineGroup | None = None, clock: PhaseClock | None = None,
+        stop: Callable[[], bool] | None = None, student_max_len: int | None = None,
+    ) -> None:
+        """`student_max_len`: the student model's positions (a longer record is skipped as too long)."""
+        self.cfg, self.tokenizer, self.engines, self.stop = cfg, tokenizer, engines, stop
+        self.clock = clock or (lambda phase: nullcontext())
+        self.student_max_len = student_max_len
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def teacher(self, task: Task, examples: list[Example], round_index: int, ensemble: int = 1) -> tuple[list[dict[str, Any]], TargetCounts]:
+        """Sample the teacher on T_teacher(x), keep its signal on f(y). With `ensemble` K > 1
+        the signal is the mean over K prompt variants (`ensemble_signal`)."""
+        t = self.cfg.teacher
+        prompts = [self.tokenizer(task.teacher_prompt(x))["input_ids"] for x in examples]
+        # No per-request seeds: on vLLM's CPU backend a seeded request whose sampled token is
+        # discarded (a prompt split across prefill chunks) fails with "CPU Generator does not
+        # use offset". Sampling is reproducible from the engines' seeds for a fixed layout.
+        # A prompt that leaves no room to generate in the engine's context is skipped and
+        # counted as too long (the round fails if too many are).
+        sampling = {"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k}
+        with self.clock("generate"):
+            start = time.perf_counter()
+            outputs = self.engines.generate_fitting(prompts, sampling, f"round {round_index} teacher", self.stop)
+            generate_s = time.perf_counter() - start
+        generated_tokens = sum(len(o["token_ids"]) for o in outputs if o is not None)
+        if ensemble > 1:
+            with self.clock("generate"):
+                self.ensemble_signal(task, examples, outputs, ensemble, f"round {round_index} ensemble")
+        with self.clock("targets"):
+            records, counts = self.from_outputs(task, examples, outputs, round_index)
+        counts.generate_s, counts.generated_tokens = generate_s, generated_tokens
+        return records, counts
+
+    def ensemble_signal(self, task: Task, examples: list[Example], outputs: list[dict[str, Any] | None], k: int, desc: str) -> None:
+        """Replace each output's logprobs with the ensemble teacher's (paper H5, App. B.5): the
+        sampled y is scored under K prompt variants (`prompt_logprobs`, one prefill each) and
+        every generated position gets the mean of the K distributions. An output cut off by
+        max_new_tokens is scored when its task keeps it (`Task.answer_survives_cut`), and left to
+        be skipped otherwise. One whose scoring prompts do not all fit the engine's context is
+        dropped (counted as too long)."""
+        t = self.cfg.teacher
+        jobs, prompts = [], []  # (output index, length of the variant's prompt)
+        for i, (x, out) in enumerate(zip(examples, outputs)):
+            if out is None or self._lost_to_the_cut(task, out):
+                continue
+            variants = [self.tokenizer(task.teacher_prompt_variant(x, v))["input_ids"] + out["token_ids"] for v in range(k)]
+            if max(map(len, variants)) >= t.max_model_len:
+                outputs[i] = None  # no ensemble signal for it: skipped and counted as too long
+                continue
+            jobs += [(i, len(p) - len(out["token_ids"])) for p in variants]
+            prompts += variants
+        scoring = [{"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": t.top_k}] * len(prompts)
+        scored = self.engines.generate(prompts, scoring, desc, self.stop)
+        for start in range(0, len(jobs), k):
+            i = jobs[start][0]
+            rows = [FlatTopk(scored[start + v], prefix="prompt_") for v in range(k)]
+            # Generated position j is predicted at prompt position len(variant prompt) + j.
+            averaged = [
+                average_topk([rows[v][jobs[start + v][1] + j] for v in range(k)]) for j in range(len(outputs[i]["token_ids"]))
+            ]
+            outputs[i] = {**outputs[i], **flatten_topk(averaged)}
+
+    def _lost_to_the_cut(self, task: Task, out: dict[str, Any]) -> bool:
+        """Cut off by max_new_tokens, and not kept: skipped unless the task knows its answer is whole."""
+        if out["finish_reason"] != "length":
+            return False
+        completion = self.decode(out["token_ids"])
+        span = task.answer_span(completion)
+        return span is None or not task.answer_survives_cut(completion, span)
+
+    def from_outputs(
+        self, task: Task, examples: list[Example], outputs: list[dict[str, Any] | None], round_index: int
+    ) -> tuple[list[dict[str, Any]], TargetCounts]:
+        """Records from the teacher's outputs; `outputs[i]` is None where the prompt was too long."""
+        records, counts = [], TargetCounts(generated=sum(o is not None for o in outputs))
+        for i, (x, out) in enumerate(zip(examples, outputs)):
+            skipped, record = self._teacher_record(task, x, out)
+            if skipped:
+                setattr(counts, skipped, getattr(counts, skipped) + 1)
+            else:
+                records.append({"index": i, **record})
+        counts.kept = len(records)
+        t, skipped = self.cfg.teacher, len(outputs) - len(records)
+        if skipped > t.max_answer_skip_fraction * len(outputs) or len(records) < self.cfg.student.batch_size:
+            raise RunFailed(
+                f"round {round_index}: {skipped} of {len(outputs)} inputs skipped ({counts.as_dict()}); above "
+                f"teacher.max_answer_skip_fraction={t.max_answer_skip_fraction} or fewer left than one batch "
+                f"(too_long: prompts of teacher.max_model_len={t.max_model_len} tokens or more)"
+            )
+        return records, counts
+
+    def _teacher_record(self, task: Task, x: Example, out: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
+        """(the TargetCounts field it is skipped as, or None) and the record of one teacher output."""
+        if out is None:
+            return "too_long", {}
+        if self._lost_to_the_cut(task, out):
+            return "truncated", {}
+        completion = self.decode(out["token_ids"])
+        span = task.answer_span(completion)
+        if span is None:
+            return "no_answer", {}
+        student_ids = self.tokenizer(task.student_prompt(x))["input_ids"]
+        try:
+            rec = build_student_record(
+                student_ids, out["token_ids"], FlatTopk(out), span, self.decode, self.tokenizer.eos_token_id, self.cfg.teacher.top_k
+            )
+        except ValueError:
+            return "unaligned", {}  # the answer's characters do not map onto whole generated tokens
+        if self.student_max_len is not None and len(rec.input_ids) > self.student_max_len:
+            return "too_long", {}
+        answer = completion[span[0] : span[1]]
+        return None, {
+            "input": x.input, "gold": x.gold, "teacher_completion": completion, "answer": answer,
+            # A synthetic input of a records task has no gold to score against.
+            "teacher_correct": None if x.gold is None else task.score(x, answer),
+            **asdict(rec),
+        }
+
+    def gold(self, task: Task, examples: list[Example], kind: str) -> tuple[list[dict[str, Any]], TargetCounts]:
+        """Supervised records for `targets: gold` (student prompt, gold answer),
+        `gold_demonstration` (teacher prompt, the task's gold demonstration) or `text` (the
+        student prompt itself as plain language-modelling data, e.g. replay), as one-hot rows.
+        A record longer than the student model's positions is skipped as too long."""
+        records, counts = [], TargetCounts()
+        for i, x in enumerate(examples):
+            if kind == "text":
+                target = task.student_prompt(x)
+                ids = self.tokenizer(target)["input_ids"]
+                prompt_ids, target_ids = ids[:1], ids[1:]  # every token after the first
+            else:
+                gold = kind == "gold"
+                prompt = task.student_prompt(x) if gold else task.teacher_prompt(x)
+                target = task.gold_completion(x) if gold else task.teacher_demonstration(x)
+                if target is None:
+                    counts.no_answer += 1  # no gold answer, or a task that writes no demonstration
+                    continue
+                prompt_ids = self.tokenizer(prompt)["input_ids"]
+                target_ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
+            rec = gold_record(prompt_ids, target_ids, self.tokenizer.eos_token_id, self.cfg.teacher.top_k)
+            if self.student_max_len is not None and len(rec.input_ids) > self.student_max_len:
+                counts.too_long += 1
+                continue
+            records.append({"index": i, "input": x.input, "gold": x.gold, "target": target, **asdict(rec)})
+        counts.kept = len(records)
+        if len(records) < self.cfg.student.batch_size:
+            raise RunFailed(f"{kind} targets: only {len(records)} examples with a target ({counts.as_dict()}); fewer than student.batch_size")
+        return records, counts

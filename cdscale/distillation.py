@@ -1,0 +1,311 @@
+"""A distillation run, as one recipe: the rounds of every stage on one controller, on Ray.
+
+    1 inputs   x ~ D                                        inputs.py, teacher/synthetic_inputs.py
+    2 teacher  y ~ P(. | T_teacher(x)), top-k logprobs      teacher/group.py (vLLM engine actors)
+    3 targets  student ids = T_student(x) + f(y)'s tokens    build_targets.py, targets.py
+    4 train    DeepSpeed ZeRO ranks, forward KL on top-k     student/loop.py, student/group.py
+    5 sync     trainer weights -> running engines            sync/
+    6 eval     teacher with context, student without        eval.py
+    7 commit   data, trainer state, student (atomic)         checkpoint.py
+
+`Distillation` owns the run's state: the `Progress` that every commit saves, the engine and
+trainer groups, the weights the engines hold (`EngineGroup.weights`), the metrics log and
+the clock. Stages run one after the other on the same ranks, so stage k+1 starts from the
+student of stage k. A stop (SIGTERM, run.save_by_s) is honoured during generation (its
+outputs are not kept) and between training calls (the state is committed); evaluation and
+the sync after training run to the round's commit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import ray
+import yaml
+
+from cdscale.build_targets import TargetBuilder, TargetCounts
+from cdscale.checkpoint import (
+    Progress, commit_state, copy_dir_atomic, load_latest_state, read_shard, save_hf_checkpoint, write_json_atomic, write_shard,
+    write_text_atomic,
+)
+from cdscale.clock import PhaseClock
+from cdscale.config import Config, OperationConfig, RunFailed, StageConfig, resolve_stages
+from cdscale.eval import evaluate
+from cdscale.inputs import build_tasks, sample_splits
+from cdscale.metrics import MetricsLog
+from cdscale.models import resolve_model_path
+from cdscale.placement import bundle_nodes, init_ray, release, reserve
+from cdscale.preemption import Preempted, StopRequest
+from cdscale.report import results_table
+from cdscale.student.group import TrainerGroup
+from cdscale.student.loop import train_round
+from cdscale.sync import EngineWeights, make_weight_sync
+from cdscale.sync.object_store import export_weights
+from cdscale.teacher.group import EngineGroup
+from cdscale.tasks import Example
+from cdscale.teacher.synthetic_inputs import synthesize_inputs
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Run every round of `cfg` and return the summary (also written to summary.json).
+    With `resume`, continue the run directory's last committed state; raises `Preempted`
+    after committing when SIGTERM or `run.save_by_s` asks it to stop."""
+    recipe = Distillation(cfg, resume)
+    with recipe.cluster():
+        for restart in range(cfg.run.max_trainer_restarts + 1):
+            try:
+                recipe.resume()
+                recipe.rounds()
+                break
+            except ray.exceptions.RayActorError as err:
+                # A rank process died (OOM killer, lost node). The ranks form one process
+                # group, so all are replaced, and the rounds go on from the last commit.
+                if restart == cfg.run.max_trainer_restarts or not recipe.trainers.owns(err):
+                    raise
+                recipe.restart_trainers(restart + 1)
+    return recipe.finish()
+
+
+class Distillation:
+    def __init__(self, cfg: Config, resume: bool = False) -> None:
+        """Everything that needs no cluster: the stages, tasks (a bad records file fails
+        here), the run directory, the tokenizer and every round's inputs."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.cfg, self.run_dir = cfg, cfg.run_dir
+        self.clock, self.started = PhaseClock(), time.monotonic()
+        if not resume and (self.run_dir / "state").exists():
+            raise FileExistsError(
+                f"{self.run_dir} holds a run already; continue it with `cdscale run --resume {self.run_dir}`, or choose another run.name"
+            )
+        self.stages = resolve_stages(cfg)
+        self.tasks = build_tasks(self.stages)
+        # (stage index, stage, last round of its stage?) for every round of the run
+        self.plan = [(k, stage, i == stage.rounds - 1) for k, stage in enumerate(self.stages) for i in range(stage.rounds)]
+        self.model_path = resolve_model_path(cfg.model.path)
+        (self.run_dir / "data").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "eval").mkdir(exist_ok=True)
+        if not resume:
+            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.log = MetricsLog(self.run_dir, append=resume)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.student_max_len = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)
+        with self.clock("sample_inputs"):
+            self.eval_sets, self.train_inputs = sample_splits(cfg, self.stages, self.tasks)
+        self.progress = Progress()
+        self.initial: EngineWeights | None = None  # the model's own weights, kept when engines must return to them
+
+    @contextmanager
+    def cluster(self) -> Iterator[None]:
+        """Ray, the placement groups and both actor groups for the body; all released after it."""
+        cfg, t, s = self.cfg, self.cfg.teacher, self.cfg.student
+        with self.clock("startup"):
+            init_ray(cfg)
+        self.stop = StopRequest(cfg.run.save_by_s, self.started)
+        groups, self.engines, self.trainers = [], None, None
+        try:
+            with self.clock("startup"):
+                # Reserved one by one, so that a failure while reserving the second releases the first.
+                groups.append(reserve(t.num_engines, t.cpus_per_engine, t.gpus_per_engine, t.placement, cfg.run.timeout_s, "teacher engines"))
+                groups.append(reserve(s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, s.placement, cfg.run.timeout_s, "trainer ranks"))
+                self.placement = {"engines": bundle_nodes(groups[0]), "trainers": bundle_nodes(groups[1])}
+                self.log.write(event="placement", **self.placement)
+                self.engines = EngineGroup.from_config(cfg, self.model_path, groups[0]).start(t.num_engines)
+                self.trainers = TrainerGroup.from_config(cfg, self.model_path, groups[1]).start()
+            self.sync = make_weight_sync(cfg)
+            self.engines.restore = self._restore_engine
+            yield
+        finally:
+            for group in (self.engines, self.trainers):
+                if group is not None:
+                    group.kill()
+            release(*groups)
+            self.stop.restore()
+            self.log.close()
+
+    def _restore_engine(self, new: list[Any], held: EngineWeights) -> None:
+        # The trainers as they are now: after a restart, the new ranks.
+        self.sync.restore(self.trainers.actors, new, held)
+
+    def restart_trainers(self, attempt: int) -> None:
+        self.log.rollback()  # the dead attempt's events after the last commit describe undone training
+        self.log.write(event="restart", what="trainers", restart=attempt)
+        log.info("a trainer rank died; restarting the ranks from the last commit (%d of %d)", attempt, self.cfg.run.max_trainer_restarts)
+        with self.clock("startup"):
+            self.trainers.restart()
+
+    def resume(self) -> None:
+        """Load the last commit into the (fresh) trainer ranks, or begin: evaluate before.
+        Either way the engines then hold what round `progress.round` generates with."""
+        state = load_latest_state(self.run_dir)
+        frozen = self.cfg.teacher.mode == "frozen"
+        if self.engines.weights.version != 0 or (frozen and len(self.plan) > 1):
+            # The ranks hold the model's own weights until a state is loaded: keep them for
+            # the frozen teacher, and for engines that hold a student no commit knows of.
+            with self.clock("sync"):
+                self.initial = self.initial or EngineWeights(0, export_weights(self.trainers.actors, self.cfg.run.timeout_s))
+        if state is None:
+            self.progress = Progress(summary={
+                "run_dir": str(self.run_dir), "model": self.model_path, "stages": [s.name for s in self.stages],
+                "teacher": {}, "student_before": {}, "student_after": {}, "after_stage": {},
+            })
+        else:
+            folder, saved = state
+            self.progress = Progress.from_dict(saved)
+            log.info("resuming %s from %s (round %d, step %d)", self.run_dir, folder.name, self.progress.round, self.progress.step)
+            with self.clock("checkpoint"):
+                self.trainers.call("load_state", str(folder))
+        self._engines_hold(0 if frozen else self.progress.round)
+        if state is None and self.cfg.eval.before:
+            for op in self.tasks:
+                self.progress.summary["teacher"][op] = self.evaluate(op, "teacher", "teacher")
+                self.progress.summary["student_before"][op] = self.evaluate(op, "student", "student_before")
+
+    def _engines_hold(self, version: int) -> None:
+        """Make the engines hold weights `version`: 0 the model's own, n the trainers' after round n - 1."""
+        if self.engines.weights.version == version:
+            return
+        if version == 0:
+            with self.clock("sync"):
+                self.sync.load(self.engines.engines, self.initial)
+            self.engines.weights = self.initial
+        else:
+            self.push(version)
+
+    def rounds(self) -> None:
+        for r in range(self.progress.round, len(self.plan)):
+            k, stage, last_of_stage = self.plan[r]
+            self.log.write(event="round_start", round=r, stage=stage.name, stage_index=k)
+            self._engines_hold(0 if self.cfg.teacher.mode == "frozen" else r)
+            records, counts = self.build_targets(r, stage)
+            with self.clock("train"):
+                stats = train_round(self.cfg, self.trainers, records, self.progress, self.log, self.stop)
+            if stats is None:
+                self.commit()
+                raise Preempted(f"round {r}: stopped after step {self.progress.step} ({self.stop.reason})")
+            self.log.write(event="train_summary", round=r, **stats.__dict__)
+            sync = self.push(r + 1)
+            self.progress.summary[f"round_{r}"] = {"stage": stage.name, **counts, **stats.__dict__, "sync_s": sync["seconds"]}
+            self.evaluate_round(r, k, stage, last_of_stage)
+            self.progress.round, self.progress.step, self.progress.losses = r + 1, 0, []
+            self.commit()
+        with self.clock("checkpoint"):
+            # The last commit (this run's, or the one a resumed run started from) holds the final student.
+            copy_dir_atomic(load_latest_state(self.run_dir)[0] / "student", self.run_dir / "student")
+
+    def build_targets(self, r: int, stage: StageConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Round r's records of every operation of its stage (one mixture), committed as its
+        data shard before training; a resumed round reuses its shard."""
+        shard = read_shard(self.run_dir, r)
+        if shard is not None:
+            log.info("round %d: reusing the %d committed distillation examples", r, len(shard[0]))
+            return shard
+        builder = TargetBuilder(self.cfg, self.tokenizer, self.engines, self.clock, self.stop, self.student_max_len)
+        records, total, by_operation, synthetic = [], TargetCounts(), {}, {}
+        for op in (op for op in stage.operations if op.num_train > 0):
+            task, inputs = self.tasks[op.name], self.train_inputs[r].get(op.name)
+            if op.inputs == "synthetic":
+                inputs, synthetic[op.name] = self.synthetic_inputs(r, op)
+            if op.targets == "teacher":
+                op_records, counts = builder.teacher(task, inputs, r, op.ensemble)
+            else:
+                op_records, counts = builder.gold(task, inputs, op.targets)
+            records += [{**rec, "operation": op.name} for rec in op_records]
+            by_operation[op.name], total = counts.as_dict(), total + counts
+        counts = {**total.as_dict(), "by_operation": by_operation, "synthetic_inputs": synthetic}
+        with self.clock("checkpoint"):
+            write_shard(self.run_dir, r, records, counts)
+        tokens_per_s = total.generated_tokens / total.generate_s if total.generate_s else None
+        self.log.write(event="targets", round=r, stage=stage.name, generate_tokens_per_s=tokens_per_s, **counts)
+        log.info(
+            "%s round %d: %d distillation examples; skipped: %d without an answer, %d truncated, %d unaligned, %d too long",
+            stage.name, r, total.kept, total.no_answer, total.truncated, total.unaligned, total.too_long,
+        )
+        return records, counts
+
+    def synthetic_inputs(self, r: int, op: OperationConfig) -> tuple[list[Example], dict[str, int]]:
+        """x sampled from the engines (which hold the teacher), few-shot prompted with inputs
+        from D. Fails when too few come out usable."""
+        rng = random.Random(f"{self.cfg.data.seed}-synthetic-{r}-{op.name}")
+        with self.clock("sample_inputs"):
+            inputs, counts = synthesize_inputs(self.engines, self.tokenizer, self.tasks[op.name], op, rng, f"round {r} {op.name} inputs", self.stop)
+        log.info("round %d %s: %d synthetic inputs; counts %s", r, op.name, len(inputs), counts)
+        self.log.write(event="synthetic_inputs", round=r, operation=op.name, **counts)
+        if len(inputs) < (1 - self.cfg.teacher.max_answer_skip_fraction) * op.num_train:
+            raise RunFailed(
+                f"round {r}, {op.name}: only {len(inputs)} usable synthetic inputs of num_train={op.num_train} "
+                f"after {op.synthetic_max_passes} passes ({counts}); the model does not continue the few-shot prompt "
+                f"with new inputs (raise synthetic_max_passes or synthetic_temperature, or use inputs: own)"
+            )
+        return inputs, counts
+
+    def push(self, version: int) -> dict[str, Any]:
+        """The trainers' weights into the engines as `version`; returns the sync's event."""
+        with self.clock("sync"):
+            stats, self.engines.weights = self.sync.push(self.trainers.actors, self.engines.engines, version)
+        event = stats.as_event()
+        self.log.write(event="sync", round=version - 1, **event)
+        return event
+
+    def evaluate(self, op: str, role: str, label: str) -> dict[str, float]:
+        """Greedy accuracy of the teacher (with its context) or the student (without) on op's held-out inputs."""
+        t = self.cfg.teacher
+        max_new_tokens = t.max_new_tokens if role == "teacher" else self.cfg.eval.max_new_tokens_student
+        with self.clock("eval"):
+            metrics, rows = evaluate(self.engines, self.tokenizer, self.tasks[op], self.eval_sets[op], role, max_new_tokens)
+            (self.run_dir / "eval" / op).mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / "eval" / op / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        self.log.write(event="eval", operation=op, name=label, **metrics)
+        log.info("%s %s: accuracy %.1f%% on %d held-out inputs", op, label, 100 * metrics["accuracy"], metrics["n"])
+        return metrics
+
+    def evaluate_round(self, r: int, k: int, stage: StageConfig, last_of_stage: bool) -> None:
+        """The student on every operation seen so far; a recursive teacher on the stage's."""
+        summary = self.progress.summary
+        seen = [op.name for earlier in self.stages[: k + 1] for op in earlier.operations]
+        for op in seen:
+            summary["student_after"][op] = self.evaluate(op, "student", f"student_after_round_{r}")
+        if last_of_stage:
+            summary["after_stage"][stage.name] = {op: summary["student_after"][op] for op in seen}
+        if self.cfg.teacher.mode == "recursive":
+            for op in stage.operations:
+                summary.setdefault(f"teacher_round_{r + 1}", {})[op.name] = self.evaluate(op.name, "teacher", f"teacher_round_{r + 1}")
+
+    def commit(self) -> None:
+        """Commit the ranks' DeepSpeed state, the progress and the student as safetensors (the
+        weights the engines took at the last sync when they went through the object store)."""
+        def save(tmp: Path) -> None:
+            self.trainers.call("save_state", str(tmp))
+            held = self.engines.weights
+            current = held.packed if held.packed is not None and held.version == self.progress.round and self.progress.step == 0 else None
+            student = current or export_weights(self.trainers.actors, self.cfg.run.timeout_s)
+            save_hf_checkpoint(ray.get(student).named_tensors(), self.model_path, tmp / "student")
+
+        with self.clock("checkpoint"):
+            folder = commit_state(self.run_dir, self.progress.as_dict(), save)
+        self.log.write(event="commit", state=folder.name, round=self.progress.round, step=self.progress.step)
+
+    def finish(self) -> dict[str, Any]:
+        summary = self.progress.summary
+        summary["placement"] = self.placement  # Ray node ids, by engine and by rank
+        summary["timings"] = self.clock.split()
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        print(format_table(summary))
+        return summary
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The run's results as `cdscale report` tables them, then where the wall time went."""
+    lines = ["accuracy in % on held-out inputs", results_table({Path(summary["run_dir"]).name: summary})]
+    if "timings" in summary:
+        split = summary["timings"]
+        phases = ", ".join(f"{k} {v:.0f}s" for k, v in split.items() if k != "total")
+        lines.append(f"\nwall time {split['total']:.0f}s: {phases}")
+    return "\n".join(lines)

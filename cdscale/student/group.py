@@ -1,0 +1,87 @@
+"""The DeepSpeed ranks as one group (step 4 of a round, and the source of step 5).
+
+The ranks form one process group, so most calls must reach every rank at once (a collective
+waits for all): `call` is the one place that sends a call to every rank and waits, bounded by
+the run's timeout. A rank that dies takes the group with it: `restart` replaces all ranks in
+their bundles, and the driver then loads the last commit into them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from cdscale.placement import PlacementGroup, in_bundle
+from cdscale.student.trainer import StudentTrainer, TrainerSettings
+
+if TYPE_CHECKING:
+    from cdscale.config import Config
+
+
+def deepspeed_config(cfg: Config) -> dict[str, Any]:
+    """The DeepSpeed config of the run's ranks (only DeepSpeed's own keys)."""
+    s = cfg.student
+    return {
+        "train_batch_size": s.batch_size,
+        "train_micro_batch_size_per_gpu": s.batch_size // s.num_ranks,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": s.grad_clip,
+        "zero_optimization": {"stage": s.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "fp16": {"enabled": cfg.model.dtype == "float16"},
+        "steps_per_print": 10**9,
+    }
+
+
+@dataclass
+class TrainerGroup:
+    settings: TrainerSettings
+    ds_config: dict[str, Any]
+    num_ranks: int
+    cpus: float = 1.0  # Ray CPUs and GPUs per rank
+    gpus: float = 0.0
+    placement: PlacementGroup | None = None  # rank i in bundle i when given
+    timeout_s: float = 3600.0
+
+    @classmethod
+    def from_config(cls, cfg: Config, model_path: str, placement: PlacementGroup | None = None) -> TrainerGroup:
+        s = cfg.student
+        settings = TrainerSettings.from_config(cfg, model_path)
+        return cls(settings, deepspeed_config(cfg), s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, placement, cfg.run.timeout_s)
+
+    def start(self) -> TrainerGroup:
+        """Start the ranks and join them in one process group (it forms only when all join)."""
+        actor = ray.remote(StudentTrainer)
+        self.actors = [
+            actor.options(num_cpus=self.cpus, num_gpus=self.gpus, **in_bundle(self.placement, rank)).remote(
+                rank, self.num_ranks, self.settings, self.ds_config
+            )
+            for rank in range(self.num_ranks)
+        ]
+        addr, port = ray.get(self.rank0.master_address.remote(), timeout=self.timeout_s)
+        self.call("setup", addr, port)
+        self.actor_ids = set(self.call("actor_id"))
+        return self
+
+    @property
+    def rank0(self) -> Any:
+        return self.actors[0]
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        """`method(*args)` on every rank at once; their results in rank order."""
+        return ray.get([getattr(t, method).remote(*args) for t in self.actors], timeout=self.timeout_s)
+
+    def owns(self, err: ray.exceptions.RayActorError) -> bool:
+        """Whether the actor that died is one of these ranks."""
+        return err.actor_id in self.actor_ids
+
+    def kill(self) -> None:
+        for trainer in self.actors:
+            ray.kill(trainer)
+
+    def restart(self) -> None:
+        """New ranks in the dead ones' bundles, with the model's own weights: load a commit next."""
+        self.kill()
+        self.start()
