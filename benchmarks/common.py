@@ -1,5 +1,6 @@
 """What every benchmark script shares: a wall-clock timer, a description of the machine, and
 the engines' start-up."""
+
 from __future__ import annotations
 
 import os

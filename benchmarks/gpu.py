@@ -5,6 +5,7 @@ SmolLM2-135M shape and a 1.2B shape with random weights.
 
     python -m benchmarks.gpu --out DIR
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ Each path runs in a fresh process, so its peak memory is its own: the CUDA alloc
 peak on GPU, the peak resident set size on CPU (its high-water mark reset after loading the model, so
 the model's load does not count).
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -43,10 +44,14 @@ def _measure(path: str, model_dir: str, batch_size: int, prompt_len: int, answer
     if path == "answer_positions":
         logits = answer_logits(model, batch)
     else:  # the whole sequence's logits and log-probabilities, then the answer rows picked out
-        full = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1)
+        full = torch.log_softmax(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1
+        )
         positions = batch["keep"][batch["cols"]]
         logits = full[batch["rows"], positions]  # log-probabilities, which the loss normalizes again as logits
-    distillation_loss("forward_kl_topk", logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]).backward()
+    distillation_loss(
+        "forward_kl_topk", logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
+    ).backward()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _proc_status_bytes("VmHWM")
     queue.put(peak - base)
 
@@ -71,15 +76,22 @@ def _wait_for(proc: Any, queue: Any, path: str) -> int:
             return queue.get(timeout=5)
         except queue_module.Empty:
             if not proc.is_alive():
-                raise RuntimeError(f"loss_memory: the {path} process exited with code {proc.exitcode} before reporting its peak memory")
+                raise RuntimeError(
+                    f"loss_memory: the {path} process exited with code {proc.exitcode} before reporting its peak memory"
+                )
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["| model | batch x (prompt + answer) tokens | answer positions only, peak MiB | full logits, peak MiB | full / answer-only |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | batch x (prompt + answer) tokens | answer positions only, peak MiB | full logits, peak MiB | full / answer-only |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for model, r in results.items():
         lines.append(
             f"| {model} | {r['batch_size']} x ({r['prompt_len']} + {r['answer_len']}) | {r['answer_positions_peak_bytes'] / 2**20:,.0f} | "
             f"{r['full_logits_peak_bytes'] / 2**20:,.0f} | {r['ratio']:.1f}x |"
         )
-    return "Peak memory of one forward and backward pass above the loaded model, each path in a fresh process.\n\n" + "\n".join(lines)
+    return (
+        "Peak memory of one forward and backward pass above the loaded model, each path in a fresh process.\n\n"
+        + "\n".join(lines)
+    )

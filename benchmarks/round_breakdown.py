@@ -2,6 +2,7 @@
 sampling, start-up, generation, target building, training, sync, evaluation, checkpointing)
 and the rest, "overhead", as the driver's `PhaseClock` records it in summary.json.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,11 +13,18 @@ from cdscale.distillation import run as run_cdscale
 
 
 def run(model_path: str, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    cfg = load_config(None, [f"model.path={model_path}", f"run.output_root={out_dir}", "run.name=round_breakdown", *overrides])
+    cfg = load_config(
+        None, [f"model.path={model_path}", f"run.output_root={out_dir}", "run.name=round_breakdown", *overrides]
+    )
     summary = run_cdscale(cfg)
     split = summary["timings"]
-    return {"overrides": overrides, "seconds": split, "kept": summary["round_0"]["kept"], "steps": summary["round_0"]["steps"],
-            "overhead_fraction": split["overhead"] / split["total"]}
+    return {
+        "overrides": overrides,
+        "seconds": split,
+        "kept": summary["round_0"]["kept"],
+        "steps": summary["round_0"]["steps"],
+        "overhead_fraction": split["overhead"] / split["total"],
+    }
 
 
 def table(result: dict[str, Any]) -> str:
@@ -26,7 +34,9 @@ def table(result: dict[str, Any]) -> str:
         if phase != "total":
             lines.append(f"| {phase} | {seconds:.1f} | {100 * seconds / split['total']:.1f}% |")
     lines.append(f"| **total** | {split['total']:.1f} | 100% |")
-    note = (f"One `cdscale run` ({result['kept']} distillation examples, {result['steps']} steps) with "
-            f"`{' '.join(result['overrides'])}`. Overhead target: at most 10% of the run: "
-            f"{'met' if result['overhead_fraction'] <= 0.10 else 'MISSED'} ({100 * result['overhead_fraction']:.1f}%).")
+    note = (
+        f"One `cdscale run` ({result['kept']} distillation examples, {result['steps']} steps) with "
+        f"`{' '.join(result['overrides'])}`. Overhead target: at most 10% of the run: "
+        f"{'met' if result['overhead_fraction'] <= 0.10 else 'MISSED'} ({100 * result['overhead_fraction']:.1f}%)."
+    )
     return note + "\n\n" + "\n".join(lines)

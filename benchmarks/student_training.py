@@ -9,6 +9,7 @@ Two ways to run it:
 Models are random-initialised Llamas of the named shape (no hub). Every figure is a ratio or
 a median taken inside one run; nothing here asserts on speed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,30 @@ from cdscale.student.losses import distillation_loss
 from cdscale.student.trainer import StudentTrainer, TrainerSettings, answer_logits, collate, free_port
 
 SHAPES = {
-    "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, vocab_size=8192),
-    "smollm2-shape": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, vocab_size=49152),
-    "1b-shape": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, vocab_size=49152),
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=8192,
+    ),
+    "smollm2-shape": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+    ),
+    "1b-shape": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=49152,
+    ),
 }
 
 
@@ -45,7 +67,9 @@ def make_records(n: int, vocab: int, prompt_len: int, answer_len: int, top_k: in
     for _ in range(n):
         ids = [rng.randrange(vocab) for _ in range(prompt_len + answer_len)]
         topk_ids = [[ids[prompt_len + j]] + rng.sample(range(vocab), top_k) for j in range(answer_len)]
-        topk_lps = [sorted((-rng.uniform(0.05, 6.0) for _ in range(top_k + 1)), reverse=True) for _ in range(answer_len)]
+        topk_lps = [
+            sorted((-rng.uniform(0.05, 6.0) for _ in range(top_k + 1)), reverse=True) for _ in range(answer_len)
+        ]
         records.append({"input_ids": ids, "answer_start": prompt_len, "topk_ids": topk_ids, "topk_logprobs": topk_lps})
     return records
 
@@ -66,7 +90,9 @@ def bench_plain(model_dir: Path, batches: list[list[dict]], dtype: str, device: 
         start = sync_time(device)
         batch = {k: v.to(device) for k, v in collate(records, 0).items()}
         logits = answer_logits(model, batch)
-        distillation_loss("forward_kl_topk", logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]).backward()
+        distillation_loss(
+            "forward_kl_topk", logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
+        ).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -76,14 +102,24 @@ def bench_plain(model_dir: Path, batches: list[list[dict]], dtype: str, device: 
     copy_s = sync_time(device) - state_start
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     del model, optimizer
-    return {"step_s": statistics.median(times[2:]), "copy_state_s": copy_s, "bytes": sum(v.numel() * v.element_size() for v in copied.values()), "peak_bytes": peak}
+    return {
+        "step_s": statistics.median(times[2:]),
+        "copy_state_s": copy_s,
+        "bytes": sum(v.numel() * v.element_size() for v in copied.values()),
+        "peak_bytes": peak,
+    }
 
 
 def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stage: int, device: torch.device) -> dict:
     ds_config = {
-        "train_batch_size": len(batches[0]), "train_micro_batch_size_per_gpu": len(batches[0]),
-        "gradient_accumulation_steps": 1, "gradient_clipping": 1.0, "zero_optimization": {"stage": stage},
-        "zero_allow_untested_optimizer": True, "bf16": {"enabled": dtype == "bfloat16"}, "steps_per_print": 10**9,
+        "train_batch_size": len(batches[0]),
+        "train_micro_batch_size_per_gpu": len(batches[0]),
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "steps_per_print": 10**9,
     }
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -101,13 +137,19 @@ def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stag
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     trainer.engine.destroy()
     del trainer
-    return {"step_s": statistics.median(times[2:]), "export_s": export_s, "export_bytes": exported.nbytes, "peak_bytes": peak}
+    return {
+        "step_s": statistics.median(times[2:]),
+        "export_s": export_s,
+        "export_bytes": exported.nbytes,
+        "peak_bytes": peak,
+    }
 
 
-def run_ranks(model_dir: Path, records: list[dict], batch_size: int, steps: int, stages: list[int], ranks: list[int]) -> dict:
+def run_ranks(
+    model_dir: Path, records: list[dict], batch_size: int, steps: int, stages: list[int], ranks: list[int]
+) -> dict:
     """Tokens/s and peak memory per rank of ZeRO stages x rank counts, the trainers as Ray
     actors (one CPU each on CPU), against the plain loop with as many threads as ranks."""
-    import ray
 
     from cdscale.config import load_config
     from cdscale.student.group import TrainerGroup
@@ -118,10 +160,21 @@ def run_ranks(model_dir: Path, records: list[dict], batch_size: int, steps: int,
     for n in ranks:
         torch.set_num_threads(n)
         plain = bench_plain(model_dir, batches, "float32", torch.device("cpu"))
-        rows[f"plain_adamw_{n}_threads"] = {"tokens_per_s": tokens_per_step / plain["step_s"], "step_s": plain["step_s"]}
+        rows[f"plain_adamw_{n}_threads"] = {
+            "tokens_per_s": tokens_per_step / plain["step_s"],
+            "step_s": plain["step_s"],
+        }
         for stage in stages:
-            cfg = load_config(None, [f"model.path={model_dir}", f"student.num_ranks={n}", f"student.zero_stage={stage}",
-                                     f"student.batch_size={batch_size}", "student.lr=1e-4"])
+            cfg = load_config(
+                None,
+                [
+                    f"model.path={model_dir}",
+                    f"student.num_ranks={n}",
+                    f"student.zero_stage={stage}",
+                    f"student.batch_size={batch_size}",
+                    "student.lr=1e-4",
+                ],
+            )
             group = TrainerGroup.from_config(cfg, str(model_dir)).start()
             trainers = group.actors
             try:
@@ -137,7 +190,9 @@ def run_ranks(model_dir: Path, records: list[dict], batch_size: int, steps: int,
                 group.kill()
             step_s = statistics.median(times[1:])
             rows[f"zero{stage}_{n}_ranks"] = {
-                "tokens_per_s": tokens_per_step / step_s, "step_s": step_s, "vs_plain": plain["step_s"] / step_s,
+                "tokens_per_s": tokens_per_step / step_s,
+                "step_s": step_s,
+                "vs_plain": plain["step_s"] / step_s,
                 "peak_bytes_per_rank": max(m["peak_bytes"] for m in memory),
                 "model_bytes_per_rank": max(m["peak_bytes"] - m["base_bytes"] for m in memory),
             }
@@ -145,8 +200,10 @@ def run_ranks(model_dir: Path, records: list[dict], batch_size: int, steps: int,
 
 
 def ranks_table(results: dict[str, dict]) -> str:
-    lines = ["| model | path | tokens/s | vs plain AdamW (same cores) | peak RSS per rank GiB | of which model, optimizer, activations GiB |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | path | tokens/s | vs plain AdamW (same cores) | peak RSS per rank GiB | of which model, optimizer, activations GiB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for model, r in results.items():
         for name, row in r["rows"].items():
             vs = f"{row['vs_plain']:.2f}x" if "vs_plain" in row else "1.00x"
@@ -154,8 +211,10 @@ def ranks_table(results: dict[str, dict]) -> str:
             model_mem = f"{row['model_bytes_per_rank'] / 2**30:.2f}" if "model_bytes_per_rank" in row else "-"
             lines.append(f"| {model} | {name} | {row['tokens_per_s']:,.0f} | {vs} | {peak} | {model_mem} |")
     first = next(iter(results.values()))
-    note = (f"fp32, batch {first['batch_size']} sequences ({first['tokens_per_step']} tokens) per step, "
-            f"median of {first['steps'] - 1} steps after a warm-up step; each rank is a Ray actor with one CPU.")
+    note = (
+        f"fp32, batch {first['batch_size']} sequences ({first['tokens_per_step']} tokens) per step, "
+        f"median of {first['steps'] - 1} steps after a warm-up step; each rank is a Ray actor with one CPU."
+    )
     return note + "\n\n" + "\n".join(lines)
 
 
@@ -183,15 +242,29 @@ def main(argv: list[str] | None = None) -> None:
         rows = {"plain_adamw": plain}
         for stage in map(int, args.stages.split(",")):
             rows[f"zero{stage}"] = bench_deepspeed(model_dir, batches, args.dtype, stage, device)
-    result = {"device": device_name, "model": args.model, "dtype": args.dtype, "tokens_per_step": tokens_per_step,
-              "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    lines = [f"Student training on {device_name}, model {args.model} ({args.dtype}), {tokens_per_step} tokens/step, 1 rank",
-             "", "| path | tokens/s | vs plain AdamW | peak GiB | export s (vs in-memory copy) |", "| --- | --- | --- | --- | --- |"]
+    result = {
+        "device": device_name,
+        "model": args.model,
+        "dtype": args.dtype,
+        "tokens_per_step": tokens_per_step,
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
+    lines = [
+        f"Student training on {device_name}, model {args.model} ({args.dtype}), {tokens_per_step} tokens/step, 1 rank",
+        "",
+        "| path | tokens/s | vs plain AdamW | peak GiB | export s (vs in-memory copy) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, row in rows.items():
         tps = tokens_per_step / row["step_s"]
         ratio = plain["step_s"] / row["step_s"]
         peak = f"{row['peak_bytes'] / 2**30:.2f}" if row["peak_bytes"] else "n/a"
-        export = f"{row['export_s']:.3f} ({row['export_s'] / plain['copy_state_s']:.1f}x)" if "export_s" in row else f"{plain['copy_state_s']:.3f} (copy)"
+        export = (
+            f"{row['export_s']:.3f} ({row['export_s'] / plain['copy_state_s']:.1f}x)"
+            if "export_s" in row
+            else f"{plain['copy_state_s']:.3f} (copy)"
+        )
         lines.append(f"| {name} | {tps:,.0f} | {ratio:.2f}x | {peak} | {export} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"student_training_{args.model}.json").write_text(json.dumps(result, indent=2))

@@ -6,6 +6,7 @@ followed by a distinct question. Output lengths are fixed (`ignore_eos` / `min_n
 so both paths produce the same number of tokens. Engines get one CPU each, as in a run;
 Hugging Face `generate` runs in this process on as many threads as there are engines.
 """
+
 from __future__ import annotations
 
 import random
@@ -24,7 +25,12 @@ INSTRUCTION = (
     "question, and do not add any greeting or closing remark. If the question is ambiguous, "
     "pick the most common reading and answer that. "
 )
-QUESTIONS = ["What is {a} plus {b}?", "Name a colour that starts with {c}.", "Spell {a} in words.", "Is {a} larger than {b}?"]
+QUESTIONS = [
+    "What is {a} plus {b}?",
+    "Name a colour that starts with {c}.",
+    "Spell {a} in words.",
+    "Is {a} larger than {b}?",
+]
 
 
 def shared_prefix_prompts(tokenizer: Any, n: int, prefix_tokens: int, seed: int) -> list[list[int]]:
@@ -53,7 +59,9 @@ def engine_run(engines: EngineGroup, prompts: list[list[int]], sampling: dict[st
     return {"tokens": tokens, "seconds": statistics.median(times), "tokens_per_s": tokens / statistics.median(times)}
 
 
-def hf_run(model_path: str, prompts: list[list[int]], new_tokens: int, batch_size: int, threads: int, reps: int, pad_id: int) -> dict[str, float]:
+def hf_run(
+    model_path: str, prompts: list[list[int]], new_tokens: int, batch_size: int, threads: int, reps: int, pad_id: int
+) -> dict[str, float]:
     """Median tokens/s of batched greedy Hugging Face `generate` (left-padded batches)."""
     from transformers import AutoModelForCausalLM
 
@@ -68,16 +76,31 @@ def hf_run(model_path: str, prompts: list[list[int]], new_tokens: int, batch_siz
                 width = max(map(len, batch))
                 ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch])
                 mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
-                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                     min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id)
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_id,
+                )
                 tokens += (out.shape[1] - width) * len(batch)
         if rep > 0:
             times.append(t.seconds)
     return {"tokens": tokens, "seconds": statistics.median(times), "tokens_per_s": tokens / statistics.median(times)}
 
 
-def run(model_path: str, num_engines: int, num_prompts: int, new_tokens: int, prefix_tokens: int, samples: int, reps: int,
-        engines: Engines | None = None, **engine_settings: Any) -> dict[str, Any]:
+def run(
+    model_path: str,
+    num_engines: int,
+    num_prompts: int,
+    new_tokens: int,
+    prefix_tokens: int,
+    samples: int,
+    reps: int,
+    engines: Engines | None = None,
+    **engine_settings: Any,
+) -> dict[str, Any]:
     """`engines` starts the engines (a fresh `Engines()` by default; its `close` stops what a
     failure left running); `engine_settings` override their settings below (max_model_len: the
     longest prompt plus `new_tokens` by default)."""
@@ -88,13 +111,31 @@ def run(model_path: str, num_engines: int, num_prompts: int, new_tokens: int, pr
     prompts = shared_prefix_prompts(tokenizer, num_prompts, prefix_tokens, seed=0)
     greedy = {"temperature": 0.0, "max_tokens": new_tokens, "ignore_eos": True}
     sampled = {"temperature": 1.0, "max_tokens": new_tokens, "ignore_eos": True}
-    settings = {**dict(model_path=model_path, dtype="float32", max_model_len=max(map(len, prompts)) + new_tokens + 8,
-                       kv_cache_gib=1.0, max_logprobs=21, seed=0, max_num_seqs=256), **engine_settings}
-    result: dict[str, Any] = {"prompt_tokens_mean": statistics.mean(map(len, prompts)), "num_prompts": num_prompts,
-                              "new_tokens": new_tokens, "num_engines": num_engines, "samples": samples, "reps": reps}
+    settings = {
+        **dict(
+            model_path=model_path,
+            dtype="float32",
+            max_model_len=max(map(len, prompts)) + new_tokens + 8,
+            kv_cache_gib=1.0,
+            max_logprobs=21,
+            seed=0,
+            max_num_seqs=256,
+        ),
+        **engine_settings,
+    }
+    result: dict[str, Any] = {
+        "prompt_tokens_mean": statistics.mean(map(len, prompts)),
+        "num_prompts": num_prompts,
+        "new_tokens": new_tokens,
+        "num_engines": num_engines,
+        "samples": samples,
+        "reps": reps,
+    }
     # Both sets start at once (start-up is mostly compiling, on one core per engine); each is measured alone.
     with ThreadPoolExecutor(2) as pool:
-        uncached, cached = pool.map(lambda caching: engines.start(num_engines, enable_prefix_caching=caching, **settings), (False, True))
+        uncached, cached = pool.map(
+            lambda caching: engines.start(num_engines, enable_prefix_caching=caching, **settings), (False, True)
+        )
     try:
         result["prefix_cache_off"] = engine_run(uncached, prompts, greedy, reps)
     finally:
@@ -110,8 +151,10 @@ def run(model_path: str, num_engines: int, num_prompts: int, new_tokens: int, pr
     result["ratios"] = {
         "engine_vs_hf": result["prefix_cache_on"]["tokens_per_s"] / result["hf_generate"]["tokens_per_s"],
         "engine_no_cache_vs_hf": result["prefix_cache_off"]["tokens_per_s"] / result["hf_generate"]["tokens_per_s"],
-        "prefix_cache_on_vs_off": result["prefix_cache_on"]["tokens_per_s"] / result["prefix_cache_off"]["tokens_per_s"],
-        "n_in_one_vs_separate": result["n_in_one_request"]["tokens_per_s"] / result["n_separate_requests"]["tokens_per_s"],
+        "prefix_cache_on_vs_off": result["prefix_cache_on"]["tokens_per_s"]
+        / result["prefix_cache_off"]["tokens_per_s"],
+        "n_in_one_vs_separate": result["n_in_one_request"]["tokens_per_s"]
+        / result["n_separate_requests"]["tokens_per_s"],
     }
     return result
 
@@ -128,6 +171,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             f"| {model} | n={r['samples']} in one request (T=1) | {r['n_in_one_request']['tokens_per_s']:,.0f} | {r['ratios']['n_in_one_vs_separate']:.2f}x vs separate |",
         ]
     first = next(iter(results.values()))
-    note = (f"{first['num_prompts']} prompts of about {first['prompt_tokens_mean']:.0f} tokens sharing one instruction prefix, "
-            f"{first['new_tokens']} new tokens each, {first['num_engines']} engine(s), median of {first['reps']} runs after a warm-up.")
+    note = (
+        f"{first['num_prompts']} prompts of about {first['prompt_tokens_mean']:.0f} tokens sharing one instruction prefix, "
+        f"{first['new_tokens']} new tokens each, {first['num_engines']} engine(s), median of {first['reps']} runs after a warm-up."
+    )
     return note + "\n\n" + "\n".join(lines)

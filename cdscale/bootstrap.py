@@ -5,6 +5,7 @@ Here a randomly initialised tiny Llama learns scratchpad addition from the task'
 demonstrations (fresh samples every step), with a plain PyTorch loop: this prepares a
 model once; distillation itself runs on the Ray + vLLM + DeepSpeed stack.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,11 @@ def demonstration_batch(
     inputs when few-shot prompted (synthetic D, `inputs: synthetic`)."""
     seqs, starts = [], []
     # One task draws its n inputs as before (the same stream, so the same tiny-addition).
-    picked = [(tasks[0], x) for x in sample_where(tasks[0], n, rng, held_out=False)] if len(tasks) == 1 else [
-        (task, sample_where(task, 1, rng, held_out=False)[0]) for task in (rng.choice(tasks) for _ in range(n))
-    ]
+    picked = (
+        [(tasks[0], x) for x in sample_where(tasks[0], n, rng, held_out=False)]
+        if len(tasks) == 1
+        else [(task, sample_where(task, 1, rng, held_out=False)[0]) for task in (rng.choice(tasks) for _ in range(n))]
+    )
     for j, (task, x) in enumerate(picked):
         if learn_inputs and j % 4 == 3:
             shots = sample_where(task, rng.randint(1, 4), rng, held_out=False)
@@ -89,7 +92,14 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
     """Train a tiny Llama on the teacher demonstrations of one task (or a uniform mixture of
     several) and save it to out_dir atomically. Progress goes to the `cdscale.bootstrap` logger."""
     s = settings or BootstrapSettings()
-    steps, batch_size, lr, seed, eval_every, learn_inputs = s.steps, s.batch_size, s.lr, s.seed, s.eval_every, s.learn_inputs
+    steps, batch_size, lr, seed, eval_every, learn_inputs = (
+        s.steps,
+        s.batch_size,
+        s.lr,
+        s.seed,
+        s.eval_every,
+        s.learn_inputs,
+    )
     tasks = task if isinstance(task, list) else [task]
     torch.manual_seed(seed)
     rng = random.Random(f"bootstrap-{seed}")
@@ -113,11 +123,21 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
         if step % 50 == 0:
             log.info("bootstrap step %d/%d loss %.4f (%.0fs)", step, steps, loss.item(), time.time() - start)
         if step % eval_every == 0 or step == steps:
-            acc = sum(greedy_accuracy(model, tokenizer, t, 200 // len(tasks), seed + 10_000 + step) for t in tasks) / len(tasks)
+            acc = sum(
+                greedy_accuracy(model, tokenizer, t, 200 // len(tasks), seed + 10_000 + step) for t in tasks
+            ) / len(tasks)
             history.append({"step": step, "loss": loss.item(), "teacher_accuracy": acc, "seconds": time.time() - start})
             log.info("bootstrap step %d: teacher greedy accuracy %.3f", step, acc)
     model.save_pretrained(tmp, safe_serialization=True)
-    info = {"task": [t.name for t in tasks], "learn_inputs": learn_inputs, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "history": history}
+    info = {
+        "task": [t.name for t in tasks],
+        "learn_inputs": learn_inputs,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "history": history,
+    }
     (tmp / "cdscale_bootstrap.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)

@@ -5,6 +5,7 @@ the answer f(y) (an ensemble teacher averages it over prompt variants); `TargetB
 writes supervised records. The alignment of one record is `targets.py`; what happened to
 every input is counted in `TargetCounts`, with the same fields for both kinds.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,8 +46,13 @@ class TargetCounts:
 
 class TargetBuilder:
     def __init__(
-        self, cfg: Config, tokenizer: Any, engines: EngineGroup | None = None, clock: PhaseClock | None = None,
-        stop: Callable[[], bool] | None = None, student_max_len: int | None = None,
+        self,
+        cfg: Config,
+        tokenizer: Any,
+        engines: EngineGroup | None = None,
+        clock: PhaseClock | None = None,
+        stop: Callable[[], bool] | None = None,
+        student_max_len: int | None = None,
     ) -> None:
         """`student_max_len`: the student model's positions (a longer record is skipped as too long)."""
         self.cfg, self.tokenizer, self.engines, self.stop = cfg, tokenizer, engines, stop
@@ -56,7 +62,9 @@ class TargetBuilder:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def teacher(self, task: Task, examples: list[Example], round_index: int, ensemble: int = 1) -> tuple[list[dict[str, Any]], TargetCounts]:
+    def teacher(
+        self, task: Task, examples: list[Example], round_index: int, ensemble: int = 1
+    ) -> tuple[list[dict[str, Any]], TargetCounts]:
         """Sample the teacher on T_teacher(x), keep its signal on f(y). With `ensemble` K > 1
         the signal is the mean over K prompt variants (`ensemble_signal`)."""
         t = self.cfg.teacher
@@ -80,7 +88,9 @@ class TargetBuilder:
         counts.generate_s, counts.generated_tokens = generate_s, generated_tokens
         return records, counts
 
-    def ensemble_signal(self, task: Task, examples: list[Example], outputs: list[dict[str, Any] | None], k: int, desc: str) -> None:
+    def ensemble_signal(
+        self, task: Task, examples: list[Example], outputs: list[dict[str, Any] | None], k: int, desc: str
+    ) -> None:
         """Replace each output's logprobs with the ensemble teacher's (paper H5, App. B.5): the
         sampled y is scored under K prompt variants (`prompt_logprobs`, one prefill each) and
         every generated position gets the mean of the K distributions. An output cut off by
@@ -92,7 +102,9 @@ class TargetBuilder:
         for i, (x, out) in enumerate(zip(examples, outputs)):
             if out is None or self._lost_to_the_cut(task, out):
                 continue
-            variants = [self.tokenizer(task.teacher_prompt_variant(x, v))["input_ids"] + out["token_ids"] for v in range(k)]
+            variants = [
+                self.tokenizer(task.teacher_prompt_variant(x, v))["input_ids"] + out["token_ids"] for v in range(k)
+            ]
             if max(map(len, variants)) >= t.max_model_len:
                 outputs[i] = None  # no ensemble signal for it: skipped and counted as too long
                 continue
@@ -105,7 +117,8 @@ class TargetBuilder:
             rows = [FlatTopk(scored[start + v], prefix="prompt_") for v in range(k)]
             # Generated position j is predicted at prompt position len(variant prompt) + j.
             averaged = [
-                average_topk([rows[v][jobs[start + v][1] + j] for v in range(k)]) for j in range(len(outputs[i]["token_ids"]))
+                average_topk([rows[v][jobs[start + v][1] + j] for v in range(k)])
+                for j in range(len(outputs[i]["token_ids"]))
             ]
             outputs[i] = {**outputs[i], **flatten_topk(averaged)}
 
@@ -151,7 +164,13 @@ class TargetBuilder:
         student_ids = self.tokenizer(task.student_prompt(x))["input_ids"]
         try:
             rec = build_student_record(
-                student_ids, out["token_ids"], FlatTopk(out), span, self.decode, self.tokenizer.eos_token_id, self.cfg.teacher.top_k
+                student_ids,
+                out["token_ids"],
+                FlatTopk(out),
+                span,
+                self.decode,
+                self.tokenizer.eos_token_id,
+                self.cfg.teacher.top_k,
             )
         except ValueError:
             return "unaligned", {}  # the answer's characters do not map onto whole generated tokens
@@ -159,7 +178,10 @@ class TargetBuilder:
             return "too_long", {}
         answer = completion[span[0] : span[1]]
         return None, {
-            "input": x.input, "gold": x.gold, "teacher_completion": completion, "answer": answer,
+            "input": x.input,
+            "gold": x.gold,
+            "teacher_completion": completion,
+            "answer": answer,
             # A synthetic input of a records task has no gold to score against.
             "teacher_correct": None if x.gold is None else task.score(x, answer),
             **asdict(rec),
@@ -192,5 +214,7 @@ class TargetBuilder:
             records.append({"index": i, "input": x.input, "gold": x.gold, "target": target, **asdict(rec)})
         counts.kept = len(records)
         if len(records) < self.cfg.student.batch_size:
-            raise RunFailed(f"{kind} targets: only {len(records)} examples with a target ({counts.as_dict()}); fewer than student.batch_size")
+            raise RunFailed(
+                f"{kind} targets: only {len(records)} examples with a target ({counts.as_dict()}); fewer than student.batch_size"
+            )
         return records, counts

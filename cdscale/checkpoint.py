@@ -6,6 +6,7 @@ their random states and progress.json, pointed to by state/latest.json), and the
 Everything is written under a temporary name in the same folder, flushed, then renamed
 into place (rename is atomic on POSIX within one filesystem).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -161,7 +162,9 @@ def load_latest_state(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     folder = run_dir / "state" / json.loads(latest.read_text())["state"]
     progress_file = folder / "progress.json"
     if not progress_file.is_file():
-        raise FileNotFoundError(f"{latest} points to {folder}, which has no progress.json; the run directory was changed by hand")
+        raise FileNotFoundError(
+            f"{latest} points to {folder}, which has no progress.json; the run directory was changed by hand"
+        )
     return folder, json.loads(progress_file.read_text())
 
 
@@ -172,7 +175,12 @@ def write_shard(run_dir: Path, round_index: int, records: list[dict[str, Any]], 
     write_text_atomic(run_dir / "data" / name, text)
     manifest_path = run_dir / "data" / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    manifest[str(round_index)] = {"file": name, "records": len(records), "sha256": hashlib.sha256(text.encode()).hexdigest(), "counts": counts}
+    manifest[str(round_index)] = {
+        "file": name,
+        "records": len(records),
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "counts": counts,
+    }
     write_json_atomic(manifest_path, manifest)
 
 
@@ -185,5 +193,7 @@ def read_shard(run_dir: Path, round_index: int) -> tuple[list[dict[str, Any]], d
     path = run_dir / "data" / entry["file"]
     text = path.read_text() if path.is_file() else ""
     if hashlib.sha256(text.encode()).hexdigest() != entry["sha256"]:
-        raise ValueError(f"{path}: does not match data/manifest.json (changed or truncated since it was written); remove both to regenerate")
+        raise ValueError(
+            f"{path}: does not match data/manifest.json (changed or truncated since it was written); remove both to regenerate"
+        )
     return [json.loads(line) for line in text.splitlines()], entry["counts"]

@@ -1,12 +1,13 @@
 """The `cdscale` command.
 
-    cdscale run [--config FILE] [section.field=value ...]   a distillation run
-    cdscale run --resume RUN_DIR [run.ray_address=...]      continue it from its last committed state
-    cdscale bootstrap                                        prepare the tiny teacher model
-    cdscale prepare-model smollm2-135m                      convert packaged real weights
-    cdscale config [--config FILE] [overrides ...]          print the resolved config, explained
-    cdscale report RUN_DIR... [--out DIR]                   results table (markdown) and plots of runs
+cdscale run [--config FILE] [section.field=value ...]   a distillation run
+cdscale run --resume RUN_DIR [run.ray_address=...]      continue it from its last committed state
+cdscale bootstrap                                        prepare the tiny teacher model
+cdscale prepare-model smollm2-135m                      convert packaged real weights
+cdscale config [--config FILE] [overrides ...]          print the resolved config, explained
+cdscale report RUN_DIR... [--out DIR]                   results table (markdown) and plots of runs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import sys
 from pathlib import Path
 
 from cdscale.config import ConfigError, RunFailed, describe, load_config
-
 
 log = logging.getLogger("cdscale")
 
@@ -33,8 +33,13 @@ def _log_to_console() -> None:
 
 
 RESUMABLE_WITH = (
-    "run.ray_address", "run.dashboard_host", "run.metrics_export_port", "run.timeout_s", "run.save_by_s",
-    "sync.transport", "sync.bucket_mb",  # how the weights travel, not what they are
+    "run.ray_address",
+    "run.dashboard_host",
+    "run.metrics_export_port",
+    "run.timeout_s",
+    "run.save_by_s",
+    "sync.transport",
+    "sync.bucket_mb",  # how the weights travel, not what they are
 )
 
 
@@ -55,7 +60,9 @@ def _run(args: argparse.Namespace) -> int:
         if not config_file.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a cdscale run directory?")
         # The run directory is where it is now, whatever the working directory was at the start.
-        cfg = load_config(str(config_file), [*args.overrides, f"run.output_root={run_dir.parent}", f"run.name={run_dir.name}"])
+        cfg = load_config(
+            str(config_file), [*args.overrides, f"run.output_root={run_dir.parent}", f"run.name={run_dir.name}"]
+        )
     else:
         cfg = load_config(args.config, args.overrides)
     try:
@@ -76,7 +83,11 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
     # The default digit range keeps the plain name; another range gets its own folder, so an
     # 8-digit teacher never overwrites the 1-3 digit one.
-    digits = "" if args.task != "addition" or (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS else f"-{args.min_digits}to{args.max_digits}"
+    digits = (
+        ""
+        if args.task != "addition" or (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS
+        else f"-{args.min_digits}to{args.max_digits}"
+    )
     out = prepared_path(f"tiny-{args.task}{digits}" + ("-inputs" if args.learn_inputs else ""))
     if (out / "config.json").is_file() and not args.force:
         log.info("%s already bootstrapped (use --force to redo)", out)
@@ -126,21 +137,35 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="section.field=value")
         p.set_defaults(fn=fn)
         if name == "run":
-            p.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory from its last committed state")
+            p.add_argument(
+                "--resume", metavar="RUN_DIR", help="continue this run directory from its last committed state"
+            )
 
     p = sub.add_parser("bootstrap", help="teach the tiny model scratchpad addition (the paper's starting teacher)")
-    p.add_argument("--task", choices=["addition", "arithmetic"], default="addition",
-                   help="addition: tiny-addition; arithmetic: tiny-arithmetic, the four instructed tasks of the task-id experiment")
+    p.add_argument(
+        "--task",
+        choices=["addition", "arithmetic"],
+        default="addition",
+        help="addition: tiny-addition; arithmetic: tiny-arithmetic, the four instructed tasks of the task-id experiment",
+    )
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--min-digits", type=int, default=BOOTSTRAP_DIGITS[0])
     p.add_argument("--max-digits", type=int, default=BOOTSTRAP_DIGITS[1])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=10**9, metavar="STEPS",
-                   help="also measure the teacher's greedy accuracy every STEPS steps (always at the end)")
-    p.add_argument("--learn-inputs", action="store_true",
-                   help="also learn to continue a list of the task's inputs, so few-shot prompting samples synthetic D (saved as tiny-<task>-inputs)")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=10**9,
+        metavar="STEPS",
+        help="also measure the teacher's greedy accuracy every STEPS steps (always at the end)",
+    )
+    p.add_argument(
+        "--learn-inputs",
+        action="store_true",
+        help="also learn to continue a list of the task's inputs, so few-shot prompting samples synthetic D (saved as tiny-<task>-inputs)",
+    )
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=_bootstrap)
 

@@ -1,4 +1,5 @@
 """Where a run's wall time goes."""
+
 from __future__ import annotations
 
 import time

@@ -4,6 +4,7 @@ The defaults are the embedded default run (`cdscale run` with no config): scratc
 addition on the bootstrapped tiny model, on a local Ray cluster, on CPU.
 `cdscale config` prints every field with its value and meaning.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,22 +30,32 @@ PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 @dataclass
 class ModelConfig:
-    path: str = _f("tiny-addition", "model folder, or a prepared name: tiny-addition (cdscale bootstrap), smollm2-135m (cdscale prepare-model)")
+    path: str = _f(
+        "tiny-addition",
+        "model folder, or a prepared name: tiny-addition (cdscale bootstrap), smollm2-135m (cdscale prepare-model)",
+    )
     dtype: str = _f("float32", "weights dtype for engines and trainers", ("float32", "bfloat16", "float16"))
 
 
 @dataclass
 class TaskConfig:
     name: str = _f("addition", "registered task name, or 'package.module:Class'")
-    options: dict = _f(None, "keyword arguments of the task (a mapping given here replaces these defaults as a whole)", factory=lambda: {"min_digits": 1, "max_digits": 3})
+    options: dict = _f(
+        None,
+        "keyword arguments of the task (a mapping given here replaces these defaults as a whole)",
+        factory=lambda: {"min_digits": 1, "max_digits": 3},
+    )
 
 
 @dataclass
 class OperationConfig:
-    name: str = _f("", "label in the summary, the data and the eval files (default: the task's name); unique in the run")
+    name: str = _f(
+        "", "label in the summary, the data and the eval files (default: the task's name); unique in the run"
+    )
     task: TaskConfig | None = _f(None, "the operation's task: name and options (default: the task section)")
     num_train: int | None = _f(
-        None, "raw inputs drawn per round for this operation (default: data.num_train); 0: evaluated only, e.g. a wrong task id (H3)"
+        None,
+        "raw inputs drawn per round for this operation (default: data.num_train); 0: evaluated only, e.g. a wrong task id (H3)",
     )
     inputs: str = _f(
         "own",
@@ -70,8 +81,12 @@ class OperationConfig:
     )
     synthetic_shots: int = _f(4, "synthetic: example inputs from D shown in each generation prompt")
     synthetic_temperature: float = _f(1.0, "synthetic: sampling temperature of the generated inputs")
-    synthetic_max_new_tokens: int = _f(48, "synthetic: cap on a generated input's length in tokens (a line cut off is dropped)")
-    synthetic_max_passes: int = _f(4, "synthetic: generations to fill num_train after drops (malformed, duplicate, held out)")
+    synthetic_max_new_tokens: int = _f(
+        48, "synthetic: cap on a generated input's length in tokens (a line cut off is dropped)"
+    )
+    synthetic_max_passes: int = _f(
+        4, "synthetic: generations to fill num_train after drops (malformed, duplicate, held out)"
+    )
 
 
 @dataclass
@@ -79,7 +94,9 @@ class StageConfig:
     name: str = _f("", "label of the stage (default: stage<k>)")
     rounds: int = _f(1, "distillation rounds of this stage")
     operations: list[OperationConfig] = _f(
-        None, "operations distilled together (simultaneous): their examples form one shuffled mixture, one loss", factory=list
+        None,
+        "operations distilled together (simultaneous): their examples form one shuffled mixture, one loss",
+        factory=list,
     )
 
 
@@ -106,17 +123,31 @@ class TeacherConfig:
         "spreads over nodes, STRICT_* insists",
         PLACEMENT_STRATEGIES,
     )
-    mode: str = _f("frozen", "frozen: teacher stays the initial weights (paper); recursive: the student becomes the next round's teacher", ("frozen", "recursive"))
+    mode: str = _f(
+        "frozen",
+        "frozen: teacher stays the initial weights (paper); recursive: the student becomes the next round's teacher",
+        ("frozen", "recursive"),
+    )
     temperature: float = _f(1.0, "sampling temperature of the teacher's outputs y")
     top_k: int = _f(20, "teacher logprobs kept per answer token")
     max_new_tokens: int = _f(160, "cap on teacher generation length (scratchpad included)")
     max_model_len: int = _f(512, "engine context length")
-    kv_cache_gib: float = _f(1.0, "KV cache size per engine in GiB (explicit, so it does not depend on other processes' memory)")
+    kv_cache_gib: float = _f(
+        1.0, "KV cache size per engine in GiB (explicit, so it does not depend on other processes' memory)"
+    )
     enable_prefix_caching: bool = _f(True, "reuse the KV cache of shared prompt prefixes")
     max_num_seqs: int = _f(512, "sequences an engine decodes at once (larger batches amortize per-step overhead)")
-    max_answer_skip_fraction: float = _f(0.5, "fail the round when a larger fraction of its inputs is skipped (no extractable answer, cut off, unaligned, prompt too long)")
-    chunk_size: int = _f(2048, "prompts per engine call (progress granularity and load balancing; an engine that dies redoes only its current chunk)")
-    max_engine_restarts: int = _f(3, "engines that may die in a run and be replaced (with the current weights) before the run fails")
+    max_answer_skip_fraction: float = _f(
+        0.5,
+        "fail the round when a larger fraction of its inputs is skipped (no extractable answer, cut off, unaligned, prompt too long)",
+    )
+    chunk_size: int = _f(
+        2048,
+        "prompts per engine call (progress granularity and load balancing; an engine that dies redoes only its current chunk)",
+    )
+    max_engine_restarts: int = _f(
+        3, "engines that may die in a run and be replaced (with the current weights) before the run fails"
+    )
 
 
 @dataclass
@@ -138,7 +169,9 @@ class StudentConfig:
         "Jensen-Shannon with weight jsd_beta on the teacher; hard: NLL of the teacher's tokens f(y)",
         ("forward_kl_topk", "sampled_soft", "jsd", "hard"),
     )
-    temperature: float = _f(1.0, "softens teacher and student in the soft losses (loss scaled by T^2); not used by hard")
+    temperature: float = _f(
+        1.0, "softens teacher and student in the soft losses (loss scaled by T^2); not used by hard"
+    )
     jsd_beta: float = _f(0.5, "jsd: weight of the teacher in the mixture m = beta p + (1 - beta) q; in (0, 1)")
     soft_label_samples: int = _f(100, "sampled_soft: teacher draws per position (paper: 100)")
     lr: float = _f(6e-4, "peak learning rate (AdamW); the demo's, chosen in docs/results.md#learning-rate-of-the-demo")
@@ -147,7 +180,9 @@ class StudentConfig:
     batch_size: int = _f(128, "global batch size (sequences), split evenly across ranks")
     epochs: int = _f(3, "passes over each round's distillation data")
     grad_clip: float = _f(1.0, "gradient norm clip")
-    steps_per_call: int = _f(25, "optimizer steps per call to the rank actors (fewer round trips; progress granularity)")
+    steps_per_call: int = _f(
+        25, "optimizer steps per call to the rank actors (fewer round trips; progress granularity)"
+    )
 
 
 @dataclass
@@ -177,10 +212,13 @@ class RunConfig:
     ray_address: str | None = _f(None, "join this Ray cluster; default: start a local one")
     dashboard_host: str = _f("127.0.0.1", "host the local Ray dashboard binds to")
     metrics_export_port: int | None = _f(
-        None, "port where the local Ray node serves its metrics (cdscale_* among them) to Prometheus; default: Ray picks one"
+        None,
+        "port where the local Ray node serves its metrics (cdscale_* among them) to Prometheus; default: Ray picks one",
     )
     timeout_s: float = _f(3600.0, "timeout of each remote call, so a dead actor is an error, not a hang")
-    max_trainer_restarts: int = _f(2, "times the trainer ranks may be restarted from the last commit after one dies, before the run fails")
+    max_trainer_restarts: int = _f(
+        2, "times the trainer ranks may be restarted from the last commit after one dies, before the run fails"
+    )
     save_by_s: float | None = _f(
         None,
         "stop at the next safe point (saving the state) once this many seconds have passed; set it below the "
@@ -275,7 +313,11 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         f, typ = known[name], hints[name]
-        optional = [a for a in typing.get_args(typ) if a is not type(None)] if typing.get_origin(typ) in (typing.Union, types.UnionType) else []
+        optional = (
+            [a for a in typing.get_args(typ) if a is not type(None)]
+            if typing.get_origin(typ) in (typing.Union, types.UnionType)
+            else []
+        )
         if value is not None and len(optional) == 1 and dataclasses.is_dataclass(optional[0]):
             typ = optional[0]  # an optional section that was given
         if dataclasses.is_dataclass(typ):
@@ -302,13 +344,19 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 def validate(cfg: Config) -> Config:
     """Range checks and checks that involve more than one field."""
     positive = {
-        "data.num_train": cfg.data.num_train, "data.num_eval": cfg.data.num_eval,
-        "teacher.num_engines": cfg.teacher.num_engines, "teacher.top_k": cfg.teacher.top_k,
+        "data.num_train": cfg.data.num_train,
+        "data.num_eval": cfg.data.num_eval,
+        "teacher.num_engines": cfg.teacher.num_engines,
+        "teacher.top_k": cfg.teacher.top_k,
         "teacher.tensor_parallel_size": cfg.teacher.tensor_parallel_size,
-        "teacher.max_new_tokens": cfg.teacher.max_new_tokens, "teacher.chunk_size": cfg.teacher.chunk_size,
-        "student.num_ranks": cfg.student.num_ranks, "student.batch_size": cfg.student.batch_size,
-        "student.epochs": cfg.student.epochs, "run.rounds": cfg.run.rounds,
-        "student.steps_per_call": cfg.student.steps_per_call, "sync.bucket_mb": cfg.sync.bucket_mb,
+        "teacher.max_new_tokens": cfg.teacher.max_new_tokens,
+        "teacher.chunk_size": cfg.teacher.chunk_size,
+        "student.num_ranks": cfg.student.num_ranks,
+        "student.batch_size": cfg.student.batch_size,
+        "student.epochs": cfg.student.epochs,
+        "run.rounds": cfg.run.rounds,
+        "student.steps_per_call": cfg.student.steps_per_call,
+        "sync.bucket_mb": cfg.sync.bucket_mb,
     }
     for path, value in positive.items():
         if value < 1:
@@ -319,7 +367,9 @@ def validate(cfg: Config) -> Config:
             "no full batch could be trained"
         )
     if not 0 <= cfg.teacher.max_answer_skip_fraction <= 1:
-        raise ConfigError(f"teacher.max_answer_skip_fraction: must be in [0, 1], got {cfg.teacher.max_answer_skip_fraction}")
+        raise ConfigError(
+            f"teacher.max_answer_skip_fraction: must be in [0, 1], got {cfg.teacher.max_answer_skip_fraction}"
+        )
     if cfg.teacher.temperature < 0 or cfg.student.warmup_steps < 0:
         raise ConfigError("teacher.temperature and student.warmup_steps: must not be negative")
     if cfg.student.batch_size % cfg.student.num_ranks:
@@ -328,7 +378,11 @@ def validate(cfg: Config) -> Config:
             f"student.num_ranks={cfg.student.num_ranks}"
         )
     for where, cpus, gpus in (
-        ("teacher.cpus_per_engine and teacher.gpus_per_engine", cfg.teacher.cpus_per_engine, cfg.teacher.gpus_per_engine),
+        (
+            "teacher.cpus_per_engine and teacher.gpus_per_engine",
+            cfg.teacher.cpus_per_engine,
+            cfg.teacher.gpus_per_engine,
+        ),
         ("student.cpus_per_rank and student.gpus_per_rank", cfg.student.cpus_per_rank, cfg.student.gpus_per_rank),
     ):
         if cpus < 0 or gpus < 0 or cpus + gpus == 0:
@@ -336,7 +390,9 @@ def validate(cfg: Config) -> Config:
     weight_transport(cfg)
     tp, gpus = cfg.teacher.tensor_parallel_size, cfg.teacher.gpus_per_engine
     if tp > 1 and gpus > 0 and gpus != tp:
-        raise ConfigError(f"teacher.gpus_per_engine: {gpus} GPUs for teacher.tensor_parallel_size={tp} workers; each worker takes one GPU")
+        raise ConfigError(
+            f"teacher.gpus_per_engine: {gpus} GPUs for teacher.tensor_parallel_size={tp} workers; each worker takes one GPU"
+        )
     if cfg.teacher.kv_cache_gib <= 0:
         raise ConfigError(f"teacher.kv_cache_gib: must be positive, got {cfg.teacher.kv_cache_gib}")
     if not 0 < cfg.student.jsd_beta < 1:
@@ -351,7 +407,9 @@ def validate(cfg: Config) -> Config:
     if cfg.run.max_trainer_restarts < 0:
         raise ConfigError(f"run.max_trainer_restarts: must not be negative, got {cfg.run.max_trainer_restarts}")
     if cfg.run.timeout_s <= 0 or (cfg.run.save_by_s is not None and cfg.run.save_by_s <= 0):
-        raise ConfigError(f"run.timeout_s and run.save_by_s: must be positive, got {cfg.run.timeout_s} and {cfg.run.save_by_s}")
+        raise ConfigError(
+            f"run.timeout_s and run.save_by_s: must be positive, got {cfg.run.timeout_s} and {cfg.run.save_by_s}"
+        )
     for section, values in cfg.to_dict().items():
         for name, value in values.items() if isinstance(values, dict) else ():
             if isinstance(value, float) and not math.isfinite(value):
@@ -405,12 +463,16 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
             if op.name in names:
                 raise ConfigError(f"{where}.name: {op.name!r} is used twice; operation names are unique in a run")
             if 0 < op.num_train < cfg.student.batch_size or op.num_train < 0:
-                raise ConfigError(f"{where}.num_train: {op.num_train} is below student.batch_size={cfg.student.batch_size} (0: evaluate only)")
+                raise ConfigError(
+                    f"{where}.num_train: {op.num_train} is below student.batch_size={cfg.student.batch_size} (0: evaluate only)"
+                )
             for name in ("ensemble", "synthetic_shots", "synthetic_max_new_tokens", "synthetic_max_passes"):
                 if getattr(op, name) < 1:
                     raise ConfigError(f"{where}.{name}: must be at least 1, got {getattr(op, name)}")
             if not 0 <= op.synthetic_temperature < math.inf:
-                raise ConfigError(f"{where}.synthetic_temperature: must be a finite number >= 0, got {op.synthetic_temperature}")
+                raise ConfigError(
+                    f"{where}.synthetic_temperature: must be a finite number >= 0, got {op.synthetic_temperature}"
+                )
             names.add(op.name)
             operations.append(op)
         if not any(op.num_train for op in operations):
@@ -448,6 +510,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def describe(cfg: Config) -> str:
     """Every field with its value, allowed values and meaning, as commented YAML."""
+
     def line(indent: str, f: dataclasses.Field, value: Any) -> str:
         value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
@@ -465,5 +528,3 @@ def describe(cfg: Config) -> str:
         lines.append(f"{section.name}:")
         lines += [line("  ", f, getattr(sub, f.name)) for f in fields(sub)]
     return "\n".join(lines)
-
-

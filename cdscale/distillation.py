@@ -15,6 +15,7 @@ student of stage k. A stop (SIGTERM, run.save_by_s) is honoured during generatio
 outputs are not kept) and between training calls (the state is committed); evaluation and
 the sync after training run to the round's commit.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,14 @@ import yaml
 
 from cdscale.build_targets import TargetBuilder, TargetCounts
 from cdscale.checkpoint import (
-    Progress, commit_state, copy_dir_atomic, load_latest_state, read_shard, save_hf_checkpoint, write_json_atomic, write_shard,
+    Progress,
+    commit_state,
+    copy_dir_atomic,
+    load_latest_state,
+    read_shard,
+    save_hf_checkpoint,
+    write_json_atomic,
+    write_shard,
     write_text_atomic,
 )
 from cdscale.clock import PhaseClock
@@ -46,8 +54,8 @@ from cdscale.student.group import TrainerGroup
 from cdscale.student.loop import train_round
 from cdscale.sync import EngineWeights, make_weight_sync
 from cdscale.sync.object_store import export_weights
-from cdscale.teacher.group import EngineGroup
 from cdscale.tasks import Example
+from cdscale.teacher.group import EngineGroup
 from cdscale.teacher.synthetic_inputs import synthesize_inputs
 
 log = logging.getLogger(__name__)
@@ -88,7 +96,9 @@ class Distillation:
         self.stages = resolve_stages(cfg)
         self.tasks = build_tasks(self.stages)
         # (stage index, stage, last round of its stage?) for every round of the run
-        self.plan = [(k, stage, i == stage.rounds - 1) for k, stage in enumerate(self.stages) for i in range(stage.rounds)]
+        self.plan = [
+            (k, stage, i == stage.rounds - 1) for k, stage in enumerate(self.stages) for i in range(stage.rounds)
+        ]
         self.model_path = resolve_model_path(cfg.model.path)
         (self.run_dir / "data").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "eval").mkdir(exist_ok=True)
@@ -113,8 +123,21 @@ class Distillation:
         try:
             with self.clock("startup"):
                 # Reserved one by one, so that a failure while reserving the second releases the first.
-                groups.append(reserve(t.num_engines, t.cpus_per_engine, t.gpus_per_engine, t.placement, cfg.run.timeout_s, "teacher engines"))
-                groups.append(reserve(s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, s.placement, cfg.run.timeout_s, "trainer ranks"))
+                groups.append(
+                    reserve(
+                        t.num_engines,
+                        t.cpus_per_engine,
+                        t.gpus_per_engine,
+                        t.placement,
+                        cfg.run.timeout_s,
+                        "teacher engines",
+                    )
+                )
+                groups.append(
+                    reserve(
+                        s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, s.placement, cfg.run.timeout_s, "trainer ranks"
+                    )
+                )
                 self.placement = {"engines": bundle_nodes(groups[0]), "trainers": bundle_nodes(groups[1])}
                 self.log.write(event="placement", **self.placement)
                 self.engines = EngineGroup.from_config(cfg, self.model_path, groups[0]).start(t.num_engines)
@@ -137,7 +160,11 @@ class Distillation:
     def restart_trainers(self, attempt: int) -> None:
         self.log.rollback()  # the dead attempt's events after the last commit describe undone training
         self.log.write(event="restart", what="trainers", restart=attempt)
-        log.info("a trainer rank died; restarting the ranks from the last commit (%d of %d)", attempt, self.cfg.run.max_trainer_restarts)
+        log.info(
+            "a trainer rank died; restarting the ranks from the last commit (%d of %d)",
+            attempt,
+            self.cfg.run.max_trainer_restarts,
+        )
         with self.clock("startup"):
             self.trainers.restart()
 
@@ -150,16 +177,31 @@ class Distillation:
             # The ranks hold the model's own weights until a state is loaded: keep them for
             # the frozen teacher, and for engines that hold a student no commit knows of.
             with self.clock("sync"):
-                self.initial = self.initial or EngineWeights(0, export_weights(self.trainers.actors, self.cfg.run.timeout_s))
+                self.initial = self.initial or EngineWeights(
+                    0, export_weights(self.trainers.actors, self.cfg.run.timeout_s)
+                )
         if state is None:
-            self.progress = Progress(summary={
-                "run_dir": str(self.run_dir), "model": self.model_path, "stages": [s.name for s in self.stages],
-                "teacher": {}, "student_before": {}, "student_after": {}, "after_stage": {},
-            })
+            self.progress = Progress(
+                summary={
+                    "run_dir": str(self.run_dir),
+                    "model": self.model_path,
+                    "stages": [s.name for s in self.stages],
+                    "teacher": {},
+                    "student_before": {},
+                    "student_after": {},
+                    "after_stage": {},
+                }
+            )
         else:
             folder, saved = state
             self.progress = Progress.from_dict(saved)
-            log.info("resuming %s from %s (round %d, step %d)", self.run_dir, folder.name, self.progress.round, self.progress.step)
+            log.info(
+                "resuming %s from %s (round %d, step %d)",
+                self.run_dir,
+                folder.name,
+                self.progress.round,
+                self.progress.step,
+            )
             with self.clock("checkpoint"):
                 self.trainers.call("load_state", str(folder))
         self._engines_hold(0 if frozen else self.progress.round)
@@ -192,7 +234,12 @@ class Distillation:
                 raise Preempted(f"round {r}: stopped after step {self.progress.step} ({self.stop.reason})")
             self.log.write(event="train_summary", round=r, **stats.__dict__)
             sync = self.push(r + 1)
-            self.progress.summary[f"round_{r}"] = {"stage": stage.name, **counts, **stats.__dict__, "sync_s": sync["seconds"]}
+            self.progress.summary[f"round_{r}"] = {
+                "stage": stage.name,
+                **counts,
+                **stats.__dict__,
+                "sync_s": sync["seconds"],
+            }
             self.evaluate_round(r, k, stage, last_of_stage)
             self.progress.round, self.progress.step, self.progress.losses = r + 1, 0, []
             self.commit()
@@ -226,7 +273,13 @@ class Distillation:
         self.log.write(event="targets", round=r, stage=stage.name, generate_tokens_per_s=tokens_per_s, **counts)
         log.info(
             "%s round %d: %d distillation examples; skipped: %d without an answer, %d truncated, %d unaligned, %d too long",
-            stage.name, r, total.kept, total.no_answer, total.truncated, total.unaligned, total.too_long,
+            stage.name,
+            r,
+            total.kept,
+            total.no_answer,
+            total.truncated,
+            total.unaligned,
+            total.too_long,
         )
         return records, counts
 
@@ -235,7 +288,9 @@ class Distillation:
         from D. Fails when too few come out usable."""
         rng = random.Random(f"{self.cfg.data.seed}-synthetic-{r}-{op.name}")
         with self.clock("sample_inputs"):
-            inputs, counts = synthesize_inputs(self.engines, self.tokenizer, self.tasks[op.name], op, rng, f"round {r} {op.name} inputs", self.stop)
+            inputs, counts = synthesize_inputs(
+                self.engines, self.tokenizer, self.tasks[op.name], op, rng, f"round {r} {op.name} inputs", self.stop
+            )
         log.info("round %d %s: %d synthetic inputs; counts %s", r, op.name, len(inputs), counts)
         self.log.write(event="synthetic_inputs", round=r, operation=op.name, **counts)
         if len(inputs) < (1 - self.cfg.teacher.max_answer_skip_fraction) * op.num_train:
@@ -259,9 +314,13 @@ class Distillation:
         t = self.cfg.teacher
         max_new_tokens = t.max_new_tokens if role == "teacher" else self.cfg.eval.max_new_tokens_student
         with self.clock("eval"):
-            metrics, rows = evaluate(self.engines, self.tokenizer, self.tasks[op], self.eval_sets[op], role, max_new_tokens)
+            metrics, rows = evaluate(
+                self.engines, self.tokenizer, self.tasks[op], self.eval_sets[op], role, max_new_tokens
+            )
             (self.run_dir / "eval" / op).mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.run_dir / "eval" / op / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+            write_text_atomic(
+                self.run_dir / "eval" / op / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
+            )
         self.log.write(event="eval", operation=op, name=label, **metrics)
         log.info("%s %s: accuracy %.1f%% on %d held-out inputs", op, label, 100 * metrics["accuracy"], metrics["n"])
         return metrics
@@ -276,15 +335,22 @@ class Distillation:
             summary["after_stage"][stage.name] = {op: summary["student_after"][op] for op in seen}
         if self.cfg.teacher.mode == "recursive":
             for op in stage.operations:
-                summary.setdefault(f"teacher_round_{r + 1}", {})[op.name] = self.evaluate(op.name, "teacher", f"teacher_round_{r + 1}")
+                summary.setdefault(f"teacher_round_{r + 1}", {})[op.name] = self.evaluate(
+                    op.name, "teacher", f"teacher_round_{r + 1}"
+                )
 
     def commit(self) -> None:
         """Commit the ranks' DeepSpeed state, the progress and the student as safetensors (the
         weights the engines took at the last sync when they went through the object store)."""
+
         def save(tmp: Path) -> None:
             self.trainers.call("save_state", str(tmp))
             held = self.engines.weights
-            current = held.packed if held.packed is not None and held.version == self.progress.round and self.progress.step == 0 else None
+            current = (
+                held.packed
+                if held.packed is not None and held.version == self.progress.round and self.progress.step == 0
+                else None
+            )
             student = current or export_weights(self.trainers.actors, self.cfg.run.timeout_s)
             save_hf_checkpoint(ray.get(student).named_tensors(), self.model_path, tmp / "student")
 

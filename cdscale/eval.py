@@ -1,5 +1,6 @@
 """Step 6 of a round: score the teacher (with its context) and the student (without) on
 held-out inputs, greedily, through the running engines."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -31,8 +32,16 @@ def score_outputs(
         prompt_tokens += len(prompt)
         if out is None:
             too_long += 1
-            rows.append({"input": x.input, "gold": x.gold, "completion": None, "answer": None, "score": 0.0,
-                         "skipped": "too_long"})
+            rows.append(
+                {
+                    "input": x.input,
+                    "gold": x.gold,
+                    "completion": None,
+                    "answer": None,
+                    "score": 0.0,
+                    "skipped": "too_long",
+                }
+            )
             continue
         completion = tokenizer.decode(out["token_ids"], skip_special_tokens=True)
         answer = task.extract_answer(completion)

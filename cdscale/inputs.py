@@ -4,6 +4,7 @@ Every draw comes from a stream seeded by the run's seed, the round and the opera
 resumed run draws what the interrupted one drew. (Synthetic inputs, sampled from the engines
 when their round starts, are in `teacher/synthetic_inputs.py`.)
 """
+
 from __future__ import annotations
 
 import random
@@ -38,7 +39,11 @@ def sample_splits(
     suffix = (lambda name: "") if len(tasks) == 1 else (lambda name: f"-{name}")  # a one-task run keeps its streams
     eval_sets = {
         name: sample_where(
-            task, cfg.data.num_eval, random.Random(f"{seed}-eval{suffix(name)}"), held_out=True, distinct=True,
+            task,
+            cfg.data.num_eval,
+            random.Random(f"{seed}-eval{suffix(name)}"),
+            held_out=True,
+            distinct=True,
             what=f"data.num_eval ({name})",
         )
         for name, task in tasks.items()
@@ -67,10 +72,14 @@ def _training_inputs(
         shown = tasks[op.name].demonstration_examples()
         leaked = sorted({x.input for x in shown} & {x.input for x in eval_set})
         if leaked:  # training on them would train on this run's evaluation
-            raise ConfigError(f"{what}: in-context examples (the task's demonstrations) are also evaluation inputs: {leaked[:3]}")
+            raise ConfigError(
+                f"{what}: in-context examples (the task's demonstrations) are also evaluation inputs: {leaked[:3]}"
+            )
         return [shown[rng.randrange(len(shown))] for _ in range(op.num_train)]
     sources = [tasks[o.name] for o in stage.operations if o.num_train > 0]
     picks = [rng.randrange(len(sources)) for _ in range(op.num_train)]
-    mixed = [x for j, src in enumerate(sources) for x in sample_where(src, picks.count(j), rng, held_out=False, what=what)]
+    mixed = [
+        x for j, src in enumerate(sources) for x in sample_where(src, picks.count(j), rng, held_out=False, what=what)
+    ]
     rng.shuffle(mixed)
     return mixed

@@ -5,6 +5,7 @@ The headline numbers of an event also go to TensorBoard event files (run_dir/ten
 and to Ray's metrics as gauges named cdscale_*: the Ray dashboard's Metrics view and each
 node's Prometheus endpoint show them while the run goes on.
 """
+
 from __future__ import annotations
 
 import json
@@ -150,4 +151,3 @@ class MetricsLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-

@@ -6,6 +6,7 @@ the cluster fails at start with what it asked for, rather than starting some eng
 waiting forever for the rest. It also keeps each actor's CPUs and GPUs on one node, and a
 replacement actor (a dead engine, restarted ranks) goes back into the same bundle.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,11 @@ def in_bundle(group: PlacementGroup | None, index: int) -> dict[str, Any]:
     """Actor options that put an actor into bundle `index` of `group` (none without a group)."""
     if group is None:
         return {}
-    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)}
+    return {
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_bundle_index=index
+        )
+    }
 
 
 def bundle_nodes(group: PlacementGroup) -> list[str]:

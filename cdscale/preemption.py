@@ -1,6 +1,7 @@
 """Stopping at a safe point: SIGTERM (what Slurm sends before the wall time or on
 preemption) or a wall-time budget (`run.save_by_s`) asks the driver to stop; the driver
 checks between generation chunks and training calls, saves what it has, and exits 0."""
+
 from __future__ import annotations
 
 import signal

@@ -6,6 +6,7 @@ and PNG plots, from what each run directory holds (summary.json, metrics.jsonl).
     accuracy.png          student accuracy per operation after each round (round -1: before), a panel per run
     loss.png              training loss per step, rounds one after another
 """
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ When f's span starts or ends inside a token, the whole token is kept. When only
 whitespace follows the answer and the teacher stopped with EOS, the EOS is kept too, so
 the student learns to stop after answering.
 """
+
 from __future__ import annotations
 
 import bisect

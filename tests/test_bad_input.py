@@ -1,5 +1,6 @@
 """Bad input gets a clean, named error or a counted skip: random and malformed configs
 (property-based) and teacher outputs that cannot be used."""
+
 import json
 import math
 import random
@@ -9,15 +10,20 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdscale.config import Config, ConfigError, RunFailed, load_config, resolve_stages
 from cdscale.build_targets import TargetBuilder
+from cdscale.config import Config, ConfigError, RunFailed, load_config, resolve_stages
 from cdscale.tasks import build_task
 from cdscale.tasks.records import load_records
 
 FIELDS = [f"{section}.{name}" for section, sub in Config().to_dict().items() if isinstance(sub, dict) for name in sub]
 VALUES = st.one_of(
-    st.text(max_size=12), st.integers(-10**12, 10**12), st.floats(allow_nan=True), st.booleans(), st.none(),
-    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.text(max_size=12),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 
 
@@ -33,9 +39,18 @@ def test_random_dotted_overrides_load_or_raise_a_config_error(pairs):
         assert all(v > 0 for k, v in values.items() if k in ("lr", "timeout_s", "kv_cache_gib"))
 
 
-OPERATIONS = st.lists(st.dictionaries(st.sampled_from(["name", "task", "num_train", "inputs", "other"]), VALUES, max_size=3), max_size=3)
-STAGES = st.one_of(VALUES, st.lists(st.dictionaries(st.sampled_from(["name", "rounds", "operations", "other"]),
-                                                    st.one_of(VALUES, OPERATIONS), max_size=3), max_size=3))
+OPERATIONS = st.lists(
+    st.dictionaries(st.sampled_from(["name", "task", "num_train", "inputs", "other"]), VALUES, max_size=3), max_size=3
+)
+STAGES = st.one_of(
+    VALUES,
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["name", "rounds", "operations", "other"]), st.one_of(VALUES, OPERATIONS), max_size=3
+        ),
+        max_size=3,
+    ),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -60,7 +75,9 @@ def test_random_yaml_files_load_or_raise_a_config_error_naming_the_field(tmp_pat
     try:
         load_config(str(path), [])
     except ConfigError as err:
-        assert str(path) in str(err) or any(f in str(err) for f in values) or "section" in str(err) or "field" in str(err)
+        assert (
+            str(path) in str(err) or any(f in str(err) for f in values) or "section" in str(err) or "field" in str(err)
+        )
 
 
 def test_outputs_of_prompts_too_long_are_counted_and_fail_the_round_above_the_threshold(tiny_tokenizer):
@@ -82,8 +99,13 @@ def test_an_output_cut_off_after_its_answer_is_kept_and_one_cut_within_it_is_cou
 
     def cut_off(text: str) -> dict:
         ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
-        return {"token_ids": ids, "finish_reason": "length", "logprob_ids": ids, "logprob_values": [0.0] * len(ids),
-                "logprob_starts": list(range(len(ids) + 1))}
+        return {
+            "token_ids": ids,
+            "finish_reason": "length",
+            "logprob_ids": ids,
+            "logprob_values": [0.0] * len(ids),
+            "logprob_starts": list(range(len(ids) + 1)),
+        }
 
     whole, cut = cut_off(" 3\nInput: 5 + 5\nAnswer: 1"), cut_off(" 1 2 3 4")
     records_kept, counts = TargetBuilder(cfg, tiny_tokenizer).from_outputs(task, examples, [whole, cut], 0)

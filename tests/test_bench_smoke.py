@@ -1,4 +1,5 @@
 """The benchmark suite at tiny sizes: keeps the scripts alive. No assertion on speed."""
+
 import json
 
 import pytest

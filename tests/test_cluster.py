@@ -1,6 +1,7 @@
 """Across Ray nodes: the same run on one node and on two (`ray.cluster_utils.Cluster`: two
 raylets on this machine, each its own Ray node), and its metrics read back from the head
 node's Prometheus endpoint, which is what the Ray dashboard's Metrics view shows."""
+
 import json
 import re
 import time
@@ -18,11 +19,24 @@ pytestmark = pytest.mark.stack
 
 
 def _config(model, tmp_path, address, name, *extra):
-    return load_config(None, [
-        f"model.path={model}", "task.options.max_digits=2", f"run.output_root={tmp_path}", f"run.name={name}",
-        f"run.ray_address={address}", "data.num_train=96", "data.num_eval=16", "student.batch_size=32", "student.epochs=2",
-        "student.warmup_steps=2", "teacher.max_new_tokens=64", "teacher.num_engines=1", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.path={model}",
+            "task.options.max_digits=2",
+            f"run.output_root={tmp_path}",
+            f"run.name={name}",
+            f"run.ray_address={address}",
+            "data.num_train=96",
+            "data.num_eval=16",
+            "student.batch_size=32",
+            "student.epochs=2",
+            "student.warmup_steps=2",
+            "teacher.max_new_tokens=64",
+            "teacher.num_engines=1",
+            *extra,
+        ],
+    )
 
 
 def _scrape(port: int, metric: str, run_name: str, timeout_s: float = 60.0) -> float:
@@ -42,9 +56,15 @@ def test_two_nodes_match_one_node_and_the_metrics_reach_the_dashboard(teacher_mo
     if ray.is_initialized():
         ray.shutdown()  # this test joins its own cluster
     metrics_port = free_port()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 3, "metrics_export_port": metrics_port, "include_dashboard": True, "dashboard_port": free_port(),
-    })
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 3,
+            "metrics_export_port": metrics_port,
+            "include_dashboard": True,
+            "dashboard_port": free_port(),
+        },
+    )
     try:
         one = run(_config(teacher_model, tmp_path, cluster.address, "one"))
         assert len(set(one["placement"]["engines"] + one["placement"]["trainers"])) == 1
@@ -53,8 +73,16 @@ def test_two_nodes_match_one_node_and_the_metrics_reach_the_dashboard(teacher_mo
         cluster.wait_for_nodes()
         # STRICT_SPREAD: one rank per node, so the gradient all-reduce crosses between nodes.
         # The weights reach the engine by the other transport: rank 0's broadcast over gloo.
-        two = run(_config(teacher_model, tmp_path, cluster.address, "two", "student.placement=STRICT_SPREAD",
-                          "sync.transport=broadcast"))
+        two = run(
+            _config(
+                teacher_model,
+                tmp_path,
+                cluster.address,
+                "two",
+                "student.placement=STRICT_SPREAD",
+                "sync.transport=broadcast",
+            )
+        )
         head = ray.get_runtime_context().get_node_id()
         assert sorted(two["placement"]["trainers"]) == sorted([head, worker.node_id])
 
@@ -65,13 +93,26 @@ def test_two_nodes_match_one_node_and_the_metrics_reach_the_dashboard(teacher_mo
             assert two[key] == one[key], key
         # The student's answers after the sync: the same with either transport, and not the
         # answers of the weights the engine started with.
-        answers = {(run_name, when): [json.loads(line)["completion"] for line in (tmp_path / run_name / "eval" / "addition" / f"{when}.jsonl").open()]
-                   for run_name in ("one", "two") for when in ("student_before", "student_after_round_0")}
+        answers = {
+            (run_name, when): [
+                json.loads(line)["completion"]
+                for line in (tmp_path / run_name / "eval" / "addition" / f"{when}.jsonl").open()
+            ]
+            for run_name in ("one", "two")
+            for when in ("student_before", "student_after_round_0")
+        }
         assert answers["two", "student_after_round_0"] == answers["one", "student_after_round_0"]
         assert answers["two", "student_after_round_0"] != answers["two", "student_before"]
-        syncs = {run_name: [json.loads(line) for line in (tmp_path / run_name / "metrics.jsonl").open() if '"event": "sync"' in line]
-                 for run_name in ("one", "two")}
-        assert [(e["transport"], e.get("backend")) for e in syncs["one"] + syncs["two"]] == [("object_store", None), ("broadcast", "gloo")]
+        syncs = {
+            run_name: [
+                json.loads(line) for line in (tmp_path / run_name / "metrics.jsonl").open() if '"event": "sync"' in line
+            ]
+            for run_name in ("one", "two")
+        }
+        assert [(e["transport"], e.get("backend")) for e in syncs["one"] + syncs["two"]] == [
+            ("object_store", None),
+            ("broadcast", "gloo"),
+        ]
         assert two["round_0"]["kept"] == one["round_0"]["kept"]
         for key in ("loss_first", "loss_last"):
             assert two["round_0"][key] == pytest.approx(one["round_0"][key], rel=1e-5)

@@ -1,5 +1,6 @@
 """The shape the codebase keeps (issue: the orchestration an expert would want to live in):
 no function in cdscale/ over 60 lines, and no public function with more than 7 parameters."""
+
 import ast
 from pathlib import Path
 
@@ -27,9 +28,15 @@ def test_functions_are_short_and_public_ones_take_few_parameters(limit):
     functions = list(_functions())
     assert len(functions) > 100  # the walk found the package
     if limit == "lines":
-        over = [f"{where} ({node.end_lineno - node.lineno + 1} lines)" for where, node in functions
-                if node.end_lineno - node.lineno + 1 > MAX_LINES]
+        over = [
+            f"{where} ({node.end_lineno - node.lineno + 1} lines)"
+            for where, node in functions
+            if node.end_lineno - node.lineno + 1 > MAX_LINES
+        ]
     else:
-        over = [f"{where} ({_params(node)} parameters)" for where, node in functions
-                if not node.name.startswith("_") and _params(node) > MAX_PARAMS]
+        over = [
+            f"{where} ({_params(node)} parameters)"
+            for where, node in functions
+            if not node.name.startswith("_") and _params(node) > MAX_PARAMS
+        ]
     assert not over, "\n".join(over)

@@ -1,4 +1,5 @@
 """The config schema: defaults, YAML + dotted overrides, and errors that name the field."""
+
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ def test_shipped_addition_config_is_the_embedded_default():
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config(None, ["student.zero_stage=3", "student.lr=5e-4", "task.options.max_digits=5", "run.ray_address=auto"])
+    cfg = load_config(
+        None, ["student.zero_stage=3", "student.lr=5e-4", "task.options.max_digits=5", "run.ray_address=auto"]
+    )
     assert cfg.student.zero_stage == 3 and cfg.student.lr == 5e-4
     assert cfg.task.options["max_digits"] == 5 and cfg.run.ray_address == "auto"
 
@@ -87,7 +90,9 @@ def test_resume_may_change_where_the_run_goes_on_but_not_what_it_computes(capsys
     seen = {}
     monkeypatch.setattr(cdscale.distillation, "run", lambda cfg, resume=False: seen.update(cfg=cfg, resume=resume))
     (tmp_path / "moved" / "old").mkdir(parents=True)
-    (tmp_path / "moved" / "old" / "config.yaml").write_text(yaml.safe_dump(load_config(None, ["run.name=old"]).to_dict()))
+    (tmp_path / "moved" / "old" / "config.yaml").write_text(
+        yaml.safe_dump(load_config(None, ["run.name=old"]).to_dict())
+    )
     assert main(["run", "--resume", str(tmp_path / "moved" / "old"), "run.ray_address=auto", "run.timeout_s=60"]) == 0
     cfg = seen["cfg"]
     assert seen["resume"] and cfg.run.ray_address == "auto" and cfg.run.timeout_s == 60
@@ -178,16 +183,27 @@ def test_the_weight_transport_follows_the_devices_unless_chosen():
     assert weight_transport(load_config(None, gpus[1:])) == ("object_store", None)
     assert weight_transport(load_config(None, shared)) == ("object_store", None)
     for devices in (gpus[1:], shared):
-        with pytest.raises(ConfigError, match="sync.transport: broadcast needs trainers and engines both on CPUs or each on whole GPUs"):
+        with pytest.raises(
+            ConfigError, match="sync.transport: broadcast needs trainers and engines both on CPUs or each on whole GPUs"
+        ):
             load_config(None, [*devices, "sync.transport=broadcast"])
-    with pytest.raises(ConfigError, match=r"sync.transport: 'nccl' is not allowed; allowed values: \['auto', 'object_store', 'broadcast'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sync.transport: 'nccl' is not allowed; allowed values: \['auto', 'object_store', 'broadcast'\]",
+    ):
         load_config(None, ["sync.transport=nccl"])
 
 
 def test_a_tensor_parallel_engine_takes_one_gpu_per_worker():
-    assert load_config(None, ["teacher.tensor_parallel_size=2"]).teacher.tensor_parallel_size == 2  # CPU: worker processes
-    assert load_config(None, ["teacher.tensor_parallel_size=4", "teacher.gpus_per_engine=4"]).teacher.gpus_per_engine == 4
-    with pytest.raises(ConfigError, match="teacher.gpus_per_engine: 1.0 GPUs for teacher.tensor_parallel_size=2 workers"):
+    assert (
+        load_config(None, ["teacher.tensor_parallel_size=2"]).teacher.tensor_parallel_size == 2
+    )  # CPU: worker processes
+    assert (
+        load_config(None, ["teacher.tensor_parallel_size=4", "teacher.gpus_per_engine=4"]).teacher.gpus_per_engine == 4
+    )
+    with pytest.raises(
+        ConfigError, match="teacher.gpus_per_engine: 1.0 GPUs for teacher.tensor_parallel_size=2 workers"
+    ):
         load_config(None, ["teacher.tensor_parallel_size=2", "teacher.gpus_per_engine=1"])
     with pytest.raises(ConfigError, match="teacher.tensor_parallel_size: must be at least 1, got 0"):
         load_config(None, ["teacher.tensor_parallel_size=0"])

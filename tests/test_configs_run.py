@@ -17,6 +17,7 @@ models are stand-ins of each family: a tiny Llama bootstrapped for a few hundred
 tiny configs' tasks (answers in each task's format, and inputs for synthetic D), and the real
 SmolLM2-135M-Instruct.
 """
+
 import dataclasses
 import json
 from pathlib import Path
@@ -33,8 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # Per model family: SmolLM2 trains at tens of tokens/s on 2 CPUs, and a SQL prompt is ~600 tokens.
 # Two inputs per operation with a batch of one: a run goes on when one input gives no answer (a
 # synthetic review the teacher answered with an empty turn, in CI; a SQL answer cut off).
-SMALL = {"tiny": {"num_train": 8, "num_eval": 2, "batch_size": 2, "addition_max_digits": 2},
-         "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 1}}
+SMALL = {
+    "tiny": {"num_train": 8, "num_eval": 2, "batch_size": 2, "addition_max_digits": 2},
+    "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 1},
+}
 STUDENT_TOKENS = 24  # the student's answers in the smoke's evaluation: its accuracy is not what it checks
 
 
@@ -77,11 +80,26 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
         "model": {"path": str(model), "dtype": first.model.dtype},
         "data": {"num_train": small["num_train"], "num_eval": small["num_eval"], "seed": 0},
         # Greedy teacher: the same answers (and so the same skips) on every machine.
-        "teacher": {"num_engines": 1, "mode": first.teacher.mode, "temperature": 0.0, "max_answer_skip_fraction": 1.0, "kv_cache_gib": 0.25,
-                    "max_new_tokens": max(cfg.teacher.max_new_tokens for _, cfg in configs),
-                    "max_model_len": max(cfg.teacher.max_model_len for _, cfg in configs)},
-        "student": {"num_ranks": 1, "loss": first.student.loss, "batch_size": small["batch_size"], "epochs": 1, "warmup_steps": 1},
-        "eval": {"max_new_tokens_student": min(STUDENT_TOKENS, max(cfg.eval.max_new_tokens_student for _, cfg in configs)), "before": False},
+        "teacher": {
+            "num_engines": 1,
+            "mode": first.teacher.mode,
+            "temperature": 0.0,
+            "max_answer_skip_fraction": 1.0,
+            "kv_cache_gib": 0.25,
+            "max_new_tokens": max(cfg.teacher.max_new_tokens for _, cfg in configs),
+            "max_model_len": max(cfg.teacher.max_model_len for _, cfg in configs),
+        },
+        "student": {
+            "num_ranks": 1,
+            "loss": first.student.loss,
+            "batch_size": small["batch_size"],
+            "epochs": 1,
+            "warmup_steps": 1,
+        },
+        "eval": {
+            "max_new_tokens_student": min(STUDENT_TOKENS, max(cfg.eval.max_new_tokens_student for _, cfg in configs)),
+            "before": False,
+        },
         "run": {"name": "smoke", "output_root": str(out)},
         "stages": list(stages.values()),
     }
@@ -101,8 +119,13 @@ def tiny_stand_in(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("models") / "tiny-stand-in"
     torch.set_num_threads(2)
-    tasks = [build_task("addition", {"min_digits": 1, "max_digits": SMALL["tiny"]["addition_max_digits"]}),
-             *(build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5}) for op in ("max", "min", "first", "second"))]
+    tasks = [
+        build_task("addition", {"min_digits": 1, "max_digits": SMALL["tiny"]["addition_max_digits"]}),
+        *(
+            build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5})
+            for op in ("max", "min", "first", "second")
+        ),
+    ]
     bootstrap(tasks, out, BootstrapSettings(steps=300, batch_size=16, lr=3e-3, learn_inputs=True))
     return out
 
@@ -121,14 +144,24 @@ def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request)
         summary = run(cfg)
     finally:
         ray.shutdown()
-    operations = [(f"{path.stem}.{op.name}", op) for path in GROUPS[group] for stage in resolve_stages(load_config(str(path)))
-                  for op in stage.operations]
+    operations = [
+        (f"{path.stem}.{op.name}", op)
+        for path in GROUPS[group]
+        for stage in resolve_stages(load_config(str(path)))
+        for op in stage.operations
+    ]
     assert set(summary["student_after"]) == {name for name, _ in operations}
-    assert all(0.0 <= m["accuracy"] <= 1.0 and m["n"] == SMALL[family]["num_eval"] for m in summary["student_after"].values())
+    assert all(
+        0.0 <= m["accuracy"] <= 1.0 and m["n"] == SMALL[family]["num_eval"] for m in summary["student_after"].values()
+    )
     # Every operation that trains got training examples (teacher samples, gold answers, or
     # synthetic inputs and then teacher samples), in the round of its stage.
-    kept = {op: counts["kept"] for key, round_ in summary.items() if key.startswith("round_")
-            for op, counts in round_["by_operation"].items()}
+    kept = {
+        op: counts["kept"]
+        for key, round_ in summary.items()
+        if key.startswith("round_")
+        for op, counts in round_["by_operation"].items()
+    }
     assert {op for op, n in kept.items() if n > 0} == {name for name, op in operations if op.num_train}
     synthetic = {name for name, op in operations if op.inputs == "synthetic"}
     events = [json.loads(line) for line in (tmp_path / "smoke" / "metrics.jsonl").read_text().splitlines()]

@@ -1,12 +1,13 @@
 """Training directly on a task's in-context examples (`inputs: demonstrations`, the paper's
 H4 baseline), the gold answer as a completion, and a records file's held-out share."""
+
 import json
 from pathlib import Path
 
 import pytest
 
-from cdscale.config import ConfigError, load_config, resolve_stages
 from cdscale.build_targets import TargetBuilder
+from cdscale.config import ConfigError, load_config, resolve_stages
 from cdscale.inputs import build_tasks, sample_splits
 from cdscale.tasks import Example, build_task, is_held_out
 
@@ -39,7 +40,10 @@ def test_examples_that_are_also_evaluation_inputs_are_refused(tmp_path):
     would train on the evaluation."""
     records = _records(tmp_path / "qa.jsonl", [(f"question {i}", str(i)) for i in range(400)])
     cfg = _config(records, records)
-    with pytest.raises(ConfigError, match=r"num_train \(gd\): in-context examples \(the task.s demonstrations\) are also evaluation inputs: \[.question "):
+    with pytest.raises(
+        ConfigError,
+        match=r"num_train \(gd\): in-context examples \(the task.s demonstrations\) are also evaluation inputs: \[.question ",
+    ):
         sample_splits(cfg, resolve_stages(cfg), build_tasks(resolve_stages(cfg)))
 
 
@@ -60,7 +64,7 @@ def test_the_gold_completion_is_written_as_the_examples_write_it(tmp_path, smoll
     assert task.gold_completion(Example(input="a synthetic input")) is None  # no gold: no target
     cfg = load_config(None, ["student.batch_size=1", "student.num_ranks=1"])
     [record], _ = TargetBuilder(cfg, smollm2_tokenizer).gold(task, [x], "gold")
-    answer = smollm2_tokenizer.decode(record["input_ids"][record["answer_start"]:])
+    answer = smollm2_tokenizer.decode(record["input_ids"][record["answer_start"] :])
     assert answer.startswith(" seven")  # one token with its space, as the model writes it
     assert smollm2_tokenizer.decode(record["input_ids"]).startswith("Input: dog\nAnswer: seven")
 
@@ -95,7 +99,14 @@ def test_in_context_examples_are_checked_against_the_templates(tmp_path):
     records.write_text(json.dumps({"input": "dog", "gold": "seven", "kind": "animal"}) + "\n")
     shown = _records(tmp_path / "shown.jsonl", [("cat", "seven")])  # no "kind" field
     with pytest.raises(ConfigError, match=r"shown.jsonl line 1: missing field\(s\) \['kind'\] that a template uses"):
-        build_task("records", {"path": str(records), "demonstrations_path": str(shown),
-                               "student_template": "{kind}: {input}", "teacher_template": "{demonstrations}{kind}: {input}"})
+        build_task(
+            "records",
+            {
+                "path": str(records),
+                "demonstrations_path": str(shown),
+                "student_template": "{kind}: {input}",
+                "teacher_template": "{demonstrations}{kind}: {input}",
+            },
+        )
     with pytest.raises(ConfigError, match="held_out_per_mille: must be in"):
         build_task("records", {"path": str(records), "held_out_per_mille": True})

@@ -1,5 +1,6 @@
 """Evaluation skips prompts that leave no room to generate in the engines' context, as target
 generation does: they are not sent, score 0 and are counted as too long."""
+
 import random
 
 import pytest
@@ -50,8 +51,14 @@ def test_a_skipped_prompt_scores_zero_and_is_counted(tiny_tokenizer, task):
     assert metrics["accuracy"] == pytest.approx(2 / 3) and metrics["extracted"] == pytest.approx(2 / 3)
     assert metrics["prompt_tokens"] == pytest.approx(sum(map(len, prompts)) / 3)
     assert metrics["generated_tokens"] == pytest.approx(sum(len(outputs[i]["token_ids"]) for i in sent) / 3)
-    assert rows[1] == {"input": examples[1].input, "gold": examples[1].gold, "completion": None, "answer": None,
-                       "score": 0.0, "skipped": "too_long"}
+    assert rows[1] == {
+        "input": examples[1].input,
+        "gold": examples[1].gold,
+        "completion": None,
+        "answer": None,
+        "score": 0.0,
+        "skipped": "too_long",
+    }
     assert [r["score"] for r in rows] == [1.0, 0.0, 1.0]
     assert all("skipped" not in rows[i] and rows[i]["answer"] == examples[i].gold for i in sent)
 

@@ -3,6 +3,7 @@ DeepSpeed's average of the ranks' gradients must be the gradient of the global p
 mean, not of the mean of the ranks' means. Two ranks are emulated in one process: the same
 tiny Llama, a one-process gloo group for the trainer's finiteness all-reduce, and an engine
 stand-in that keeps each step's gradients, averaged here as DeepSpeed averages them."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdscale.student.losses import distillation_loss
 from cdscale.student.trainer import (
-    StudentTrainer, TrainerSettings, answer_logits, answer_token_count, collate, combine_rank_stats, rank_loss,
+    StudentTrainer,
+    TrainerSettings,
+    answer_logits,
+    answer_token_count,
+    collate,
+    combine_rank_stats,
+    rank_loss,
 )
 
 VOCAB = 64
@@ -21,8 +28,15 @@ WORLD = 2
 def _model() -> LlamaForCausalLM:
     torch.manual_seed(0)
     return LlamaForCausalLM(
-        LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
     )
 
 

@@ -2,13 +2,16 @@
 export gathered in buckets there, and the broadcast transport over NCCL (two GPUs). Skipped
 where there is no GPU; run on a GPU machine with `pytest tests/test_gpu.py` (no vLLM needed:
 the engines are not involved)."""
+
 import pytest
 import ray
 import torch
 
 pytestmark = [
     pytest.mark.stack,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL process group, GPU-resident ZeRO-3 shards)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL process group, GPU-resident ZeRO-3 shards)"
+    ),
 ]
 
 
@@ -22,10 +25,19 @@ def test_a_zero3_rank_on_a_gpu_uses_nccl_and_exports_its_weights_in_buckets(teac
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
-    cfg = load_config(None, [
-        f"model.path={teacher_model}", "student.num_ranks=1", "student.gpus_per_rank=1", "student.cpus_per_rank=1",
-        "student.zero_stage=3", "sync.bucket_mb=1", "student.batch_size=8", "model.dtype=bfloat16",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.path={teacher_model}",
+            "student.num_ranks=1",
+            "student.gpus_per_rank=1",
+            "student.cpus_per_rank=1",
+            "student.zero_stage=3",
+            "sync.bucket_mb=1",
+            "student.batch_size=8",
+            "model.dtype=bfloat16",
+        ],
+    )
     [trainer] = TrainerGroup.from_config(cfg, str(teacher_model)).start().actors
     try:
         where = ray.get(trainer.__ray_call__.remote(lambda self: (torch.distributed.get_backend(), str(self.device))))
@@ -62,10 +74,20 @@ def test_rank_0_broadcasts_its_weights_over_nccl_to_a_receiver_on_another_gpu(te
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)
-    cfg = load_config(None, [
-        f"model.path={teacher_model}", "student.num_ranks=1", "student.gpus_per_rank=1", "student.cpus_per_rank=1",
-        "teacher.gpus_per_engine=1", "student.zero_stage=3", "sync.bucket_mb=1", "student.batch_size=8", "model.dtype=bfloat16",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.path={teacher_model}",
+            "student.num_ranks=1",
+            "student.gpus_per_rank=1",
+            "student.cpus_per_rank=1",
+            "teacher.gpus_per_engine=1",
+            "student.zero_stage=3",
+            "sync.bucket_mb=1",
+            "student.batch_size=8",
+            "model.dtype=bfloat16",
+        ],
+    )
     [trainer] = TrainerGroup.from_config(cfg, str(teacher_model)).start().actors
     receiver = Receiver.options(num_cpus=0).remote()
     try:

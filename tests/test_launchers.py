@@ -1,6 +1,7 @@
 """The launchers in launchers/: shellcheck on each, the Slurm script's dry run, and the Slurm
 script as a real batch job: a one-node Slurm (munged, slurmctld, slurmd) started by the test
 runs it, and the job starts Ray, submits a tiny run and takes Ray down again."""
+
 import json
 import os
 import re
@@ -40,12 +41,23 @@ def test_shellcheck_passes_on_every_launcher():
 
 def test_slurm_dry_run_prints_the_ray_cluster_and_the_job_it_would_start():
     env = _clean_env(
-        CDSCALE_DRY_RUN="1", SLURMD_NODENAME="gpu01", SLURM_JOB_NUM_NODES="3", SLURM_CPUS_PER_TASK="8",
-        SLURM_JOB_ID="42", CDSCALE_HEAD_IP="10.0.0.1", CDSCALE_RAY_PORT="6390", CDSCALE_DASHBOARD_PORT="8290",
+        CDSCALE_DRY_RUN="1",
+        SLURMD_NODENAME="gpu01",
+        SLURM_JOB_NUM_NODES="3",
+        SLURM_CPUS_PER_TASK="8",
+        SLURM_JOB_ID="42",
+        CDSCALE_HEAD_IP="10.0.0.1",
+        CDSCALE_RAY_PORT="6390",
+        CDSCALE_DASHBOARD_PORT="8290",
         CDSCALE_RAY_START_ARGS="--temp-dir /scratch/ray",
     )
-    out = subprocess.run(["bash", str(SBATCH), "--config", "configs/addition.yaml", "run.name=a b"],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", str(SBATCH), "--config", "configs/addition.yaml", "run.name=a b"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     start = "--num-cpus=8 --disable-usage-stats --temp-dir /scratch/ray"
     assert [line for line in out.splitlines() if line.startswith("+ ")] == [
         "+ srun --nodes=1 --ntasks=1 -w gpu01 ray start --head --block --node-ip-address=10.0.0.1 --port=6390 "
@@ -83,10 +95,13 @@ def _stop_pid_file(pid_file: Path) -> None:
 def slurm(tmp_path):
     """A one-node Slurm cluster on this machine: munged with its own key and socket, slurmctld
     and slurmd on free ports, all state in tmp_path. Yields the environment for its clients."""
-    missing = [b for b in ("munged", "mungekey", "slurmctld", "slurmd", "sbatch") if not shutil.which(b, path=SBIN_PATH)]
+    missing = [
+        b for b in ("munged", "mungekey", "slurmctld", "slurmd", "sbatch") if not shutil.which(b, path=SBIN_PATH)
+    ]
     if missing:
-        pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge, "
-                    "as .ci/run does")
+        pytest.skip(
+            f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge, as .ci/run does"
+        )
     if os.geteuid() != 0:
         pytest.skip("slurmd runs jobs as their user, so it must run as root")
     d = tmp_path / "slurm"
@@ -105,12 +120,12 @@ CredType=cred/munge
 AuthInfo=socket={sock}
 SlurmUser=root
 SlurmdUser=root
-StateSaveLocation={d / 'state'}
-SlurmdSpoolDir={d / 'spool'}
-SlurmctldPidFile={d / 'slurmctld.pid'}
-SlurmdPidFile={d / 'slurmd.pid'}
-SlurmctldLogFile={d / 'log' / 'slurmctld.log'}
-SlurmdLogFile={d / 'log' / 'slurmd.log'}
+StateSaveLocation={d / "state"}
+SlurmdSpoolDir={d / "spool"}
+SlurmctldPidFile={d / "slurmctld.pid"}
+SlurmdPidFile={d / "slurmd.pid"}
+SlurmctldLogFile={d / "log" / "slurmctld.log"}
+SlurmdLogFile={d / "log" / "slurmd.log"}
 # No cgroups (so no cgroup.conf): processes are tracked by their parent pids, not confined.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -127,17 +142,27 @@ PartitionName=test Nodes={host} Default=YES MaxTime=60 State=UP
     try:
         run = lambda *cmd: subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)  # noqa: E731
         run("mungekey", "--create", f"--keyfile={d / 'munge' / 'munge.key'}")
-        run("munged", "--force", f"--key-file={d / 'munge' / 'munge.key'}", f"--socket={sock}",
-            f"--pid-file={d / 'munge' / 'munged.pid'}", f"--seed-file={d / 'munge' / 'seed'}",
-            f"--log-file={d / 'log' / 'munged.log'}")
+        run(
+            "munged",
+            "--force",
+            f"--key-file={d / 'munge' / 'munge.key'}",
+            f"--socket={sock}",
+            f"--pid-file={d / 'munge' / 'munged.pid'}",
+            f"--seed-file={d / 'munge' / 'seed'}",
+            f"--log-file={d / 'log' / 'munged.log'}",
+        )
         started.append(d / "munge" / "munged.pid")
         run("slurmctld")
         started.append(d / "slurmctld.pid")
         run("slurmd")
         started.append(d / "slurmd.pid")
         idle = lambda: run("sinfo", "--noheader", "--format=%T").stdout.strip() == "idle"  # noqa: E731
-        _wait_for(idle, 60, "the Slurm node did not become idle: " + "".join(
-            (d / "log" / f).read_text() for f in ("slurmctld.log", "slurmd.log") if (d / "log" / f).exists()))
+        _wait_for(
+            idle,
+            60,
+            "the Slurm node did not become idle: "
+            + "".join((d / "log" / f).read_text() for f in ("slurmctld.log", "slurmd.log") if (d / "log" / f).exists()),
+        )
         yield env
     finally:
         subprocess.run(["scancel", "--full", "--user=root"], env=env, capture_output=True)  # a job left by a failure
@@ -163,25 +188,48 @@ def test_slurm_batch_job_starts_ray_runs_a_tiny_run_and_stops_ray(slurm, teacher
     # sockets live under it.
     ray_tmp = tempfile.mkdtemp(prefix="cdray-", dir="/tmp")
     env = {
-        **slurm, "CDSCALE_VENV": str(VENV_BIN.parent),
-        "CDSCALE_RAY_PORT": str(free_port()), "CDSCALE_DASHBOARD_PORT": str(free_port()),
+        **slurm,
+        "CDSCALE_VENV": str(VENV_BIN.parent),
+        "CDSCALE_RAY_PORT": str(free_port()),
+        "CDSCALE_DASHBOARD_PORT": str(free_port()),
         "CDSCALE_RAY_START_ARGS": f"--temp-dir={ray_tmp} --dashboard-agent-listen-port={free_port()} "
-                                  f"--ray-client-server-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
     }
     out = tmp_path / "job.out"
     cmd = [
-        "sbatch", "--parsable", "--nodes=1", f"--cpus-per-task={os.cpu_count()}", "--time=20", f"--output={out}",
-        f"--chdir={tmp_path}", str(SBATCH),
+        "sbatch",
+        "--parsable",
+        "--nodes=1",
+        f"--cpus-per-task={os.cpu_count()}",
+        "--time=20",
+        f"--output={out}",
+        f"--chdir={tmp_path}",
+        str(SBATCH),
         # Relative: the run writes under the submit dir, as it would with launchers/local.sh.
-        f"model.path={teacher_model}", "run.output_root=runs", "run.name=a", "data.num_train=32", "data.num_eval=8",
-        "student.batch_size=16", "student.epochs=1", "teacher.num_engines=1", "student.num_ranks=2",
-        "eval.before=false", "teacher.cpus_per_engine=0.5", "student.cpus_per_rank=0.5",  # 1.5 of the node's 2 CPUs
+        f"model.path={teacher_model}",
+        "run.output_root=runs",
+        "run.name=a",
+        "data.num_train=32",
+        "data.num_eval=8",
+        "student.batch_size=16",
+        "student.epochs=1",
+        "teacher.num_engines=1",
+        "student.num_ranks=2",
+        "eval.before=false",
+        "teacher.cpus_per_engine=0.5",
+        "student.cpus_per_rank=0.5",  # 1.5 of the node's 2 CPUs
     ]
     try:
         job_id = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.strip()
         # Polled here: `sbatch --wait` polls at growing intervals, up to half a minute late.
-        state = lambda: dict(re.findall(r"(\w+)=(\S+)", subprocess.run(  # noqa: E731
-            ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout))
+        state = lambda: dict(
+            re.findall(
+                r"(\w+)=(\S+)",
+                subprocess.run(  # noqa: E731
+                    ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True
+                ).stdout,
+            )
+        )
         _wait_for(lambda: state().get("JobState") not in ("PENDING", "RUNNING", "COMPLETING"), 900, "job timed out")
         log = out.read_text() if out.exists() else ""
         assert (state()["JobState"], state()["ExitCode"]) == ("COMPLETED", "0:0"), log[-6000:]
@@ -191,7 +239,9 @@ def test_slurm_batch_job_starts_ray_runs_a_tiny_run_and_stops_ray(slurm, teacher
         assert summary["placement"] and summary["timings"]["total"] > 0
         assert "Job 'cdscale-" in log and "succeeded" in log
         # The job's end took its Ray processes with it.
-        _wait_for(lambda: not _processes_mentioning(ray_tmp), 30, f"Ray processes left: {_processes_mentioning(ray_tmp)}")
+        _wait_for(
+            lambda: not _processes_mentioning(ray_tmp), 30, f"Ray processes left: {_processes_mentioning(ray_tmp)}"
+        )
     finally:
         for pid in _processes_mentioning(ray_tmp):  # only after a failure above
             os.kill(pid, signal.SIGKILL)

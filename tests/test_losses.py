@@ -1,12 +1,20 @@
 """The distillation losses against references computed directly over the full vocabulary
 or over explicitly bucketed distributions."""
+
 import math
 
 import pytest
-
 import torch
 
-from cdscale.student.losses import LossSpec, bucket_logprobs, distillation_loss, empirical, forward_kl_topk, hard_label_nll, jsd
+from cdscale.student.losses import (
+    LossSpec,
+    bucket_logprobs,
+    distillation_loss,
+    empirical,
+    forward_kl_topk,
+    hard_label_nll,
+    jsd,
+)
 
 
 def _random_dists(n=6, vocab=11, seed=0):
@@ -45,7 +53,9 @@ def test_padding_entries_are_ignored():
     top = teacher.topk(3, -1)
     ids = torch.cat([top.indices, torch.zeros(teacher.shape[0], 2, dtype=torch.long)], -1)
     lps = torch.cat([top.values, torch.full((teacher.shape[0], 2), -math.inf)], -1)
-    assert torch.allclose(forward_kl_topk(student, ids, lps), forward_kl_topk(student, top.indices, top.values), atol=1e-6)
+    assert torch.allclose(
+        forward_kl_topk(student, ids, lps), forward_kl_topk(student, top.indices, top.values), atol=1e-6
+    )
 
 
 def test_zero_when_student_matches_teacher_and_gradient_flows():
@@ -53,7 +63,9 @@ def test_zero_when_student_matches_teacher_and_gradient_flows():
     top = teacher.topk(5, -1)
     assert forward_kl_topk(teacher, top.indices, top.values).abs().max() < 1e-5
     logits = torch.zeros_like(teacher, requires_grad=True)
-    loss = distillation_loss("forward_kl_topk", torch.log_softmax(logits, -1), top.indices[:, 0], top.indices, top.values)
+    loss = distillation_loss(
+        "forward_kl_topk", torch.log_softmax(logits, -1), top.indices[:, 0], top.indices, top.values
+    )
     loss.backward()
     assert loss.item() > 0 and logits.grad.abs().sum() > 0
 
@@ -130,7 +142,9 @@ def test_sampled_soft_expected_gradient_is_the_forward_kl_gradient():
 
     def grad(name, generator=None):
         logits = student.clone().requires_grad_(True)
-        distillation_loss(LossSpec(name, soft_label_samples=50), logits, top.indices[:, 0], top.indices, top.values, generator).backward()
+        distillation_loss(
+            LossSpec(name, soft_label_samples=50), logits, top.indices[:, 0], top.indices, top.values, generator
+        ).backward()
         return logits.grad
 
     g = torch.Generator().manual_seed(1)
@@ -141,7 +155,9 @@ def test_sampled_soft_expected_gradient_is_the_forward_kl_gradient():
 def test_unknown_loss_names_the_field():
     teacher, student = _random_dists()
     with pytest.raises(ValueError, match="student.loss"):
-        distillation_loss("reverse", student, teacher.argmax(-1), teacher.topk(2, -1).indices, teacher.topk(2, -1).values)
+        distillation_loss(
+            "reverse", student, teacher.argmax(-1), teacher.topk(2, -1).indices, teacher.topk(2, -1).values
+        )
 
 
 @pytest.mark.parametrize("name", ["forward_kl_topk", "sampled_soft", "jsd"])
@@ -164,8 +180,9 @@ def test_sum_reduction_is_the_mean_times_the_positions(name):
 
     def loss(reduction):
         g = torch.Generator().manual_seed(0)  # the same soft labels for both reductions
-        return distillation_loss(LossSpec(name, temperature=2.0), student, top.indices[:, 0], top.indices, top.values, g,
-                                 reduction=reduction)
+        return distillation_loss(
+            LossSpec(name, temperature=2.0), student, top.indices[:, 0], top.indices, top.values, g, reduction=reduction
+        )
 
     assert torch.allclose(loss("sum"), loss("mean") * teacher.shape[0], rtol=1e-5)
     with pytest.raises(ValueError, match="reduction"):

@@ -1,5 +1,6 @@
 """metrics.jsonl is always closed, and a restart from the last commit (a trainer restart, or
 `--resume`) drops the undone attempt's events so that TensorBoard's train steps do not drift."""
+
 import json
 
 import pytest
@@ -47,7 +48,13 @@ def test_rollback_keeps_the_events_up_to_the_last_commit(tmp_path, monkeypatch):
         assert log.train_steps == 5
         assert log.rollback() == 3
         assert _events(tmp_path / "metrics.jsonl") == [
-            "round_start", "train", "train", "commit", "train", "commit", "rollback"
+            "round_start",
+            "train",
+            "train",
+            "commit",
+            "train",
+            "commit",
+            "rollback",
         ]
         assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["dropped"] == 3
         assert log.train_steps == 3  # the train events kept
@@ -67,9 +74,9 @@ def test_without_a_commit_the_events_before_the_first_train_event_are_kept(tmp_p
 
 def test_bad_lines_are_kept_as_they_are_before_the_cut_and_dropped_after_it():
     good = [json.dumps({"event": e}) + "\n" for e in ("train", "commit", "train")]
-    lines = ["not json\n", good[0], "[1, 2]\n", good[1], "{\"event\": \"tra\n", good[2], "{\"event\": \"tr"]
+    lines = ["not json\n", good[0], "[1, 2]\n", good[1], '{"event": "tra\n', good[2], '{"event": "tr']
     assert committed_lines(lines) == lines[:4]
-    assert committed_lines(["{\"ev\n", good[0]]) == ["{\"ev\n"]
+    assert committed_lines(['{"ev\n', good[0]]) == ['{"ev\n']
     assert committed_lines(["not json\n"]) == ["not json\n"]
     assert committed_lines([]) == []
 

@@ -1,10 +1,10 @@
 """Weights as numpy arrays: a lossless round trip for every dtype (bfloat16 included), and
 out-of-band buffers under pickle protocol 5, which is what lets Ray's object store move
 them without copies."""
+
 import pickle
 
 import pytest
-
 import torch
 
 from cdscale.sync.packing import pack

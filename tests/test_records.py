@@ -1,5 +1,6 @@
 """The records-file task: prompts, the extractor f, the scorer, and a clean error naming the
 file and line for every kind of malformed record (examples, then property-based)."""
+
 import json
 import random
 
@@ -20,8 +21,18 @@ def write(tmp_path, lines, name="data.jsonl"):
 
 
 def test_prompts_extractor_and_score(tmp_path):
-    path = write(tmp_path, [json.dumps({"input": "2 + 2", "gold": "4", "unit": "apples"}), "", json.dumps({"input": "1 + 1", "gold": " 2 ", "unit": "pears"})])
-    task = build_task("records", {"path": str(path), "context": "Add the numbers.", "teacher_template": "{context}\nQ: {input} {unit}\nA:"})
+    path = write(
+        tmp_path,
+        [
+            json.dumps({"input": "2 + 2", "gold": "4", "unit": "apples"}),
+            "",
+            json.dumps({"input": "1 + 1", "gold": " 2 ", "unit": "pears"}),
+        ],
+    )
+    task = build_task(
+        "records",
+        {"path": str(path), "context": "Add the numbers.", "teacher_template": "{context}\nQ: {input} {unit}\nA:"},
+    )
     assert [x.input for x in task.examples] == ["2 + 2", "1 + 1"]
     x = task.examples[0]
     assert task.teacher_prompt(x) == "Add the numbers.\nQ: 2 + 2 apples\nA:"
@@ -74,7 +85,9 @@ def test_bytes_that_are_not_utf8_and_a_missing_file(tmp_path):
 
 
 def test_templates_are_checked_against_the_records(tmp_path):
-    path = str(write(tmp_path, [json.dumps({"input": "a", "gold": "b", "hint": "h"}), json.dumps({"input": "c", "gold": "d"})]))
+    path = str(
+        write(tmp_path, [json.dumps({"input": "a", "gold": "b", "hint": "h"}), json.dumps({"input": "c", "gold": "d"})])
+    )
     with pytest.raises(RecordError, match=r"line 2: missing field\(s\) \['hint'\]"):
         Records(path, teacher_template="{hint} {input}")
     with pytest.raises(RecordError, match=r"student_template: must contain \{input\}"):
@@ -94,7 +107,9 @@ def test_the_cli_reports_a_bad_record_with_exit_status_2(tmp_path, capsys):
 
 JSON_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["input", "gold", "x"]), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["input", "gold", "x"]), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 LINES = st.one_of(
@@ -117,18 +132,21 @@ def test_random_records_load_or_raise_an_error_naming_the_file(tmp_path, lines, 
     assert loaded and all(isinstance(x.input, str) and x.input.strip() and isinstance(x.gold, str) for _, x in loaded)
 
 
-@pytest.mark.parametrize("answer, gold, expected", [
-    ("The capital of India is New Delhi.", "New Delhi", 1.0),
-    ("new delhi", "New Delhi", 1.0),
-    ("Delhi is new", "New Delhi", 0.0),            # the words in order, next to each other
-    ("The capital is St. George's.", "St. George's", 1.0),
-    ("Parisian", "Paris", 0.0),                   # whole words only
-    ("The opposite of 'hot' is 'cold'.", "cold", 1.0),  # quotes are not part of a word
-    ("It is N’Djamena.", "N'Djamena", 1.0),       # either apostrophe
-    ("It is N'Djamena.", "N'Djamena", 1.0),
-    ("", "Lima", 0.0),
-    (None, "Lima", 0.0),
-])
+@pytest.mark.parametrize(
+    "answer, gold, expected",
+    [
+        ("The capital of India is New Delhi.", "New Delhi", 1.0),
+        ("new delhi", "New Delhi", 1.0),
+        ("Delhi is new", "New Delhi", 0.0),  # the words in order, next to each other
+        ("The capital is St. George's.", "St. George's", 1.0),
+        ("Parisian", "Paris", 0.0),  # whole words only
+        ("The opposite of 'hot' is 'cold'.", "cold", 1.0),  # quotes are not part of a word
+        ("It is N’Djamena.", "N'Djamena", 1.0),  # either apostrophe
+        ("It is N'Djamena.", "N'Djamena", 1.0),
+        ("", "Lima", 0.0),
+        (None, "Lima", 0.0),
+    ],
+)
 def test_match_words_finds_the_golds_words_in_the_answer(tmp_path, answer, gold, expected):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps({"input": "x", "gold": gold}) + "\n")

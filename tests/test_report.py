@@ -1,5 +1,6 @@
 """`cdscale report` refuses a folder that is not a finished run (its output on a real run is
 checked in tests/test_stack.py)."""
+
 from cdscale.cli import main
 
 

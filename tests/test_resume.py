@@ -7,6 +7,7 @@ what is kept, and the result matches an uninterrupted run with the same seed.
 Each `cdscale run` is a real process (Ray, a vLLM engine, 2 DeepSpeed ranks), about a
 minute on 2 CPUs.
 """
+
 import hashlib
 import json
 import os
@@ -21,9 +22,17 @@ import pytest
 pytestmark = pytest.mark.stack
 
 SETTINGS = [
-    "task.options.max_digits=2", "run.rounds=2", "data.num_train=128", "data.num_eval=16", "student.batch_size=32",
-    "student.epochs=10", "student.steps_per_call=1", "student.warmup_steps=2", "teacher.num_engines=1",
-    "teacher.max_new_tokens=64", "run.timeout_s=300",
+    "task.options.max_digits=2",
+    "run.rounds=2",
+    "data.num_train=128",
+    "data.num_eval=16",
+    "student.batch_size=32",
+    "student.epochs=10",
+    "student.steps_per_call=1",
+    "student.warmup_steps=2",
+    "teacher.num_engines=1",
+    "teacher.max_new_tokens=64",
+    "run.timeout_s=300",
 ]
 
 
@@ -34,8 +43,13 @@ def steps_of_round(run_dir: Path, r: int) -> int:
 
 def start(args: list[str]) -> subprocess.Popen:
     # A session of its own, so the test can clean up the Ray processes a killed driver leaves.
-    return subprocess.Popen([sys.executable, "-m", "cdscale.cli", "run", *args], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cdscale.cli", "run", *args],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def events(run_dir: Path, since_line: int = 0) -> list[dict]:
@@ -44,13 +58,20 @@ def events(run_dir: Path, since_line: int = 0) -> list[dict]:
     return [json.loads(line) for line in lines[since_line:] if line.endswith("}")]
 
 
+def after_last_commit(run_dir: Path) -> int:
+    """Where a resumed run's events start: it rolls back what followed the last commit."""
+    return 1 + max(i for i, e in enumerate(events(run_dir)) if e["event"] == "commit")
+
+
 def wait_for(proc: subprocess.Popen, run_dir: Path, since_line: int, what, timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if any(what(e) for e in events(run_dir, since_line)):
             return
         if proc.poll() is not None:
-            raise AssertionError(f"the run exited ({proc.returncode}) before the awaited event:\n{proc.stdout.read()[-3000:]}")
+            raise AssertionError(
+                f"the run exited ({proc.returncode}) before the awaited event:\n{proc.stdout.read()[-3000:]}"
+            )
         time.sleep(0.2)
     raise AssertionError("timed out waiting for an event")
 
@@ -89,7 +110,7 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     round0 = sha(faulty_dir / "data" / "round_0.jsonl")
 
     # 2. Resume; SIGTERM in the middle of round 1's training: a save at the next step, exit 0.
-    mark = len(events(faulty_dir))
+    mark = after_last_commit(faulty_dir)
     proc = start(["--resume", str(faulty_dir)])
     wait_for(proc, faulty_dir, mark, lambda e: e["event"] == "train" and e["round"] == 1 and e["step"] >= 2)
     sent = time.monotonic()
@@ -98,12 +119,20 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     assert code == 0, out[-3000:]
     assert time.monotonic() - sent < 60  # within a grace time Slurm would allow
     assert "stopped at a safe point" in out
-    progress = json.loads((faulty_dir / "state" / json.loads((faulty_dir / "state" / "latest.json").read_text())["state"] / "progress.json").read_text())
+    progress = json.loads(
+        (
+            faulty_dir
+            / "state"
+            / json.loads((faulty_dir / "state" / "latest.json").read_text())["state"]
+            / "progress.json"
+        ).read_text()
+    )
     assert progress["round"] == 1 and 2 <= progress["step"] < steps_of_round(faulty_dir, 1)
     stopped_at = progress["step"]
 
     # 3. Resume to the end; on the way, SIGKILL one trainer rank's process mid-training.
-    mark2 = len(events(faulty_dir))
+    mark2 = after_last_commit(faulty_dir)
+    assert mark2 == len(events(faulty_dir))  # a stop commits last
     proc = start(["--resume", str(faulty_dir)])
     wait_for(proc, faulty_dir, mark2, lambda e: e["event"] == "train" and e["step"] >= stopped_at + 2)
     ranks = subprocess.run(["pgrep", "-f", "ray::StudentTrainer"], capture_output=True, text=True).stdout.split()
@@ -124,8 +153,11 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
 
     # Round 1's steps kept: 0..stopped_at-1 before the SIGTERM, the rest after the ranks'
     # restart from that commit, each once (the steps before the rank died were discarded).
-    before = [e["step"] for e in events(faulty_dir, mark)[: len(events(faulty_dir, mark)) - len(events(faulty_dir, mark2))]
-              if e["event"] == "train" and e["round"] == 1]
+    before = [
+        e["step"]
+        for e in events(faulty_dir, mark)[: len(events(faulty_dir, mark)) - len(events(faulty_dir, mark2))]
+        if e["event"] == "train" and e["round"] == 1
+    ]
     tail = events(faulty_dir, mark2)
     restart = max(i for i, e in enumerate(tail) if e["event"] == "restart")  # the ranks went back to the commit
     after = [e["step"] for e in tail[restart:] if e["event"] == "train"]
@@ -144,7 +176,10 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     assert faulty["round_1"]["steps"] == steps_of_round(faulty_dir, 1)
     assert straight["round_1"]["steps"] == steps_of_round(straight_dir, 1)
     assert faulty["round_1"]["loss_last"] == pytest.approx(straight["round_1"]["loss_last"], rel=0.25)
-    assert abs(faulty["student_after"]["addition"]["accuracy"] - straight["student_after"]["addition"]["accuracy"]) <= 4 / 16
+    assert (
+        abs(faulty["student_after"]["addition"]["accuracy"] - straight["student_after"]["addition"]["accuracy"])
+        <= 4 / 16
+    )
     assert (faulty_dir / "student" / "config.json").is_file()
     syncs = [e for e in events(faulty_dir) if e["event"] == "sync"]
     assert {e["round"] for e in syncs} == {0, 1} and {e["transport"] for e in syncs} == {"broadcast"}

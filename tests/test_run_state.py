@@ -1,5 +1,6 @@
 """Committed run state and data shards: a failed save never replaces the last good state,
 and a changed or truncated shard is refused with the file named."""
+
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from cdscale.checkpoint import commit_state, load_latest_state, read_shard, writ
 def save_files(content: str):
     def save(folder):
         (folder / "rank0.bin").write_text(content)
+
     return save
 
 
@@ -92,7 +94,13 @@ def test_random_states_round_trip_through_json(tmp_path):
     from cdscale.checkpoint import rng_state, set_rng_state, write_json_atomic
 
     def draws():
-        return random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist()
+        return (
+            random.random(),
+            random.gauss(0, 1),
+            np.random.rand(3).tolist(),
+            np.random.randn(),
+            torch.rand(3).tolist(),
+        )
 
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     draws()  # a used generator (numpy's cached gaussian set), not a freshly seeded one

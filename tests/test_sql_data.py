@@ -1,6 +1,7 @@
 """The hand-written text-to-SQL data: every database script loads, and every question/SQL pair
 (questions file and in-context examples file, both records: `input` question, `gold` SQL) is
 well-formed, unique, runs on its database and returns a non-empty answer."""
+
 import json
 import sqlite3
 from pathlib import Path
@@ -18,7 +19,10 @@ def build(name: str) -> sqlite3.Connection:
 
 
 def load_pairs(name: str) -> list[dict]:
-    lines = [*(SQL_DATA / f"{name}.jsonl").read_text().splitlines(), *(SQL_DATA / f"{name}_examples.jsonl").read_text().splitlines()]
+    lines = [
+        *(SQL_DATA / f"{name}.jsonl").read_text().splitlines(),
+        *(SQL_DATA / f"{name}_examples.jsonl").read_text().splitlines(),
+    ]
     return [json.loads(line) for line in lines]
 
 

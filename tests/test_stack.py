@@ -3,6 +3,7 @@
 The model is a tiny Llama made in the test session and given a little scratchpad skill
 with `bootstrap` (the `teacher_model` fixture), so teacher outputs and the loss carry real signal.
 """
+
 import json
 import random
 
@@ -40,9 +41,17 @@ def _config(model, tmp_path, *extra):
     return load_config(
         None,
         [
-            f"model.path={model}", "task.options.max_digits=2", f"run.output_root={tmp_path}", "run.name=e2e",
-            "data.num_train=192", "data.num_eval=24", "student.batch_size=32", "student.epochs=3",
-            "student.warmup_steps=2", "teacher.max_new_tokens=64", *extra,
+            f"model.path={model}",
+            "task.options.max_digits=2",
+            f"run.output_root={tmp_path}",
+            "run.name=e2e",
+            "data.num_train=192",
+            "data.num_eval=24",
+            "student.batch_size=32",
+            "student.epochs=3",
+            "student.warmup_steps=2",
+            "teacher.max_new_tokens=64",
+            *extra,
         ],
     )
 
@@ -59,7 +68,9 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
     from cdscale.student.group import TrainerGroup
     from cdscale.student.loop import train_round
 
-    cfg = _config(teacher_model, tmp_path, "student.zero_stage=3", "student.lr=3e-3", "sync.bucket_mb=1")  # several buckets
+    cfg = _config(
+        teacher_model, tmp_path, "student.zero_stage=3", "student.lr=3e-3", "sync.bucket_mb=1"
+    )  # several buckets
     task = build_task("addition", TASK)
     tokenizer = AutoTokenizer.from_pretrained(teacher_model)
     engines = _engines(teacher_model)
@@ -77,11 +88,21 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
         # max_new_tokens cut off after a whole answer (a records task keeps those).
         shown = tmp_path / "shown.jsonl"
         shown.write_text("".join(json.dumps({"input": f"{i} + {i}", "gold": str(2 * i)}) + "\n" for i in range(1, 7)))
-        records_task = build_task("records", {"path": str(shown), "demonstrations_path": str(shown), "demonstrations_per_prompt": 2,
-                                              "teacher_template": "{demonstrations}Input: {input}\nAnswer:"})
+        records_task = build_task(
+            "records",
+            {
+                "path": str(shown),
+                "demonstrations_path": str(shown),
+                "demonstrations_per_prompt": 2,
+                "teacher_template": "{demonstrations}Input: {input}\nAnswer:",
+            },
+        )
         asked = records_task.examples[:4]
-        cut = engines.generate([tokenizer(records_task.teacher_prompt(x))["input_ids"] for x in asked],
-                               [{"temperature": 0.0, "max_tokens": 6, "logprobs": 20}] * 4, "cut off")
+        cut = engines.generate(
+            [tokenizer(records_task.teacher_prompt(x))["input_ids"] for x in asked],
+            [{"temperature": 0.0, "max_tokens": 6, "logprobs": 20}] * 4,
+            "cut off",
+        )
         assert all(o["finish_reason"] == "length" for o in cut)
         single = [dict(o) for o in cut]
         builder.ensemble_signal(records_task, asked, cut, 4, "ensemble")
@@ -103,8 +124,9 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
             hf.eval()
             engine_out = engines.generate(prompts, [{"temperature": 0.0, "max_tokens": 40}] * 8, "eval")
             for prompt, out in zip(prompts, engine_out):
-                hf_ids = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+                hf_ids = hf.generate(
+                    torch.tensor([prompt]), max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                )[0, len(prompt) :].tolist()
                 assert out["token_ids"] == hf_ids
             return weights
 
@@ -126,7 +148,10 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
         def poison(recs):
             return [dict(r, topk_logprobs=[[float("nan")] * len(row) for row in r["topk_logprobs"]]) for r in recs]
 
-        calls = [trainers[0].train_step.remote(poison(records[:8]), 3e-3), trainers[1].train_step.remote(records[8:16], 3e-3)]
+        calls = [
+            trainers[0].train_step.remote(poison(records[:8]), 3e-3),
+            trainers[1].train_step.remote(records[8:16], 3e-3),
+        ]
         for call in calls:
             with pytest.raises(FloatingPointError, match="not finite"):
                 ray.get(call, timeout=120)
@@ -169,7 +194,11 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
     for key in ("teacher", "student_before", "student_after"):
         assert sorted(on_disk[key]) == sorted(ops)
         assert all(0.0 <= m["accuracy"] <= 1.0 and m["tokens_per_answer"] > 0 for m in on_disk[key].values())
-    assert sorted(on_disk["after_stage"]["both"]) == ["long", "probe", "short"]  # the student is evaluated on every operation so far
+    assert sorted(on_disk["after_stage"]["both"]) == [
+        "long",
+        "probe",
+        "short",
+    ]  # the student is evaluated on every operation so far
     assert sorted(on_disk["after_stage"]["again"]) == sorted(ops)
     # The teacher writes a scratchpad, the student answers directly: far fewer tokens.
     assert on_disk["teacher"]["long"]["tokens_per_answer"] > 2 * on_disk["student_after"]["long"]["tokens_per_answer"]
@@ -180,7 +209,9 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
     assert len(data) == counts["kept"] == sum(c["kept"] for c in counts["by_operation"].values())
     assert {d["operation"] for d in data} == {"short", "long"}  # "probe" (num_train 0) is evaluated only
     long_inputs = [d["input"] for d in data if d["operation"] == "long"]
-    assert any(len(x.split("+")[0].split()) == 1 for x in long_inputs) and any(len(x.split("+")[0].split()) == 2 for x in long_inputs)
+    assert any(len(x.split("+")[0].split()) == 1 for x in long_inputs) and any(
+        len(x.split("+")[0].split()) == 2 for x in long_inputs
+    )
     assert all(len(d["topk_ids"]) == len(d["input_ids"]) - d["answer_start"] for d in data)
 
     # Round 1 mixes distillation records with supervised ones (gold answers, one-hot rows).
@@ -207,24 +238,40 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
     # evaluated as the next round's teacher and as the student. (A checksum of the engine's
     # weights misses vLLM CPU's repacked linear layers; generations do not.)
     latest = run_dir / "state" / json.loads((run_dir / "state" / "latest.json").read_text())["state"]
-    committed = AutoModelForCausalLM.from_pretrained(latest / "student", dtype=torch.float32)  # safetensors in every commit
+    committed = AutoModelForCausalLM.from_pretrained(
+        latest / "student", dtype=torch.float32
+    )  # safetensors in every commit
     student = AutoModelForCausalLM.from_pretrained(run_dir / "student", dtype=torch.float32).eval()
     assert all(torch.equal(a, b) for a, b in zip(committed.state_dict().values(), student.state_dict().values()))
-    tokenizer, task = AutoTokenizer.from_pretrained(run_dir / "student"), build_task("addition", {"min_digits": 2, "max_digits": 2})
-    for name, prompt, max_new in (("teacher_round_2", task.teacher_prompt, 64), ("student_after_round_1", task.student_prompt, 16)):
-        rows = [json.loads(line) for line in (run_dir / "eval" / "long_again" / f"{name}.jsonl").read_text().splitlines()][:8]
+    tokenizer, task = (
+        AutoTokenizer.from_pretrained(run_dir / "student"),
+        build_task("addition", {"min_digits": 2, "max_digits": 2}),
+    )
+    for name, prompt, max_new in (
+        ("teacher_round_2", task.teacher_prompt, 64),
+        ("student_after_round_1", task.student_prompt, 16),
+    ):
+        rows = [
+            json.loads(line) for line in (run_dir / "eval" / "long_again" / f"{name}.jsonl").read_text().splitlines()
+        ][:8]
         for row in rows:
             ids = tokenizer(prompt(Example(input=row["input"])), return_tensors="pt")["input_ids"]
             out = student.generate(ids, max_new_tokens=max_new, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            assert tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == row["completion"], (name, row["input"])
+            assert tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True) == row["completion"], (
+                name,
+                row["input"],
+            )
     assert "long_again" in on_disk["teacher_round_2"] and "short" in on_disk["teacher_round_1"]
 
     # `cdscale report` on this run: one row per operation in the paper's layout, and two plots.
     from cdscale.cli import main
 
     assert main(["report", str(run_dir)]) == 0
-    rows = {line.split(" | ")[1]: line for line in (run_dir / "report" / "report.md").read_text().splitlines()
-            if line.startswith("| e2e | ")}
+    rows = {
+        line.split(" | ")[1]: line
+        for line in (run_dir / "report" / "report.md").read_text().splitlines()
+        if line.startswith("| e2e | ")
+    }
     assert sorted(rows) == sorted(ops)
     assert f"| {100 * on_disk['teacher']['long']['accuracy']:.1f} |" in rows["long"]
     assert "| - |" in rows["long_again"]  # not yet an operation after stage "both"
@@ -318,7 +365,9 @@ def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_m
     [engine] = group.engines
     tokenizer = AutoTokenizer.from_pretrained(teacher_model)
     task = build_task("addition", TASK)
-    sequences = [tokenizer(task.teacher_prompt(x) + " " + x.gold)["input_ids"] for x in task.sample_inputs(6, random.Random(4))]
+    sequences = [
+        tokenizer(task.teacher_prompt(x) + " " + x.gold)["input_ids"] for x in task.sample_inputs(6, random.Random(4))
+    ]
 
     def variant(layer: int) -> torch.nn.Module:  # the model's weights with one layer's MLP output halved
         hf = AutoModelForCausalLM.from_pretrained(teacher_model, dtype=torch.float32).eval()
@@ -328,12 +377,19 @@ def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_m
 
     def hf_logprobs(hf: torch.nn.Module) -> list[torch.Tensor]:
         with torch.no_grad():
-            return [torch.log_softmax(hf(torch.tensor([ids])).logits[0, :-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
-                    for ids in sequences]
+            return [
+                torch.log_softmax(hf(torch.tensor([ids])).logits[0, :-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[
+                    :, 0
+                ]
+                for ids in sequences
+            ]
 
     def engine_logprobs() -> list[torch.Tensor]:  # of the token the sequence has at each position
         outs = group.generate(sequences, [{"max_tokens": 1, "prompt_logprobs": 0}] * len(sequences), "score")
-        return [torch.tensor([FlatTopk(out, "prompt_")[j][ids[j]] for j in range(1, len(ids))]) for ids, out in zip(sequences, outs)]
+        return [
+            torch.tensor([FlatTopk(out, "prompt_")[j][ids[j]] for j in range(1, len(ids))])
+            for ids, out in zip(sequences, outs)
+        ]
 
     def max_gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
         return max(float((x - y).abs().max()) for x, y in zip(a, b))
@@ -361,7 +417,9 @@ def test_a_tensor_parallel_engine_takes_new_weights_by_both_transports(teacher_m
         ray.kill(engine)
 
 
-def test_ranks_restarted_before_the_first_commit_find_the_engines_back_on_the_model_weights(teacher_model, ray_cluster, tmp_path):
+def test_ranks_restarted_before_the_first_commit_find_the_engines_back_on_the_model_weights(
+    teacher_model, ray_cluster, tmp_path
+):
     """A rank dies after round 0's sync and before its first commit: the restarted ranks hold
     the model's own weights, no commit exists, so round 0 starts again; the engines, which
     took the trained student at the sync, must go back to the model's weights too, or the
@@ -369,12 +427,16 @@ def test_ranks_restarted_before_the_first_commit_find_the_engines_back_on_the_mo
     from cdscale.distillation import Distillation
     from cdscale.student.loop import train_round
 
-    cfg = _config(teacher_model, tmp_path, "data.num_train=64", "data.num_eval=16", "student.epochs=2", "student.lr=3e-3")
+    cfg = _config(
+        teacher_model, tmp_path, "data.num_train=64", "data.num_eval=16", "student.epochs=2", "student.lr=3e-3"
+    )
     recipe = Distillation(cfg)
 
     def answers() -> list[str]:
         recipe.evaluate("addition", "student", "probe")
-        return [json.loads(line)["completion"] for line in (tmp_path / "e2e" / "eval" / "addition" / "probe.jsonl").open()]
+        return [
+            json.loads(line)["completion"] for line in (tmp_path / "e2e" / "eval" / "addition" / "probe.jsonl").open()
+        ]
 
     with recipe.cluster():
         recipe.resume()  # no commit: evaluates before

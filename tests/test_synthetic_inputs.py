@@ -1,5 +1,6 @@
 """Synthetic inputs: the first line of a generation becomes a candidate input, parsed by the
 task; malformed, held-out and duplicate candidates are dropped and counted by reason."""
+
 from cdscale.tasks import Example, is_held_out
 from cdscale.tasks.addition import Addition
 from cdscale.teacher.synthetic_inputs import first_line, keep_inputs
@@ -34,7 +35,11 @@ def test_duplicates_malformed_and_held_out_are_dropped_and_counted():
     assert [x.input for x in kept] == train[:2]
     assert seen == set(train)
     assert counts == {
-        "generated": 10, "duplicate": 3, "held_out": 1, "malformed: not a sum of two spaced numbers": 2,
-        "malformed: cut off": 1, "malformed: operand outside the task's digit range": 1,
+        "generated": 10,
+        "duplicate": 3,
+        "held_out": 1,
+        "malformed: not a sum of two spaced numbers": 2,
+        "malformed: cut off": 1,
+        "malformed: operand outside the task's digit range": 1,
     }
     assert sum(v for k, v in counts.items() if k != "generated") + len(kept) == counts["generated"]

@@ -1,4 +1,5 @@
 """Alignment of the teacher's answer tokens with the student's prompt (step 3 of a round)."""
+
 import pytest
 
 from cdscale.targets import answer_token_range, build_student_record
@@ -28,7 +29,9 @@ def _check(tokenizer, completion, span, prompt, expect_eos):
     first, last = answer_token_range(gen, span, decode)
     assert (first, last) == _reference_range(gen, span, decode)
     student_ids = tokenizer(prompt)["input_ids"]
-    rec = build_student_record(student_ids, gen, _fake_topk(gen, vocab=len(tokenizer)), span, decode, tokenizer.eos_token_id, top_k=4)
+    rec = build_student_record(
+        student_ids, gen, _fake_topk(gen, vocab=len(tokenizer)), span, decode, tokenizer.eos_token_id, top_k=4
+    )
     answer = completion[span[0] : span[1]]
     assert rec.input_ids[: rec.answer_start] == student_ids
     answer_text = decode(rec.answer_ids)
@@ -53,13 +56,22 @@ def test_tiny_tokenizer_scratchpad_answer(tiny_tokenizer):
 
 def test_tiny_tokenizer_answer_followed_by_text_drops_eos(tiny_tokenizer):
     completion = scratchpad(29, 57) + "\n8 6 and more"
-    _check(tiny_tokenizer, completion, Addition(1, 3).answer_span(completion), "Input:\n2 9 + 5 7\nAnswer:\n", expect_eos=False)
+    _check(
+        tiny_tokenizer,
+        completion,
+        Addition(1, 3).answer_span(completion),
+        "Input:\n2 9 + 5 7\nAnswer:\n",
+        expect_eos=False,
+    )
 
 
 @pytest.mark.parametrize(
     "completion,answer",
     [
-        ("Let me think step by step. 40 + 2 = 42.\nThe answer is 42", "42"),  # " 42" is one token: span starts inside it
+        (
+            "Let me think step by step. 40 + 2 = 42.\nThe answer is 42",
+            "42",
+        ),  # " 42" is one token: span starts inside it
         ("Result: bonjour tout le monde\n", "bonjour tout le monde"),
         ("Thinking... café costs 3€.\nFinal: café au lait", "café au lait"),  # multi-byte characters
         ("SELECT name FROM singer WHERE age > 30", "SELECT name FROM singer WHERE age > 30"),
@@ -81,7 +93,11 @@ def test_span_past_the_generation_is_an_error(tiny_tokenizer):
 def test_flat_topk_views_match_per_position_dicts():
     from cdscale.targets import FlatTopk
 
-    out = {"logprob_ids": [5, 7, 9, 5, 2], "logprob_values": [-0.1, -2.0, -3.0, -0.5, -1.0], "logprob_starts": [0, 3, 5]}
+    out = {
+        "logprob_ids": [5, 7, 9, 5, 2],
+        "logprob_values": [-0.1, -2.0, -3.0, -0.5, -1.0],
+        "logprob_starts": [0, 3, 5],
+    }
     flat = FlatTopk(out)
     assert len(flat) == 2
     assert flat[0] == {5: -0.1, 7: -2.0, 9: -3.0} and flat[1] == {5: -0.5, 2: -1.0}
@@ -137,8 +153,8 @@ def test_the_ensemble_target_is_the_mean_of_the_prompts_distributions():
 def test_supervised_records_for_gold_answers_demonstrations_and_plain_text(tiny_tokenizer):
     import random
 
-    from cdscale.config import load_config
     from cdscale.build_targets import TargetBuilder
+    from cdscale.config import load_config
 
     cfg = load_config(None, ["student.batch_size=2"])
     task = Addition(1, 2)
@@ -149,7 +165,7 @@ def test_supervised_records_for_gold_answers_demonstrations_and_plain_text(tiny_
     assert gold[0]["input_ids"] == prompt + tiny_tokenizer(xs[0].gold, add_special_tokens=False)["input_ids"] + [eos]
     assert gold[0]["answer_start"] == len(prompt)
     demo, _ = TargetBuilder(cfg, tiny_tokenizer).gold(task, xs, "gold_demonstration")
-    answer = tiny_tokenizer.decode(demo[0]["input_ids"][demo[0]["answer_start"]:], skip_special_tokens=True)
+    answer = tiny_tokenizer.decode(demo[0]["input_ids"][demo[0]["answer_start"] :], skip_special_tokens=True)
     assert answer == task.teacher_demonstration(xs[0])
     text, counts = TargetBuilder(cfg, tiny_tokenizer).gold(task, xs, "text")
     assert text[0]["input_ids"] == prompt + [eos] and text[0]["answer_start"] == 1 and counts.kept == 3

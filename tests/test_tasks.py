@@ -1,4 +1,5 @@
 """The addition task: the scratchpad format, the extractor f, the scorer and the sampler D."""
+
 import random
 
 import pytest

@@ -1,5 +1,6 @@
 """The text-to-SQL task: prompts that differ only by the examples, scoring by execution, and the
 held-out half of the questions."""
+
 import random
 from pathlib import Path
 
@@ -14,8 +15,12 @@ SQL_DATA = Path(__file__).parent.parent / "configs" / "data" / "sql"
 def shop_task(**options):
     return build_task(
         "text_to_sql",
-        {"database": str(SQL_DATA / "shop.sql"), "path": str(SQL_DATA / "shop.jsonl"),
-         "demonstrations_path": str(SQL_DATA / "shop_examples.jsonl"), **options},
+        {
+            "database": str(SQL_DATA / "shop.sql"),
+            "path": str(SQL_DATA / "shop.jsonl"),
+            "demonstrations_path": str(SQL_DATA / "shop_examples.jsonl"),
+            **options,
+        },
     )
 
 
@@ -44,17 +49,25 @@ def test_row_order_counts_only_when_the_gold_query_orders():
     ordered = next(e for e in task.examples if "ORDER BY" in e.gold.upper() and "LIMIT" not in e.gold.upper())
     reversed_query = ordered.gold.replace(" DESC", "") if " DESC" in ordered.gold else ordered.gold + " DESC"
     assert task.score(ordered, ordered.gold) == 1.0 and task.score(ordered, reversed_query) == 0.0
-    unordered = next(e for e in task.examples if e.gold.startswith("SELECT name FROM") and "ORDER BY" not in e.gold.upper())
+    unordered = next(
+        e for e in task.examples if e.gold.startswith("SELECT name FROM") and "ORDER BY" not in e.gold.upper()
+    )
     assert task.score(unordered, unordered.gold + " ORDER BY name DESC") == 1.0
-    assert task.score(unordered, unordered.gold + " UNION ALL " + unordered.gold) == 0.0  # each row twice: not the same rows
+    assert (
+        task.score(unordered, unordered.gold + " UNION ALL " + unordered.gold) == 0.0
+    )  # each row twice: not the same rows
 
 
 def test_a_predicted_write_scores_zero_and_changes_nothing():
     task = shop_task()
     x = next(e for e in task.examples if e.gold == "SELECT COUNT(*) FROM customers")
     customers = task.connection.execute(x.gold).fetchall()
-    for answer in ("PRAGMA query_only = OFF", "DELETE FROM customers", "SELECT 1; DROP TABLE customers",
-                   "ATTACH DATABASE ':memory:' AS other"):
+    for answer in (
+        "PRAGMA query_only = OFF",
+        "DELETE FROM customers",
+        "SELECT 1; DROP TABLE customers",
+        "ATTACH DATABASE ':memory:' AS other",
+    ):
         assert task.score(x, answer) == 0.0, answer
     assert task.connection.execute(x.gold).fetchall() == customers and customers[0][0] > 0
 
@@ -68,7 +81,9 @@ def test_a_query_that_runs_away_scores_zero_within_the_time_limit(monkeypatch):
     task = shop_task()
     x = task.examples[0]
     start = time.monotonic()
-    assert task.score(x, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n") == 0.0
+    assert (
+        task.score(x, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n") == 0.0
+    )
     assert time.monotonic() - start < 5.0
     assert task.score(x, x.gold) == 1.0  # the limit applies per query
 

@@ -3,6 +3,7 @@
 A model is named in the config by a folder path, or by one of the prepared names below,
 which live in the cdscale cache ($CDSCALE_CACHE, default ~/.cache/cdscale).
 """
+
 from __future__ import annotations
 
 import os

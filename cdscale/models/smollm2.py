@@ -6,6 +6,7 @@ we only locate the file. transformers reads GGUF (with `gguf` installed); the mo
 dequantized and saved once as a plain safetensors folder that transformers, vLLM and
 DeepSpeed all read (2 s per load instead of about 20 s from GGUF).
 """
+
 from __future__ import annotations
 
 import shutil

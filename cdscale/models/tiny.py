@@ -3,6 +3,7 @@
 Saved as a normal Hugging Face folder, so transformers, vLLM and DeepSpeed read it
 like any other checkpoint. head_dim is 64 because vLLM's CPU attention rejects 16.
 """
+
 from __future__ import annotations
 
 import string

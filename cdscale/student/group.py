@@ -5,6 +5,7 @@ waits for all): `call` is the one place that sends a call to every rank and wait
 the run's timeout. A rank that dies takes the group with it: `restart` replaces all ranks in
 their bundles, and the driver then loads the last commit into them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ class TrainerGroup:
     def from_config(cls, cfg: Config, model_path: str, placement: PlacementGroup | None = None) -> TrainerGroup:
         s = cfg.student
         settings = TrainerSettings.from_config(cfg, model_path)
-        return cls(settings, deepspeed_config(cfg), s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, placement, cfg.run.timeout_s)
+        return cls(
+            settings, deepspeed_config(cfg), s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, placement, cfg.run.timeout_s
+        )
 
     def start(self) -> TrainerGroup:
         """Start the ranks and join them in one process group (it forms only when all join)."""

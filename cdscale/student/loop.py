@@ -5,6 +5,7 @@ rank taking its share of each global batch. The plan of batches is a function of
 so a round resumed after `progress.step` steps continues with the next batch, and no batch
 is used twice.
 """
+
 from __future__ import annotations
 
 import random
@@ -44,7 +45,11 @@ def batch_plan(num_records: int, batch_size: int, epochs: int, rng: random.Rando
 
 
 def train_round(
-    cfg: Config, trainers: TrainerGroup, records: list[dict[str, Any]], progress: Progress, log: MetricsLog,
+    cfg: Config,
+    trainers: TrainerGroup,
+    records: list[dict[str, Any]],
+    progress: Progress,
+    log: MetricsLog,
     stop: Callable[[], bool],
 ) -> TrainStats | None:
     """Train `progress.round` from step `progress.step` on, appending each step's loss to
@@ -62,22 +67,35 @@ def train_round(
                 return None
             chunk = range(first, min(first + s.steps_per_call, total))
             lrs = [s.lr * warmup_cosine(step, total, s.warmup_steps) for step in chunk]
-            per_rank = _train_steps(cfg, trainers, [plan[step][1] for step in chunk], lrs, f"round {r}, steps {first}-{chunk.stop - 1}")
+            per_rank = _train_steps(
+                cfg, trainers, [plan[step][1] for step in chunk], lrs, f"round {r}, steps {first}-{chunk.stop - 1}"
+            )
             for k, step in enumerate(chunk):
                 stats = combine_rank_stats([rank_stats[k] for rank_stats in per_rank])
                 tokens += stats["tokens"]
                 progress.losses.append(stats["loss"])
-                log.write(event="train", round=r, epoch=plan[step][0], step=step, loss=stats["loss"], lr=lrs[k],
-                          token_accuracy=stats["token_accuracy"])
+                log.write(
+                    event="train",
+                    round=r,
+                    epoch=plan[step][0],
+                    step=step,
+                    loss=stats["loss"],
+                    lr=lrs[k],
+                    token_accuracy=stats["token_accuracy"],
+                )
             progress.step = chunk.stop
             bar.set_postfix(loss=f"{progress.losses[-1]:.4f}")
             bar.update(len(chunk))
     seconds = time.perf_counter() - start
     head, tail = progress.losses[: min(10, total)], progress.losses[-min(10, total) :]
-    return TrainStats(total, sum(head) / len(head), sum(tail) / len(tail), tokens / seconds if seconds > 0 else 0.0, seconds)
+    return TrainStats(
+        total, sum(head) / len(head), sum(tail) / len(tail), tokens / seconds if seconds > 0 else 0.0, seconds
+    )
 
 
-def _train_steps(cfg: Config, trainers: TrainerGroup, batches: list[list[int]], lrs: list[float], where: str) -> list[Any]:
+def _train_steps(
+    cfg: Config, trainers: TrainerGroup, batches: list[list[int]], lrs: list[float], where: str
+) -> list[Any]:
     """Each rank's stats of each step (every rank gets the global batches and takes its share)."""
     try:
         return trainers.call("train_steps", batches, lrs)

@@ -18,6 +18,7 @@ A temperature T (soft losses only) softens both sides (the teacher by renormaliz
 the student exactly through its logits) and scales the loss by T^2. With a non-empty tail
 the teacher's tail bucket is softened as one outcome: exact only for full support.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,9 @@ REDUCTIONS = ("mean", "sum")  # over the answer positions
 TAIL_EPS = 1e-6  # teacher tail mass below this is float noise from sum(top-k) ~= 1
 
 
-def bucket_logprobs(student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def bucket_logprobs(
+    student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher and student log-probabilities over the top-k ids plus the tail, [N, K + 1]
     each; -inf where an outcome is absent (padding; a teacher tail of no mass)."""
     # Only -inf is padding: a NaN or +inf from a broken teacher must reach the loss and stop the run.
@@ -45,7 +48,12 @@ def bucket_logprobs(student_logprobs: torch.Tensor, ids: torch.Tensor, logprobs:
     # The student's tail as a logsumexp over the tokens outside the top-k: exact, where
     # 1 - sum(q_topk) would cancel to 0 in float32 and stop the gradient into the tail.
     # (scatter_add, not scatter: padding entries may repeat a real top-k id)
-    in_topk = torch.zeros(student_logprobs.shape, dtype=torch.int32, device=ids.device).scatter_add_(1, ids.clamp(min=0), valid.int()) > 0
+    in_topk = (
+        torch.zeros(student_logprobs.shape, dtype=torch.int32, device=ids.device).scatter_add_(
+            1, ids.clamp(min=0), valid.int()
+        )
+        > 0
+    )
     q_tail_log = student_logprobs.float().masked_fill(in_topk, -math.inf).logsumexp(-1)
     return torch.cat([p_log_topk, p_tail_log[:, None]], -1), torch.cat([q_log_topk, q_tail_log[:, None]], -1)
 

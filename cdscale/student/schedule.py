@@ -1,4 +1,5 @@
 """The learning-rate schedule shared by distillation and bootstrap."""
+
 import math
 
 

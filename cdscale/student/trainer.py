@@ -5,6 +5,7 @@ group forms only when every rank joins). `train_steps` gets the global batches; 
 trains on its share and divides its loss by the global batch's answer-token count, so that
 DeepSpeed's average of the ranks' gradients is the gradient of the global per-token mean.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,7 +82,10 @@ def answer_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     training forward has no use for the key/value cache the model would otherwise build.
     """
     logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=batch["keep"], use_cache=False
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=batch["keep"],
+        use_cache=False,
     ).logits
     return logits[batch["rows"], batch["cols"]]
 
@@ -92,7 +96,11 @@ def answer_token_count(records: Iterable[dict[str, Any]]) -> int:
 
 
 def rank_loss(
-    loss: LossSpec | str, logits: torch.Tensor, batch: dict[str, torch.Tensor], world_size: int, global_answer_tokens: int,
+    loss: LossSpec | str,
+    logits: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    world_size: int,
+    global_answer_tokens: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The loss one rank back-propagates: the sum of its per-token losses times
@@ -140,7 +148,16 @@ class TrainerSettings:
     def from_config(cls, cfg: Config, model_path: str) -> TrainerSettings:
         s = cfg.student
         loss = LossSpec(s.loss, s.temperature, s.jsd_beta, s.soft_label_samples)
-        return cls(model_path, cfg.model.dtype, loss, cfg.data.seed, s.lr, s.weight_decay, cfg.run.timeout_s, cfg.sync.bucket_mb)
+        return cls(
+            model_path,
+            cfg.model.dtype,
+            loss,
+            cfg.data.seed,
+            s.lr,
+            s.weight_decay,
+            cfg.run.timeout_s,
+            cfg.sync.bucket_mb,
+        )
 
 
 class StudentTrainer:
@@ -179,13 +196,18 @@ class StudentTrainer:
         self.rss_before_model = _rss_bytes()
         # A collective whose peer died fails after run.timeout_s instead of waiting forever.
         deepspeed.init_distributed(
-            dist_backend=get_accelerator().communication_backend_name(), timeout=timedelta(seconds=self.settings.timeout_s)
+            dist_backend=get_accelerator().communication_backend_name(),
+            timeout=timedelta(seconds=self.settings.timeout_s),
         )
-        model = AutoModelForCausalLM.from_pretrained(self.settings.model_path, dtype=getattr(torch, self.settings.dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            self.settings.model_path, dtype=getattr(torch, self.settings.dtype)
+        )
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
         # Plain torch AdamW: works on CPU and GPU alike, no op compilation at start-up.
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.ds_config
+        )
         self.device = self.engine.device
         return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
 
@@ -233,10 +255,10 @@ class StudentTrainer:
         self.engine.train()
         logits = answer_logits(self.engine, batch)
         # Sampled soft labels draw from a stream fixed by seed, rank and step: a resumed run draws the same.
-        generator = torch.Generator(device=self.device).manual_seed(hash((self.seed, self.rank, self.engine.global_steps)) % 2**63)
-        loss = rank_loss(
-            self.settings.loss, logits, batch, self.world_size, global_answer_tokens, generator
+        generator = torch.Generator(device=self.device).manual_seed(
+            hash((self.seed, self.rank, self.engine.global_steps)) % 2**63
         )
+        loss = rank_loss(self.settings.loss, logits, batch, self.world_size, global_answer_tokens, generator)
         # Every rank learns whether any rank's loss is non-finite, so all stop together: a rank
         # that went on to backward alone would wait forever in the gradient all-reduce.
         finite = torch.tensor([float(torch.isfinite(loss))], device=self.device)
@@ -263,7 +285,10 @@ class StudentTrainer:
             return {"peak_bytes": torch.cuda.max_memory_allocated(), "base_bytes": 0}
         import resource
 
-        return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "base_bytes": self.rss_before_model}
+        return {
+            "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "base_bytes": self.rss_before_model,
+        }
 
     def save_state(self, folder: str) -> None:
         """This rank's part of the training state (weights, optimizer, step) under `folder`.

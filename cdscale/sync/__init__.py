@@ -8,6 +8,7 @@ the driver only ever calls `push`, `load` and `restore` on what it returns.
 What the engines hold is an explicit value, `EngineWeights`: the engine group keeps it, and
 an engine that replaces a dead one is given exactly that (`WeightSync.restore`).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

@@ -12,6 +12,7 @@ tensor. Both ends cut the buckets from the same plan (`StudentTrainer.weight_pla
 engines know every buffer's size and how to slice it before it arrives. Every trainer rank
 takes part in a sync (ZeRO-3 gathers each bucket collectively); only rank 0 sends.
 """
+
 from __future__ import annotations
 
 import math
@@ -129,7 +130,11 @@ class BroadcastSync(WeightSync):
         what the engines hold are the trainers' weights of this sync (`EngineWeights`)."""
         start, timeout_s = time.perf_counter(), self.timeout_s
         plan, (host, port), *workers = ray.get(
-            [trainers[0].weight_plan.remote(), trainers[0].master_address.remote(), *(e.get_num_workers.remote() for e in engines)],
+            [
+                trainers[0].weight_plan.remote(),
+                trainers[0].master_address.remote(),
+                *(e.get_num_workers.remote() for e in engines),
+            ],
             timeout=timeout_s,
         )
         first_ranks = [1 + sum(workers[:i]) for i in range(len(engines))]  # each engine's workers in turn after rank 0
@@ -146,8 +151,13 @@ class BroadcastSync(WeightSync):
             ray.get(done)
         loaded = ray.get(receives)
         stats = SyncStats(
-            transport="broadcast", version=version, seconds=time.perf_counter() - start, bytes=loaded[0]["bytes"],
-            reload_s=max(x["reload_s"] for x in loaded), receive_s=max(x["receive_s"] for x in loaded),
-            buckets=len(plan), backend=self.backend,
+            transport="broadcast",
+            version=version,
+            seconds=time.perf_counter() - start,
+            bytes=loaded[0]["bytes"],
+            reload_s=max(x["reload_s"] for x in loaded),
+            receive_s=max(x["receive_s"] for x in loaded),
+            buckets=len(plan),
+            backend=self.backend,
         )
         return stats, EngineWeights(version)

@@ -5,6 +5,7 @@ rank 0 returns the weights as numpy arrays (`packing.py`). Its return value stay
 in the object store: the engines on the node read it there without a copy, and the driver
 never copies the weights through its own process.
 """
+
 from __future__ import annotations
 
 import time
@@ -33,8 +34,11 @@ def load_packed(engines: list[Any], weights: EngineWeights, timeout_s: float) ->
     start = time.perf_counter()
     loaded = ray.get([e.update_weights.remote(weights.packed, weights.version) for e in engines], timeout=timeout_s)
     return SyncStats(
-        transport="object_store", version=weights.version, seconds=time.perf_counter() - start,
-        bytes=loaded[0]["bytes"], reload_s=max(x["seconds"] for x in loaded),
+        transport="object_store",
+        version=weights.version,
+        seconds=time.perf_counter() - start,
+        bytes=loaded[0]["bytes"],
+        reload_s=max(x["seconds"] for x in loaded),
     )
 
 

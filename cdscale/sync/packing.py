@@ -7,6 +7,7 @@ SmolLM2-135M in fp32 (538 MB, 2026-11-27, 2-core CPU): 0.70 s to put and 0.40 s 
 tensors, against 0.06 s and 0.0003 s for the same bytes as one array (a rank returning
 these per-tensor arrays: 0.09-0.72 s, the spread being the object store's page faults).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -35,7 +36,10 @@ class PackedWeights:
         came from the object store: readers only copy from them."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return [(n, torch.from_numpy(a).view(getattr(torch, d))) for n, d, a in zip(self.names, self.dtypes, self.arrays)]
+            return [
+                (n, torch.from_numpy(a).view(getattr(torch, d)))
+                for n, d, a in zip(self.names, self.dtypes, self.arrays)
+            ]
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -5,6 +5,7 @@ prompted (T_teacher, T_student), how the final answer is cut out of a generation
 and how an answer is scored. Add a task by writing one module with a `Task` subclass
 and registering it with `@register_task("name")`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -69,7 +70,9 @@ class Task(ABC):
         """The teacher prompt with its `variant`-th choice of context (e.g. another k-of-n
         subset of in-context examples) for an ensemble teacher (paper H5); variant 0 is
         `teacher_prompt(x)`. Tasks with one teacher prompt do not override this."""
-        raise ConfigError(f"task {self.name or type(self).__name__!r} has a single teacher prompt; an ensemble needs prompt variants")
+        raise ConfigError(
+            f"task {self.name or type(self).__name__!r} has a single teacher prompt; an ensemble needs prompt variants"
+        )
 
     def gold_completion(self, x: Example) -> str | None:
         """The gold answer as the text that follows the student prompt (`targets: gold`)."""
@@ -135,7 +138,9 @@ def sample_where(
 
 _REGISTRY: dict[str, type[Task]] = {}
 _BUILTIN_MODULES = {
-    "addition": "cdscale.tasks.addition", "arithmetic": "cdscale.tasks.arithmetic", "records": "cdscale.tasks.records",
+    "addition": "cdscale.tasks.addition",
+    "arithmetic": "cdscale.tasks.arithmetic",
+    "records": "cdscale.tasks.records",
     "text_to_sql": "cdscale.tasks.text_to_sql",
 }
 

@@ -16,6 +16,7 @@ Digits are space-separated. The scratchpad works right to left and tracks the ca
 The teacher is asked for a "Target:" (scratchpad, then answer); the student for an
 "Answer:" directly.
 """
+
 from __future__ import annotations
 
 import random
@@ -45,7 +46,9 @@ def scratchpad(a: int, b: int) -> str:
     lines = []
     while True:
         operands = " + ".join(s for s in (spaced(left_a), spaced(left_b)) if s)
-        lines.append((operands + " " if operands else "") + ", " + (spaced(result) + " " if result else "") + f"C: {carry}")
+        lines.append(
+            (operands + " " if operands else "") + ", " + (spaced(result) + " " if result else "") + f"C: {carry}"
+        )
         if not left_a and not left_b:
             break
         da = int(left_a[-1]) if left_a else 0
@@ -67,12 +70,13 @@ class Addition(Task):
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         self.min_digits, self.max_digits = min_digits, max_digits
 
-
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
         out = []
         for _ in range(n):
             a, b = (random_number(rng, self.min_digits, self.max_digits) for _ in range(2))
-            out.append(Example(input=f"{spaced(str(a))} + {spaced(str(b))}", gold=spaced(str(a + b)), meta={"a": a, "b": b}))
+            out.append(
+                Example(input=f"{spaced(str(a))} + {spaced(str(b))}", gold=spaced(str(a + b)), meta={"a": a, "b": b})
+            )
         return out
 
     def teacher_prompt(self, x: Example) -> str:

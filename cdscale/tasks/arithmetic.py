@@ -14,6 +14,7 @@ ignore the id, which the "mixed" inputs prevent.
     Answer:                 Answer:
     4 7                     4 7
 """
+
 from __future__ import annotations
 
 import random
@@ -46,7 +47,9 @@ class Arithmetic(Task):
         return Example(input=f"{spaced(str(a))} , {spaced(str(b))}", gold=spaced(str(answer)), meta={"a": a, "b": b})
 
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
-        return [self._example(*(random_number(rng, self.min_digits, self.max_digits) for _ in range(2))) for _ in range(n)]
+        return [
+            self._example(*(random_number(rng, self.min_digits, self.max_digits) for _ in range(2))) for _ in range(n)
+        ]
 
     def teacher_prompt(self, x: Example) -> str:
         return f"Task: {self.operation}\nInput:\n{x.input}\nAnswer:\n"

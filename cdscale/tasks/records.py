@@ -26,6 +26,7 @@ In-context examples come from a second records file (`demonstrations_path`) into
 input (`demonstrations_per_prompt`), and each prompt variant of an ensemble teacher its own
 subset; a student template shows the first k, the same for every input.
 """
+
 from __future__ import annotations
 
 import json
@@ -98,7 +99,11 @@ class Records(Task):
         match: str = "exact",
     ):
         if held_out_per_mille is not None:
-            if isinstance(held_out_per_mille, bool) or not isinstance(held_out_per_mille, int) or not 0 < held_out_per_mille < 1000:
+            if (
+                isinstance(held_out_per_mille, bool)
+                or not isinstance(held_out_per_mille, int)
+                or not 0 < held_out_per_mille < 1000
+            ):
                 raise RecordError(f"held_out_per_mille: must be in [1, 999], got {held_out_per_mille}")
             self.held_out_per_mille = held_out_per_mille  # a small file keeps more of itself for evaluation
         if match not in ("exact", "words"):
@@ -114,7 +119,9 @@ class Records(Task):
         self.demonstrations = [x for _, x in shown]
         self.per_prompt = demonstrations_per_prompt or len(self.demonstrations)
         if self.demonstrations and not 1 <= self.per_prompt <= len(self.demonstrations):
-            raise RecordError(f"demonstrations_per_prompt: must be in [1, {len(self.demonstrations)}] (the demonstrations), got {demonstrations_per_prompt}")
+            raise RecordError(
+                f"demonstrations_per_prompt: must be in [1, {len(self.demonstrations)}] (the demonstrations), got {demonstrations_per_prompt}"
+            )
         self.demonstration_template = demonstration_template
         used: set[str] = set()
         for name, template in (("teacher_template", teacher_template), ("student_template", student_template)):
@@ -131,7 +138,9 @@ class Records(Task):
         for source, records in ((path, lines), (demonstrations_path, shown)):
             for number, x in records:
                 if used - x.meta.keys():
-                    raise RecordError(f"{source} line {number}: missing field(s) {sorted(used - x.meta.keys())} that a template uses")
+                    raise RecordError(
+                        f"{source} line {number}: missing field(s) {sorted(used - x.meta.keys())} that a template uses"
+                    )
 
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
         return [self.examples[rng.randrange(len(self.examples))] for _ in range(n)]
@@ -143,7 +152,9 @@ class Records(Task):
             shown = self.demonstrations[: self.per_prompt]
         else:
             shown = random.Random(f"{x.input}\0{variant}").sample(self.demonstrations, self.per_prompt)
-        demonstrations = "".join(self.demonstration_template.format(input=d.input, gold=d.gold, **d.meta) for d in shown)
+        demonstrations = "".join(
+            self.demonstration_template.format(input=d.input, gold=d.gold, **d.meta) for d in shown
+        )
         values: dict[str, Any] = {**x.meta, "input": x.input, "context": self.context, "demonstrations": demonstrations}
         return template.format(**values)
 
@@ -191,7 +202,7 @@ class Records(Task):
         # The answer is one line, so text after it means the line ended before the cut (a
         # few-shot prompt's model writes the next question). With an answer_marker, a cut
         # before the marker leaves the first line of the reasoning as the span: not whole.
-        return not self.answer_marker and bool(completion[span[1]:].strip())
+        return not self.answer_marker and bool(completion[span[1] :].strip())
 
     def score(self, x: Example, answer: str | None) -> float:
         if answer is None:

@@ -10,6 +10,7 @@ examples from `demonstrations_path`) with two additions:
     task: {name: text_to_sql, options: {database: configs/data/sql/shop.sql,
            path: configs/data/sql/shop.jsonl, demonstrations_path: configs/data/sql/shop_examples.jsonl}}
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cdscale.tasks import Example, register_task
-from cdscale.tasks.records import Records, RecordError
+from cdscale.tasks.records import RecordError, Records
 
 # What a scored query may do: read. Anything else (a write, a PRAGMA that lifts a guard, an
 # ATTACH) is refused by sqlite, so no answer can change the rows a later one is scored on.
@@ -38,7 +39,9 @@ def load_database(script: str | Path) -> tuple[sqlite3.Connection, str]:
         connection.executescript(script.read_text())
     except sqlite3.Error as err:
         raise RecordError(f"database: {script} does not load: {err}") from None
-    schema = "\n\n".join(sql + ";" for (sql,) in connection.execute("SELECT sql FROM sqlite_master WHERE type = 'table'"))
+    schema = "\n\n".join(
+        sql + ";" for (sql,) in connection.execute("SELECT sql FROM sqlite_master WHERE type = 'table'")
+    )
     if not schema:
         raise RecordError(f"database: {script} has no CREATE TABLE statement")
     connection.set_authorizer(lambda action, *_: sqlite3.SQLITE_OK if action in _READ_ONLY else sqlite3.SQLITE_DENY)
@@ -61,6 +64,7 @@ def run_query(connection: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]
 def same_rows(predicted: list[tuple[Any, ...]], gold: list[tuple[Any, ...]], ordered: bool) -> bool:
     """Equal results: floats rounded (an AVG may differ in the last bits between two correct
     queries), and compared as multisets unless the order is part of the answer."""
+
     def rounded(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         return [tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in rows]
 
@@ -84,8 +88,12 @@ class TextToSql(Records):
     ):
         self.connection, schema = load_database(database)
         super().__init__(
-            path, context=schema, teacher_template=teacher_template, student_template=student_template,
-            demonstration_template=demonstration_template, **records_options,
+            path,
+            context=schema,
+            teacher_template=teacher_template,
+            student_template=student_template,
+            demonstration_template=demonstration_template,
+            **records_options,
         )
         for x in self.examples + self.demonstrations:
             if run_query(self.connection, x.gold) is None:

@@ -6,6 +6,7 @@ arrive as tensors; a tensor-parallel engine's workers are processes of their own
 "mp"), and its arguments are pickled to each. Prompts are passed as token ids: the driver
 tokenizes once, and the ids the teacher saw are exactly the ids the trainer aligns against.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
 # object has no attribute 'finalize_loading'") and compiles again; without AOT an engine starts
 # in 21-25 s instead of 26-33 s (tiny model, 2 CPUs, 2026-11-27, same outputs).
 ENGINE_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_LOGGING_LEVEL": "WARNING",
     "VLLM_USE_AOT_COMPILE": "0",
 }
 
@@ -46,9 +49,15 @@ class EngineSettings:
     def from_config(cls, cfg: Config, model_path: str) -> EngineSettings:
         t = cfg.teacher
         return cls(
-            model_path=model_path, dtype=cfg.model.dtype, max_model_len=t.max_model_len, kv_cache_gib=t.kv_cache_gib,
-            max_logprobs=t.top_k + 1, enable_prefix_caching=t.enable_prefix_caching, seed=cfg.data.seed,
-            max_num_seqs=t.max_num_seqs, tensor_parallel_size=t.tensor_parallel_size,
+            model_path=model_path,
+            dtype=cfg.model.dtype,
+            max_model_len=t.max_model_len,
+            kv_cache_gib=t.kv_cache_gib,
+            max_logprobs=t.top_k + 1,
+            enable_prefix_caching=t.enable_prefix_caching,
+            seed=cfg.data.seed,
+            max_num_seqs=t.max_num_seqs,
+            tensor_parallel_size=t.tensor_parallel_size,
         )
 
 
@@ -118,7 +127,9 @@ class TeacherEngine:
         self._now_holds(version)
         return {"seconds": time.perf_counter() - start, "version": version, "bytes": weights.nbytes}
 
-    def receive_weights(self, group: SyncGroup, first_rank: int, plan: list[BucketPlan], version: int) -> dict[str, float]:
+    def receive_weights(
+        self, group: SyncGroup, first_rank: int, plan: list[BucketPlan], version: int
+    ) -> dict[str, float]:
         """Receive new weights from trainer rank 0's broadcast and load them (the broadcast
         transport, `sync/broadcast.py`). Each worker joins the sync group, worker w as rank
         first_rank + w, takes the full weights and loads its own shard of them."""
@@ -126,8 +137,11 @@ class TeacherEngine:
         stats = self.llm.collective_rpc("receive_broadcast_weights", args=(group, first_rank, plan))
         self._now_holds(version)
         return {
-            "bytes": stats[0]["bytes"], "receive_s": max(x["receive_s"] for x in stats), "reload_s": max(x["reload_s"] for x in stats),
-            "seconds": time.perf_counter() - start, "version": version,
+            "bytes": stats[0]["bytes"],
+            "receive_s": max(x["receive_s"] for x in stats),
+            "reload_s": max(x["reload_s"] for x in stats),
+            "seconds": time.perf_counter() - start,
+            "version": version,
         }
 
     def _now_holds(self, version: int) -> None:

@@ -5,6 +5,7 @@ whichever engine is free), and replaces an engine that dies with a new one in th
 placement bundle, given the weights the group holds (`weights`, kept by the driver after
 every sync), so a replacement never teaches or answers with stale weights.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,13 @@ class EngineGroup:
     def from_config(cls, cfg: Config, model_path: str, placement: PlacementGroup | None = None) -> EngineGroup:
         t = cfg.teacher
         return cls(
-            EngineSettings.from_config(cfg, model_path), t.cpus_per_engine, t.gpus_per_engine, placement,
-            cfg.run.timeout_s, t.max_engine_restarts, t.chunk_size,
+            EngineSettings.from_config(cfg, model_path),
+            t.cpus_per_engine,
+            t.gpus_per_engine,
+            placement,
+            cfg.run.timeout_s,
+            t.max_engine_restarts,
+            t.chunk_size,
         )
 
     def start(self, count: int) -> EngineGroup:
@@ -77,7 +83,11 @@ class EngineGroup:
             ray.kill(engine)
 
     def generate(
-        self, prompt_ids: list[list[int]], sampling: list[dict[str, Any]], desc: str, stop: Callable[[], bool] | None = None
+        self,
+        prompt_ids: list[list[int]],
+        sampling: list[dict[str, Any]],
+        desc: str,
+        stop: Callable[[], bool] | None = None,
     ) -> list[dict[str, Any]]:
         """Outputs in prompt order, one SamplingParams per prompt (`TeacherEngine.generate_many`).
 
@@ -139,7 +149,9 @@ class EngineGroup:
     def _replace(self, dead: Any, unfinished: int) -> None:
         """A new engine in `dead`'s place and bundle, holding `weights`; at most `max_restarts` per run."""
         if self.replaced >= self.max_restarts:
-            raise RunFailed(f"{self.replaced} teacher engines died already (teacher.max_engine_restarts={self.max_restarts})")
+            raise RunFailed(
+                f"{self.replaced} teacher engines died already (teacher.max_engine_restarts={self.max_restarts})"
+            )
         i = self.engines.index(dead)
         ray.kill(dead)
         new = self._actor(i, self.settings.seed + len(self.engines) + self.replaced)  # a fresh random stream

@@ -9,6 +9,7 @@ accepts or rejects with a reason. Candidates are deduplicated, held-out inputs a
 seeded stream and the engines are seeded, so a run with the same seed and engine layout
 draws the same inputs.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,12 @@ def keep_inputs(task: Task, lines: list[str | None], seen: set[str]) -> tuple[li
 
 
 def synthesize_inputs(
-    engines: EngineGroup, tokenizer: Any, task: Task, op: OperationConfig, rng: random.Random, desc: str,
+    engines: EngineGroup,
+    tokenizer: Any,
+    task: Task,
+    op: OperationConfig,
+    rng: random.Random,
+    desc: str,
     stop: Callable[[], bool] | None = None,
 ) -> tuple[list[Example], dict[str, int]]:
     """Up to op.num_train distinct new inputs in at most `op.synthetic_max_passes` generations.
@@ -70,10 +76,15 @@ def synthesize_inputs(
             break
         asked = counts["generated"]
         kept_share = max(len(examples) / asked, 0.05) if asked else 0.8
-        prompts = [tokenizer(task.input_generation_prompt(rng.sample(pool, shots)))["input_ids"]
-                   for _ in range(math.ceil(1.1 * need / kept_share))]
+        prompts = [
+            tokenizer(task.input_generation_prompt(rng.sample(pool, shots)))["input_ids"]
+            for _ in range(math.ceil(1.1 * need / kept_share))
+        ]
         outputs = engines.generate(prompts, [sampling] * len(prompts), desc, stop)
-        lines = [first_line(tokenizer.decode(o["token_ids"], skip_special_tokens=True), o["finish_reason"] == "stop") for o in outputs]
+        lines = [
+            first_line(tokenizer.decode(o["token_ids"], skip_special_tokens=True), o["finish_reason"] == "stop")
+            for o in outputs
+        ]
         kept, pass_counts = keep_inputs(task, lines, seen)
         examples += kept
         counts.update(pass_counts)

@@ -4,6 +4,7 @@
 handles backends that repack weights after loading (the CPU backend does;
 `model.load_weights` alone fails there).
 """
+
 from __future__ import annotations
 
 import time
@@ -36,7 +37,11 @@ class WeightReloadExtension:
             close_group(members, group.backend)
         received = time.perf_counter()
         self.reload_named_weights(named)
-        return {"bytes": sum(t.nbytes for _, t in named), "receive_s": received - start, "reload_s": time.perf_counter() - received}
+        return {
+            "bytes": sum(t.nbytes for _, t in named),
+            "receive_s": received - start,
+            "reload_s": time.perf_counter() - received,
+        }
 
     def weight_checksum(self) -> float:
         """Sum of the parameters the model exposes, a quick sign that a sync arrived. Not a

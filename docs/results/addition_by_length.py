@@ -5,6 +5,7 @@
 Reads one `eval/OPERATION/NAME.jsonl` file of a run (one scored problem per line) and prints,
 for each pair of operand lengths, the number of problems and the accuracy in %.
 """
+
 from __future__ import annotations
 
 import argparse

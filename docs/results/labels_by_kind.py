@@ -6,6 +6,7 @@ For each run, reads `eval/*/NAME.jsonl` (NAME: teacher, student_after_round_0) a
 in configs/data/labels/words.jsonl, and prints the accuracy in % per kind and the most
 common answers.
 """
+
 from __future__ import annotations
 
 import argparse

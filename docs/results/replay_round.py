@@ -11,6 +11,7 @@ every 256 steps. Accuracy is teacher-forced: every answer token and the EOS must
 argmax, which is what greedy decoding gets right. It matches a real run's setup except the
 shuffle order and the split of each batch across ranks.
 """
+
 import argparse
 import dataclasses
 import json
@@ -84,10 +85,15 @@ for step in range(total):
     order = order[student["batch_size"] :]
     for group in optimizer.param_groups:
         group["lr"] = args.lr * warmup_cosine(step, total, student["warmup_steps"])
-    loss = distillation_loss(student["loss"], answer_logits(model, batch), batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"])
+    loss = distillation_loss(
+        student["loss"], answer_logits(model, batch), batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
+    )
     optimizer.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), student["grad_clip"])
     optimizer.step()
     if (step + 1) % 256 == 0 or step + 1 == total:
-        print(f"step {step + 1}/{total} loss {loss.item():.3f} exact match {exact_match():.3f} ({time.time() - start:.0f} s)", flush=True)
+        print(
+            f"step {step + 1}/{total} loss {loss.item():.3f} exact match {exact_match():.3f} ({time.time() - start:.0f} s)",
+            flush=True,
+        )

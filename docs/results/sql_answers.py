@@ -5,6 +5,7 @@ how many run on the database without an error, and how many return the gold rows
 
 Reads every `eval/DATABASE/ROLE.jsonl` of the run; the database script is configs/data/sql/DATABASE.sql.
 """
+
 from __future__ import annotations
 
 import argparse
