@@ -78,17 +78,21 @@ def _wait_for(proc: Any, queue: Any, path: str) -> int:
             if not proc.is_alive():
                 raise RuntimeError(
                     f"loss_memory: the {path} process exited with code {proc.exitcode} before reporting its peak memory"
-                )
+                ) from None
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [
-        "| model | batch x (prompt + answer) tokens | answer positions only, peak MiB | full logits, peak MiB | full / answer-only |",
+        (
+            "| model | batch x (prompt + answer) tokens | answer positions only, peak MiB "
+            "| full logits, peak MiB | full / answer-only |"
+        ),
         "| --- | --- | --- | --- | --- |",
     ]
     for model, r in results.items():
         lines.append(
-            f"| {model} | {r['batch_size']} x ({r['prompt_len']} + {r['answer_len']}) | {r['answer_positions_peak_bytes'] / 2**20:,.0f} | "
+            f"| {model} | {r['batch_size']} x ({r['prompt_len']} + {r['answer_len']}) "
+            f"| {r['answer_positions_peak_bytes'] / 2**20:,.0f} | "
             f"{r['full_logits_peak_bytes'] / 2**20:,.0f} | {r['ratio']:.1f}x |"
         )
     return (

@@ -176,7 +176,6 @@ def run_ranks(
                 ],
             )
             group = TrainerGroup.from_config(cfg, str(model_dir)).start()
-            trainers = group.actors
             try:
                 group.call("set_records", records)
                 plan = [list(range(i * batch_size, (i + 1) * batch_size)) for i in range(steps)]
@@ -201,7 +200,10 @@ def run_ranks(
 
 def ranks_table(results: dict[str, dict]) -> str:
     lines = [
-        "| model | path | tokens/s | vs plain AdamW (same cores) | peak RSS per rank GiB | of which model, optimizer, activations GiB |",
+        (
+            "| model | path | tokens/s | vs plain AdamW (same cores) | peak RSS per rank GiB "
+            "| of which model, optimizer, activations GiB |"
+        ),
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for model, r in results.items():

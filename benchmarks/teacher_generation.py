@@ -163,16 +163,31 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     lines = ["| model | path | tokens/s | ratio |", "| --- | --- | --- | --- |"]
     for model, r in results.items():
         hf = r["hf_generate"]["tokens_per_s"]
+        ratios = r["ratios"]
         lines += [
             f"| {model} | Hugging Face generate (batch 64) | {hf:,.0f} | 1.00x |",
-            f"| {model} | engines, prefix caching off | {r['prefix_cache_off']['tokens_per_s']:,.0f} | {r['ratios']['engine_no_cache_vs_hf']:.2f}x vs HF |",
-            f"| {model} | engines, prefix caching on (default) | {r['prefix_cache_on']['tokens_per_s']:,.0f} | {r['ratios']['engine_vs_hf']:.2f}x vs HF, {r['ratios']['prefix_cache_on_vs_off']:.2f}x vs off |",
-            f"| {model} | n={r['samples']} separate requests (T=1) | {r['n_separate_requests']['tokens_per_s']:,.0f} | 1.00x |",
-            f"| {model} | n={r['samples']} in one request (T=1) | {r['n_in_one_request']['tokens_per_s']:,.0f} | {r['ratios']['n_in_one_vs_separate']:.2f}x vs separate |",
+            (
+                f"| {model} | engines, prefix caching off | {r['prefix_cache_off']['tokens_per_s']:,.0f} "
+                f"| {ratios['engine_no_cache_vs_hf']:.2f}x vs HF |"
+            ),
+            (
+                f"| {model} | engines, prefix caching on (default) | {r['prefix_cache_on']['tokens_per_s']:,.0f} "
+                f"| {ratios['engine_vs_hf']:.2f}x vs HF, {ratios['prefix_cache_on_vs_off']:.2f}x vs off |"
+            ),
+            (
+                f"| {model} | n={r['samples']} separate requests (T=1) "
+                f"| {r['n_separate_requests']['tokens_per_s']:,.0f} | 1.00x |"
+            ),
+            (
+                f"| {model} | n={r['samples']} in one request (T=1) | {r['n_in_one_request']['tokens_per_s']:,.0f} "
+                f"| {ratios['n_in_one_vs_separate']:.2f}x vs separate |"
+            ),
         ]
     first = next(iter(results.values()))
     note = (
-        f"{first['num_prompts']} prompts of about {first['prompt_tokens_mean']:.0f} tokens sharing one instruction prefix, "
-        f"{first['new_tokens']} new tokens each, {first['num_engines']} engine(s), median of {first['reps']} runs after a warm-up."
+        f"{first['num_prompts']} prompts of about {first['prompt_tokens_mean']:.0f} tokens "
+        "sharing one instruction prefix, "
+        f"{first['new_tokens']} new tokens each, {first['num_engines']} engine(s), "
+        f"median of {first['reps']} runs after a warm-up."
     )
     return note + "\n\n" + "\n".join(lines)

@@ -97,7 +97,8 @@ def run(
         result[name] = {
             "sync_s": sync_s,
             "sync_bytes_per_s": nbytes / sync_s,
-            # before the reload: the export into the object store, or the broadcast's gather and send (till the last engine has it)
+            # before the reload: the export into the object store, or the broadcast's gather and send
+            # (till the last engine has it)
             "send_s": statistics.median(r["export_s" if name == "object_store" else "receive_s"] for r in timed),
             "reload_s": statistics.median(r["reload_s"] for r in timed),
             "target_met": sync_s <= result["target_s"],
@@ -107,20 +108,26 @@ def run(
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [
-        "| model | transport | MB | sync s (export or send s, engine reload s) | MB/s | in-memory copy s | MB/s | sync / copy | target: 3 x copy + 0.5 s |",
+        (
+            "| model | transport | MB | sync s (export or send s, engine reload s) | MB/s | in-memory copy s | MB/s "
+            "| sync / copy | target: 3 x copy + 0.5 s |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for model, r in results.items():
         for name in ("object_store", "broadcast"):
             t = r[name]
             lines.append(
-                f"| {model} | {name} | {r['bytes'] / 1e6:.1f} | {t['sync_s']:.3f} ({t['send_s']:.3f}, {t['reload_s']:.3f}) | {t['sync_bytes_per_s'] / 1e6:,.0f} | "
+                f"| {model} | {name} | {r['bytes'] / 1e6:.1f} "
+                f"| {t['sync_s']:.3f} ({t['send_s']:.3f}, {t['reload_s']:.3f}) | {t['sync_bytes_per_s'] / 1e6:,.0f} | "
                 f"{r['copy_s']:.4f} | {r['copy_bytes_per_s'] / 1e6:,.0f} | {t['sync_s'] / r['copy_s']:.0f}x | "
                 f"{r['target_s']:.2f} s: {'met' if t['target_met'] else 'MISSED'} |"
             )
     first = next(iter(results.values()))
     note = (
-        f"ZeRO-{first['zero_stage']} with {first['num_ranks']} rank(s) into {first['num_engines']} running engine(s), "
-        f"by each transport (`sync.transport`; the broadcast over gloo); median of {first['reps']} syncs after a warm-up."
+        f"ZeRO-{first['zero_stage']} with {first['num_ranks']} rank(s) "
+        f"into {first['num_engines']} running engine(s), "
+        "by each transport (`sync.transport`; the broadcast over gloo); "
+        f"median of {first['reps']} syncs after a warm-up."
     )
     return note + "\n\n" + "\n".join(lines)

@@ -215,6 +215,7 @@ class TargetBuilder:
         counts.kept = len(records)
         if len(records) < self.cfg.student.batch_size:
             raise RunFailed(
-                f"{kind} targets: only {len(records)} examples with a target ({counts.as_dict()}); fewer than student.batch_size"
+                f"{kind} targets: only {len(records)} examples with a target ({counts.as_dict()}); "
+                "fewer than student.batch_size"
             )
         return records, counts

@@ -194,6 +194,7 @@ def read_shard(run_dir: Path, round_index: int) -> tuple[list[dict[str, Any]], d
     text = path.read_text() if path.is_file() else ""
     if hashlib.sha256(text.encode()).hexdigest() != entry["sha256"]:
         raise ValueError(
-            f"{path}: does not match data/manifest.json (changed or truncated since it was written); remove both to regenerate"
+            f"{path}: does not match data/manifest.json (changed or truncated since it was written); "
+            "remove both to regenerate"
         )
     return [json.loads(line) for line in text.splitlines()], entry["counts"]

@@ -127,26 +127,15 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cdscale", description="Distributed context distillation")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    for name, fn, help in (("run", _run, "run context distillation"), ("config", _config, "print the resolved config")):
-        p = sub.add_parser(name, help=help)
-        p.add_argument("--config", help="YAML config file (default: the embedded default)")
-        p.add_argument("overrides", nargs="*", help="section.field=value")
-        p.set_defaults(fn=fn)
-        if name == "run":
-            p.add_argument(
-                "--resume", metavar="RUN_DIR", help="continue this run directory from its last committed state"
-            )
-
+def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
+    """Adds `cdscale bootstrap`, whose options set how the tiny teacher is trained."""
     p = sub.add_parser("bootstrap", help="teach the tiny model scratchpad addition (the paper's starting teacher)")
     p.add_argument(
         "--task",
         choices=["addition", "arithmetic"],
         default="addition",
-        help="addition: tiny-addition; arithmetic: tiny-arithmetic, the four instructed tasks of the task-id experiment",
+        help="addition: tiny-addition; "
+        "arithmetic: tiny-arithmetic, the four instructed tasks of the task-id experiment",
     )
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=64)
@@ -164,10 +153,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--learn-inputs",
         action="store_true",
-        help="also learn to continue a list of the task's inputs, so few-shot prompting samples synthetic D (saved as tiny-<task>-inputs)",
+        help="also learn to continue a list of the task's inputs, "
+        "so few-shot prompting samples synthetic D (saved as tiny-<task>-inputs)",
     )
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=_bootstrap)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line; each subcommand sets `fn`, the function that carries it out."""
+    parser = argparse.ArgumentParser(prog="cdscale", description="Distributed context distillation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, fn, help in (("run", _run, "run context distillation"), ("config", _config, "print the resolved config")):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--config", help="YAML config file (default: the embedded default)")
+        p.add_argument("overrides", nargs="*", help="section.field=value")
+        p.set_defaults(fn=fn)
+        if name == "run":
+            p.add_argument(
+                "--resume", metavar="RUN_DIR", help="continue this run directory from its last committed state"
+            )
+
+    _add_bootstrap_command(sub)
 
     p = sub.add_parser("report", help="results table and plots of finished runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -179,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=_prepare_model)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     _log_to_console()
     try:
         return args.fn(args)

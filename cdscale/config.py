@@ -55,7 +55,8 @@ class OperationConfig:
     task: TaskConfig | None = _f(None, "the operation's task: name and options (default: the task section)")
     num_train: int | None = _f(
         None,
-        "raw inputs drawn per round for this operation (default: data.num_train); 0: evaluated only, e.g. a wrong task id (H3)",
+        "raw inputs drawn per round for this operation (default: data.num_train); "
+        "0: evaluated only, e.g. a wrong task id (H3)",
     )
     inputs: str = _f(
         "own",
@@ -136,14 +137,21 @@ class TeacherConfig:
         1.0, "KV cache size per engine in GiB (explicit, so it does not depend on other processes' memory)"
     )
     enable_prefix_caching: bool = _f(True, "reuse the KV cache of shared prompt prefixes")
+    enforce_eager: bool = _f(
+        False,
+        "run the engines' model eagerly (vLLM's enforce_eager): no torch.compile at start-up (and no CUDA graphs on "
+        "GPUs); an engine starts sooner and decodes more slowly. For tiny models and tests",
+    )
     max_num_seqs: int = _f(512, "sequences an engine decodes at once (larger batches amortize per-step overhead)")
     max_answer_skip_fraction: float = _f(
         0.5,
-        "fail the round when a larger fraction of its inputs is skipped (no extractable answer, cut off, unaligned, prompt too long)",
+        "fail the round when a larger fraction of its inputs is skipped "
+        "(no extractable answer, cut off, unaligned, prompt too long)",
     )
     chunk_size: int = _f(
         2048,
-        "prompts per engine call (progress granularity and load balancing; an engine that dies redoes only its current chunk)",
+        "prompts per engine call "
+        "(progress granularity and load balancing; an engine that dies redoes only its current chunk)",
     )
     max_engine_restarts: int = _f(
         3, "engines that may die in a run and be replaced (with the current weights) before the run fails"
@@ -341,8 +349,8 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
-def validate(cfg: Config) -> Config:
-    """Range checks and checks that involve more than one field."""
+def _check_counts(cfg: Config) -> None:
+    """Settings that count something (inputs, engines, ranks, steps, ...) need at least one."""
     positive = {
         "data.num_train": cfg.data.num_train,
         "data.num_eval": cfg.data.num_eval,
@@ -361,6 +369,33 @@ def validate(cfg: Config) -> Config:
     for path, value in positive.items():
         if value < 1:
             raise ConfigError(f"{path}: must be at least 1, got {value}")
+
+
+def _check_actor_resources(cfg: Config) -> None:
+    """What each engine and rank reserves, and whether the weight transport and the teacher's
+    tensor parallelism fit those devices."""
+    for where, cpus, gpus in (
+        (
+            "teacher.cpus_per_engine and teacher.gpus_per_engine",
+            cfg.teacher.cpus_per_engine,
+            cfg.teacher.gpus_per_engine,
+        ),
+        ("student.cpus_per_rank and student.gpus_per_rank", cfg.student.cpus_per_rank, cfg.student.gpus_per_rank),
+    ):
+        if cpus < 0 or gpus < 0 or cpus + gpus == 0:
+            raise ConfigError(f"{where}: must not be negative, and not both 0 (each actor reserves something)")
+    weight_transport(cfg)
+    tp, gpus = cfg.teacher.tensor_parallel_size, cfg.teacher.gpus_per_engine
+    if tp > 1 and gpus > 0 and gpus != tp:
+        raise ConfigError(
+            f"teacher.gpus_per_engine: {gpus} GPUs for teacher.tensor_parallel_size={tp} workers; "
+            "each worker takes one GPU"
+        )
+
+
+def validate(cfg: Config) -> Config:
+    """Range checks and checks that involve more than one field."""
+    _check_counts(cfg)
     if cfg.data.num_train < cfg.student.batch_size:
         raise ConfigError(
             f"data.num_train: {cfg.data.num_train} is below student.batch_size={cfg.student.batch_size}; "
@@ -377,22 +412,7 @@ def validate(cfg: Config) -> Config:
             f"student.batch_size: {cfg.student.batch_size} does not split evenly across "
             f"student.num_ranks={cfg.student.num_ranks}"
         )
-    for where, cpus, gpus in (
-        (
-            "teacher.cpus_per_engine and teacher.gpus_per_engine",
-            cfg.teacher.cpus_per_engine,
-            cfg.teacher.gpus_per_engine,
-        ),
-        ("student.cpus_per_rank and student.gpus_per_rank", cfg.student.cpus_per_rank, cfg.student.gpus_per_rank),
-    ):
-        if cpus < 0 or gpus < 0 or cpus + gpus == 0:
-            raise ConfigError(f"{where}: must not be negative, and not both 0 (each actor reserves something)")
-    weight_transport(cfg)
-    tp, gpus = cfg.teacher.tensor_parallel_size, cfg.teacher.gpus_per_engine
-    if tp > 1 and gpus > 0 and gpus != tp:
-        raise ConfigError(
-            f"teacher.gpus_per_engine: {gpus} GPUs for teacher.tensor_parallel_size={tp} workers; each worker takes one GPU"
-        )
+    _check_actor_resources(cfg)
     if cfg.teacher.kv_cache_gib <= 0:
         raise ConfigError(f"teacher.kv_cache_gib: must be positive, got {cfg.teacher.kv_cache_gib}")
     if not 0 < cfg.student.jsd_beta < 1:
@@ -464,7 +484,8 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
                 raise ConfigError(f"{where}.name: {op.name!r} is used twice; operation names are unique in a run")
             if 0 < op.num_train < cfg.student.batch_size or op.num_train < 0:
                 raise ConfigError(
-                    f"{where}.num_train: {op.num_train} is below student.batch_size={cfg.student.batch_size} (0: evaluate only)"
+                    f"{where}.num_train: {op.num_train} is below student.batch_size={cfg.student.batch_size} "
+                    "(0: evaluate only)"
                 )
             for name in ("ensemble", "synthetic_shots", "synthetic_max_new_tokens", "synthetic_max_passes"):
                 if getattr(op, name) < 1:

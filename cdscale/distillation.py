@@ -91,7 +91,8 @@ class Distillation:
         self.clock, self.started = PhaseClock(), time.monotonic()
         if not resume and (self.run_dir / "state").exists():
             raise FileExistsError(
-                f"{self.run_dir} holds a run already; continue it with `cdscale run --resume {self.run_dir}`, or choose another run.name"
+                f"{self.run_dir} holds a run already; continue it with `cdscale run --resume {self.run_dir}`, "
+                "or choose another run.name"
             )
         self.stages = resolve_stages(cfg)
         self.tasks = build_tasks(self.stages)
@@ -272,7 +273,8 @@ class Distillation:
         tokens_per_s = total.generated_tokens / total.generate_s if total.generate_s else None
         self.log.write(event="targets", round=r, stage=stage.name, generate_tokens_per_s=tokens_per_s, **counts)
         log.info(
-            "%s round %d: %d distillation examples; skipped: %d without an answer, %d truncated, %d unaligned, %d too long",
+            "%s round %d: %d distillation examples; "
+            "skipped: %d without an answer, %d truncated, %d unaligned, %d too long",
             stage.name,
             r,
             total.kept,

@@ -121,7 +121,8 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
     plot_loss(events, out_dir / "loss.png")
     sources = "\n".join(f"- `{name}`: {run_dir}" for name, run_dir in zip(summaries, run_dirs))
     text = (
-        f"# cdscale report\n\nAccuracy in % on each operation's held-out inputs (greedy).\n\n{results_table(summaries)}\n\n"
+        "# cdscale report\n\nAccuracy in % on each operation's held-out inputs (greedy).\n\n"
+        f"{results_table(summaries)}\n\n"
         f"![student accuracy](accuracy.png)\n\n![training loss](loss.png)\n\nRuns:\n{sources}\n"
     )
     (out_dir / "report.md").write_text(text)

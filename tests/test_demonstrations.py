@@ -20,8 +20,14 @@ def _records(path: Path, pairs) -> Path:
 
 
 def _config(demonstrations: Path, records: Path, *extra):
-    options = f"{{path: {records}, demonstrations_path: {demonstrations}, teacher_template: '{{demonstrations}}Q: {{input}}'}}"
-    stages = f"stages=[{{operations: [{{name: gd, inputs: demonstrations, targets: gold, task: {{name: records, options: {options}}}}}]}}]"
+    options = (
+        f"{{path: {records}, demonstrations_path: {demonstrations}, "
+        "teacher_template: '{demonstrations}Q: {input}'}"
+    )
+    stages = (
+        "stages=[{operations: [{name: gd, inputs: demonstrations, targets: gold, "
+        f"task: {{name: records, options: {options}}}}}]}}]"
+    )
     return load_config(None, ["data.num_train=256", "data.num_eval=20", stages, *extra])
 
 
@@ -42,7 +48,8 @@ def test_examples_that_are_also_evaluation_inputs_are_refused(tmp_path):
     cfg = _config(records, records)
     with pytest.raises(
         ConfigError,
-        match=r"num_train \(gd\): in-context examples \(the task.s demonstrations\) are also evaluation inputs: \[.question ",
+        match=r"num_train \(gd\): in-context examples \(the task.s demonstrations\) "
+        r"are also evaluation inputs: \[.question ",
     ):
         sample_splits(cfg, resolve_stages(cfg), build_tasks(resolve_stages(cfg)))
 

@@ -221,15 +221,12 @@ def test_slurm_batch_job_starts_ray_runs_a_tiny_run_and_stops_ray(slurm, teacher
     ]
     try:
         job_id = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
         # Polled here: `sbatch --wait` polls at growing intervals, up to half a minute late.
-        state = lambda: dict(
-            re.findall(
-                r"(\w+)=(\S+)",
-                subprocess.run(  # noqa: E731
-                    ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True
-                ).stdout,
-            )
-        )
+        def state():
+            shown = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True)
+            return dict(re.findall(r"(\w+)=(\S+)", shown.stdout))
+
         _wait_for(lambda: state().get("JobState") not in ("PENDING", "RUNNING", "COMPLETING"), 900, "job timed out")
         log = out.read_text() if out.exists() else ""
         assert (state()["JobState"], state()["ExitCode"]) == ("COMPLETED", "0:0"), log[-6000:]

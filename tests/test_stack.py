@@ -203,7 +203,8 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
     # The teacher writes a scratchpad, the student answers directly: far fewer tokens.
     assert on_disk["teacher"]["long"]["tokens_per_answer"] > 2 * on_disk["student_after"]["long"]["tokens_per_answer"]
 
-    # Round 0 trains one shuffled mixture of both operations; "long" drew inputs from both D (1-digit operands from "short")
+    # Round 0 trains one shuffled mixture of both operations; "long" drew inputs from both D
+    # (1-digit operands from "short")
     data = [json.loads(line) for line in (run_dir / "data" / "round_0.jsonl").read_text().splitlines()]
     counts = on_disk["round_0"]
     assert len(data) == counts["kept"] == sum(c["kept"] for c in counts["by_operation"].values())

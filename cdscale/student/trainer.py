@@ -265,7 +265,8 @@ class StudentTrainer:
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if finite.item() == 0:
             raise FloatingPointError(
-                f"rank {self.rank}: a rank's loss is not finite (this rank's: {loss.item()}); all ranks stopped before the update"
+                f"rank {self.rank}: a rank's loss is not finite (this rank's: {loss.item()}); "
+                "all ranks stopped before the update"
             )
         self.engine.backward(loss)
         self.engine.step()

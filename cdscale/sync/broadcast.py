@@ -146,7 +146,8 @@ class BroadcastSync(WeightSync):
             done, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
             if not done:
                 raise TimeoutError(
-                    f"weight broadcast: {len(pending)} trainers and engines not done after {timeout_s:.0f}s (run.timeout_s)"
+                    f"weight broadcast: {len(pending)} trainers and engines not done "
+                    f"after {timeout_s:.0f}s (run.timeout_s)"
                 )
             ray.get(done)
         loaded = ray.get(receives)

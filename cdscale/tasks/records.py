@@ -120,7 +120,8 @@ class Records(Task):
         self.per_prompt = demonstrations_per_prompt or len(self.demonstrations)
         if self.demonstrations and not 1 <= self.per_prompt <= len(self.demonstrations):
             raise RecordError(
-                f"demonstrations_per_prompt: must be in [1, {len(self.demonstrations)}] (the demonstrations), got {demonstrations_per_prompt}"
+                f"demonstrations_per_prompt: must be in [1, {len(self.demonstrations)}] (the demonstrations), "
+                f"got {demonstrations_per_prompt}"
             )
         self.demonstration_template = demonstration_template
         used: set[str] = set()

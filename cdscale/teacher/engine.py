@@ -44,6 +44,7 @@ class EngineSettings:
     seed: int = 0
     max_num_seqs: int | None = None
     tensor_parallel_size: int = 1
+    enforce_eager: bool = False  # no torch.compile: a faster start, slower decoding
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> EngineSettings:
@@ -58,6 +59,7 @@ class EngineSettings:
             seed=cfg.data.seed,
             max_num_seqs=t.max_num_seqs,
             tensor_parallel_size=t.tensor_parallel_size,
+            enforce_eager=t.enforce_eager,
         )
 
 
@@ -81,6 +83,7 @@ class TeacherEngine:
             seed=settings.seed,
             max_num_seqs=settings.max_num_seqs,
             tensor_parallel_size=tp,
+            enforce_eager=settings.enforce_eager,
             # One worker runs in this actor's process; more run as processes of their own.
             distributed_executor_backend="uni" if tp == 1 else "mp",
             worker_extension_cls="cdscale.teacher.worker_extension.WeightReloadExtension",

@@ -9,18 +9,26 @@ import json
 import sys
 
 print(
-    "| inputs | teacher | student before (new ids) | after stage 1: correct id | after stage 2: new correct id | after stage 2: old (wrong) id |"
+    "| inputs | teacher | student before (new ids) | after stage 1: correct id "
+    "| after stage 2: new correct id | after stage 2: old (wrong) id |"
 )
 print("| --- | --- | --- | --- | --- | --- |")
-for run in sys.argv[1:]:
-    s = json.load(open(f"{run}/summary.json"))
-    mean = lambda d, prefix: (
+
+
+def mean(d, prefix):
+    """Mean accuracy in % over the operations whose names start with prefix."""
+    return (
         100
         * sum(m["accuracy"] for op, m in d.items() if op.startswith(prefix))
         / sum(op.startswith(prefix) for op in d)
     )
+
+
+for run in sys.argv[1:]:
+    s = json.load(open(f"{run}/summary.json"))
     print(
-        f"| {s['run_dir'].rsplit('/', 1)[1]} | {mean(s['teacher'], 'a_'):.1f} | {mean(s['student_before'], 'o_'):.1f} | "
+        f"| {s['run_dir'].rsplit('/', 1)[1]} | {mean(s['teacher'], 'a_'):.1f} "
+        f"| {mean(s['student_before'], 'o_'):.1f} | "
         f"{mean(s['after_stage']['associate'], 'a_'):.1f} | {mean(s['after_stage']['overwrite'], 'o_'):.1f} | "
         f"{mean(s['after_stage']['overwrite'], 'a_'):.1f} |"
     )

@@ -94,6 +94,7 @@ for step in range(total):
     optimizer.step()
     if (step + 1) % 256 == 0 or step + 1 == total:
         print(
-            f"step {step + 1}/{total} loss {loss.item():.3f} exact match {exact_match():.3f} ({time.time() - start:.0f} s)",
+            f"step {step + 1}/{total} loss {loss.item():.3f} exact match {exact_match():.3f} "
+            f"({time.time() - start:.0f} s)",
             flush=True,
         )
