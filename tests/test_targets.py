@@ -170,3 +170,22 @@ def test_supervised_records_for_gold_answers_demonstrations_and_plain_text(tiny_
     text, counts = TargetBuilder(cfg, tiny_tokenizer).gold(task, xs, "text")
     assert text[0]["input_ids"] == prompt + [eos] and text[0]["answer_start"] == 1 and counts.kept == 3
     assert [row[0] for row in text[0]["topk_ids"]] == prompt[1:] + [eos]  # every token after the first is a target
+
+
+def test_gold_records_are_capped_by_the_students_positions_not_the_engines_context(tiny_tokenizer):
+    """A supervised record is trained by the student, never generated from by an engine: one
+    longer than teacher.max_model_len but within the student's positions is kept."""
+    import random
+
+    from cdscale.build_targets import TargetBuilder
+    from cdscale.config import RunFailed, load_config
+
+    task = Addition(1, 2)
+    xs = task.sample_inputs(4, random.Random(0))
+    uncapped, _ = TargetBuilder(load_config(None, ["student.batch_size=2"]), tiny_tokenizer).gold(task, xs, "gold")
+    longest = max(len(r["input_ids"]) for r in uncapped)
+    cfg = load_config(None, ["student.batch_size=2", f"teacher.max_model_len={longest - 1}"])
+    records, counts = TargetBuilder(cfg, tiny_tokenizer, student_max_len=longest).gold(task, xs, "gold")
+    assert counts.kept == 4 and counts.too_long == 0  # the engine's context does not cap them
+    with pytest.raises(RunFailed, match="too_long"):  # the student's positions do: none fits in fewer
+        TargetBuilder(cfg, tiny_tokenizer, student_max_len=3).gold(task, xs, "gold")
