@@ -32,10 +32,10 @@ SMOKE_BESIDE = {"generation", "sync"}  # the smoke run's second lane, about half
 
 def sizes(smoke: bool) -> dict[str, Any]:
     if smoke:
-        # Every engine of the smoke run, the round's too, has the round's model and these settings:
-        # vLLM's compile cache is keyed by both, so only the first engines compile from scratch,
-        # and the sync pushes into the generation benchmark's engine (shared: see `Engines`).
-        engine = dict(max_model_len=512, max_num_seqs=512, kv_cache_gib=0.25)
+        # Every engine of the smoke run, the round's too, has the round's model and these settings,
+        # eager (no torch.compile at start-up: the smoke keeps the scripts alive, it measures
+        # nothing), and the sync pushes into the generation benchmark's engine (shared: see `Engines`).
+        engine = dict(max_model_len=512, max_num_seqs=512, kv_cache_gib=0.25, enforce_eager=True)
         return {
             "generation": {"tiny": dict(num_prompts=8, new_tokens=8, prefix_tokens=200, samples=2, reps=1, **engine)},
             "sync": {"tiny": dict(num_engines=1, num_ranks=2, zero_stage=3, reps=1, **engine)},

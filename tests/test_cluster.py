@@ -34,6 +34,7 @@ def _config(model, tmp_path, address, name, *extra):
             "student.warmup_steps=2",
             "teacher.max_new_tokens=64",
             "teacher.num_engines=1",
+            "teacher.enforce_eager=true",
             *extra,
         ],
     )

@@ -86,6 +86,7 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
             "temperature": 0.0,
             "max_answer_skip_fraction": 1.0,
             "kv_cache_gib": 0.25,
+            "enforce_eager": True,  # no torch.compile at start-up
             "max_new_tokens": max(cfg.teacher.max_new_tokens for _, cfg in configs),
             "max_model_len": max(cfg.teacher.max_model_len for _, cfg in configs),
         },

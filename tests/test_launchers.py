@@ -214,6 +214,7 @@ def test_slurm_batch_job_starts_ray_runs_a_tiny_run_and_stops_ray(slurm, teacher
         "student.batch_size=16",
         "student.epochs=1",
         "teacher.num_engines=1",
+        "teacher.enforce_eager=true",
         "student.num_ranks=2",
         "eval.before=false",
         "teacher.cpus_per_engine=0.5",

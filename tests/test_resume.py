@@ -33,6 +33,7 @@ SETTINGS = [
     "teacher.num_engines=1",
     "teacher.max_new_tokens=64",
     "run.timeout_s=300",
+    "teacher.enforce_eager=true",
 ]
 
 
