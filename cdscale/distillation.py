@@ -141,8 +141,10 @@ class Distillation:
                 )
                 self.placement = {"engines": bundle_nodes(groups[0]), "trainers": bundle_nodes(groups[1])}
                 self.log.write(event="placement", **self.placement)
-                self.engines = EngineGroup.from_config(cfg, self.model_path, groups[0]).start(t.num_engines)
+                # The engines load their model while the ranks start and join their process group.
+                self.engines = EngineGroup.from_config(cfg, self.model_path, groups[0]).launch(t.num_engines)
                 self.trainers = TrainerGroup.from_config(cfg, self.model_path, groups[1]).start()
+                self.engines.wait_ready()
             self.sync = make_weight_sync(cfg)
             self.engines.restore = self._restore_engine
             yield

@@ -96,6 +96,7 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
     try:
         examples = task.sample_inputs(64, random.Random(5))
         records, _ = builder.teacher(task, examples, 0)
+        _check_the_step_loss_is_the_global_token_mean(group, records[:16], teacher_model)
         for step in range(4):
             batch = records[step * 16 : (step + 1) * 16]
             ray.get([t.train_step.remote(batch[r::2], 3e-3) for r, t in enumerate(trainers)])
@@ -178,6 +179,39 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
     finally:
         engines.kill()
         group.kill()
+
+
+def _check_the_step_loss_is_the_global_token_mean(group, batch, model_path):
+    """Two ranks whose shares of a global batch hold different numbers of answer tokens: the
+    step's loss (the sum of the ranks' parts) is the per-token mean over the whole batch, as
+    Hugging Face computes it on the same weights, not the mean of the two ranks' means."""
+    from transformers import AutoModelForCausalLM
+
+    from cdscale.student.losses import distillation_loss
+    from cdscale.student.trainer import answer_logits, collate
+
+    shares = [batch[0::2], batch[1::2]]
+    counts = [sum(len(r["input_ids"]) - r["answer_start"] for r in share) for share in shares]
+    assert counts[0] != counts[1], counts  # the teacher's answers differ in length: the check has teeth
+    hf = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    hf.load_state_dict(dict(ray.get(export_weights(group.actors, 300)).named_tensors()), strict=False)
+    with torch.no_grad():
+
+        def mean_loss(records):
+            rows = collate(records, 0)
+            logits = answer_logits(hf, rows)
+            return float(
+                distillation_loss(
+                    "forward_kl_topk", logits, rows["target_ids"], rows["topk_ids"], rows["topk_logprobs"]
+                )
+            )
+
+        global_mean, rank_means = mean_loss(batch), [mean_loss(share) for share in shares]
+    group.call("set_records", batch)
+    per_rank = group.call("train_steps", [list(range(len(batch)))], [0.0])  # lr 0: the weights stay
+    step_loss = sum(rank[0]["loss"] for rank in per_rank)
+    assert step_loss == pytest.approx(global_mean, rel=1e-4)
+    assert sum(rank_means) / 2 != pytest.approx(global_mean, rel=1e-4)  # the mean of means would fail the check
 
 
 STAGES = (

@@ -63,13 +63,22 @@ class EngineGroup:
 
     def start(self, count: int) -> EngineGroup:
         """Start `count` engines and wait until every one has loaded its model."""
+        return self.launch(count).wait_ready()
+
+    def launch(self, count: int) -> EngineGroup:
+        """Start `count` engines without waiting for them: they load their model while the
+        caller does something else (the driver starts the trainer ranks meanwhile)."""
         self.engines = [self._actor(i, self.settings.seed + i) for i in range(count)]
+        return self
+
+    def wait_ready(self) -> EngineGroup:
+        """Wait until every launched engine has loaded its model (or fail after timeout_s)."""
         try:
             ray.get([e.ready.remote() for e in self.engines], timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise TimeoutError(
-                f"{count} teacher engine(s) with {self.cpus} CPUs and {self.gpus} GPUs each were not ready after "
-                f"{self.timeout_s:.0f}s (run.timeout_s); can the cluster place them?"
+                f"{len(self.engines)} teacher engine(s) with {self.cpus} CPUs and {self.gpus} GPUs each were not ready "
+                f"after {self.timeout_s:.0f}s (run.timeout_s); can the cluster place them?"
             ) from None
         return self
 
