@@ -474,6 +474,9 @@ def test_ranks_restarted_before_the_first_commit_find_the_engines_back_on_the_mo
     the model's own weights, no commit exists, so round 0 starts again; the engines, which
     took the trained student at the sync, must go back to the model's weights too, or the
     repeated "before" evaluation and the teacher would be the student's."""
+    import os
+    import signal
+
     from cdscale.distillation import Distillation
     from cdscale.student.loop import train_round
 
@@ -495,7 +498,9 @@ def test_ranks_restarted_before_the_first_commit_find_the_engines_back_on_the_mo
         assert train_round(cfg, recipe.trainers, records, recipe.progress, recipe.log, stop=lambda: False) is not None
         recipe.push(1)
         assert answers() != before  # the engines answer as the student now: the check below has teeth
-        ray.kill(recipe.trainers.rank0)
+        # The rank's process dies as under the OOM killer (ray.kill would be asynchronous: the
+        # rank could still answer the next call).
+        os.kill(ray.get(recipe.trainers.rank0.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
         with pytest.raises(ray.exceptions.RayActorError) as died:
             recipe.trainers.call("memory_stats")
         assert recipe.trainers.owns(died.value)
