@@ -184,7 +184,7 @@ class TargetBuilder:
             "answer": answer,
             # A synthetic input of a records task has no gold to score against.
             "teacher_correct": None if x.gold is None else task.score(x, answer),
-            **asdict(rec),
+            **vars(rec),
         }
 
     def gold(self, task: Task, examples: list[Example], kind: str) -> tuple[list[dict[str, Any]], TargetCounts]:
@@ -211,7 +211,7 @@ class TargetBuilder:
             if self.student_max_len is not None and len(rec.input_ids) > self.student_max_len:
                 counts.too_long += 1
                 continue
-            records.append({"index": i, "input": x.input, "gold": x.gold, "target": target, **asdict(rec)})
+            records.append({"index": i, "input": x.input, "gold": x.gold, "target": target, **vars(rec)})
         counts.kept = len(records)
         if len(records) < self.cfg.student.batch_size:
             raise RunFailed(
