@@ -9,7 +9,7 @@ every sync), so a replacement never teaches or answers with stale weights.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import ray
@@ -83,7 +83,7 @@ class EngineGroup:
         return self
 
     def _actor(self, index: int, seed: int) -> Any:
-        settings = EngineSettings(**{**self.settings.__dict__, "seed": seed})
+        settings = replace(self.settings, seed=seed)
         options = dict(num_cpus=self.cpus, num_gpus=self.gpus, runtime_env={"env_vars": ENGINE_ENV})
         return ray.remote(TeacherEngine).options(**options, **in_bundle(self.placement, index)).remote(settings)
 
