@@ -26,8 +26,10 @@ demo: install
 	$(BIN)/cdscale bootstrap
 	$(BIN)/cdscale run
 
+# Two workers (pytest-xdist): much of a stack test is one core's work (imports, process and
+# actor start-up), so two of them at once use the machine's 2 cores better than one.
 test: install lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal --durations=30
 
 lint: install
 	$(BIN)/ruff check .

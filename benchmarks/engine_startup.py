@@ -24,7 +24,7 @@ def main() -> None:
     from cdscale.teacher.group import EngineGroup
 
     model = str(build_tiny_llama(Path(tempfile.mkdtemp()) / "tiny", seed=0))
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     prompts = [[random.Random(i).randrange(3, 60) for _ in range(100)] for i in range(64)]
     sampled = {"temperature": 1.0, "max_tokens": 64, "ignore_eos": True}
     for label, eager in (("compiled, empty cache", False), ("compiled, warm cache", False), ("eager", True)):

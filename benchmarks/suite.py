@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     engines = Engines(share=args.smoke)
     started_ray = not ray.is_initialized()
     if started_ray:  # engines and trainers take turns on the cores, as in a run
-        ray.init(num_cpus=8, include_dashboard=False)
+        ray.init(address="local", num_cpus=8, include_dashboard=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             models = model_folders(Path(tmp), args.smoke, args.round_model)

@@ -31,7 +31,10 @@ def init_ray(cfg: Config) -> None:
     # Logical CPUs cover every actor (engines and trainers take turns on the cores:
     # generation and training never run at once).
     needed = cfg.teacher.num_engines * cfg.teacher.cpus_per_engine + cfg.student.num_ranks * cfg.student.cpus_per_rank
+    # "local": a cluster of its own, never one that `ray start` left on this machine (which
+    # ray.init() would otherwise join, and then refuse the num_cpus given here).
     ray.init(
+        address="local",
         num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
         include_dashboard=True,
         dashboard_host=cfg.run.dashboard_host,

@@ -1,4 +1,35 @@
+import os
+from pathlib import Path
+from typing import Callable
+
 import pytest
+from filelock import FileLock
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The stack tests first: `make test` runs two workers (pytest-xdist), and the suite ends
+    sooner when the minutes-long tests start early and the second-long ones fill the gaps."""
+    items.sort(key=lambda item: item.get_closest_marker("stack") is None)
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """`built_once(name, build)`: a model folder that every pytest-xdist worker of this session
+    shares. The first worker builds it under a file lock; the others wait for it and reuse it
+    (a bootstrap is a minute of 2 CPUs)."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the session's folder, above each worker's own
+    (root / "shared-models").mkdir(exist_ok=True)
+
+    def get(name: str, build: Callable[[Path], None]) -> Path:
+        out = root / "shared-models" / name
+        with FileLock(str(out) + ".lock"):
+            if not (out / "config.json").is_file():
+                build(out)
+        return out
+
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -19,16 +50,18 @@ def smollm2_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def teacher_model(tmp_path_factory):
+def teacher_model(built_once):
     """A tiny Llama bootstrapped for 250 steps on 1-2 digit scratchpad addition: enough for
     teacher outputs with extractable answers (about a minute on 2 CPUs)."""
-    import torch
 
-    from cdscale.bootstrap import BootstrapSettings, bootstrap
-    from cdscale.tasks import build_task
+    def build(out: Path) -> None:
+        import torch
 
-    out = tmp_path_factory.mktemp("models") / "tiny-teacher"
-    torch.set_num_threads(2)
-    task = build_task("addition", {"min_digits": 1, "max_digits": 2})
-    bootstrap(task, out, BootstrapSettings(steps=250, batch_size=32, lr=3e-3))
-    return out
+        from cdscale.bootstrap import BootstrapSettings, bootstrap
+        from cdscale.tasks import build_task
+
+        torch.set_num_threads(2)
+        task = build_task("addition", {"min_digits": 1, "max_digits": 2})
+        bootstrap(task, out, BootstrapSettings(steps=250, batch_size=32, lr=3e-3))
+
+    return built_once("tiny-teacher", build)

@@ -32,11 +32,12 @@ pytestmark = pytest.mark.stack
 
 ROOT = Path(__file__).resolve().parent.parent
 # Per model family: SmolLM2 trains at tens of tokens/s on 2 CPUs, and a SQL prompt is ~600 tokens.
-# Two inputs per operation with a batch of one: a run goes on when one input gives no answer (a
-# synthetic review the teacher answered with an empty turn, in CI; a SQL answer cut off).
+# Two inputs per operation: a run goes on when one input gives no answer (a synthetic review the
+# teacher answered with an empty turn, in CI; a SQL answer cut off). The operations of a stage
+# train on one shuffled set, so a batch of two drops at most one example of the ten operations'.
 SMALL = {
     "tiny": {"num_train": 8, "num_eval": 2, "batch_size": 2, "addition_max_digits": 2},
-    "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 1},
+    "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 2},
 }
 STUDENT_TOKENS = 24  # the student's answers in the smoke's evaluation: its accuracy is not what it checks
 
@@ -109,26 +110,28 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
     return load_config(str(file))
 
 
-@pytest.fixture(scope="module")
-def tiny_stand_in(tmp_path_factory):
+@pytest.fixture(scope="session")
+def tiny_stand_in(built_once):
     """A tiny Llama that writes answers in the format of every task the tiny configs use, and
     inputs when few-shot prompted with them (synthetic D); not a good teacher of any."""
-    import torch
 
-    from cdscale.bootstrap import BootstrapSettings, bootstrap
-    from cdscale.tasks import build_task
+    def build(out: Path) -> None:
+        import torch
 
-    out = tmp_path_factory.mktemp("models") / "tiny-stand-in"
-    torch.set_num_threads(2)
-    tasks = [
-        build_task("addition", {"min_digits": 1, "max_digits": SMALL["tiny"]["addition_max_digits"]}),
-        *(
-            build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5})
-            for op in ("max", "min", "first", "second")
-        ),
-    ]
-    bootstrap(tasks, out, BootstrapSettings(steps=300, batch_size=16, lr=3e-3, learn_inputs=True))
-    return out
+        from cdscale.bootstrap import BootstrapSettings, bootstrap
+        from cdscale.tasks import build_task
+
+        torch.set_num_threads(2)
+        tasks = [
+            build_task("addition", {"min_digits": 1, "max_digits": SMALL["tiny"]["addition_max_digits"]}),
+            *(
+                build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5})
+                for op in ("max", "min", "first", "second")
+            ),
+        ]
+        bootstrap(tasks, out, BootstrapSettings(steps=300, batch_size=16, lr=3e-3, learn_inputs=True))
+
+    return built_once("tiny-stand-in", build)
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS), ids=str)
@@ -140,7 +143,7 @@ def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request)
     family = group.split("-")[0]
     model = prepare_smollm2() if family == "smollm2" else request.getfixturevalue("tiny_stand_in")
     cfg = merged_config(GROUPS[group], Path(model), tmp_path, SMALL[family])
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         summary = run(cfg)
     finally:

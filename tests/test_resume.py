@@ -136,7 +136,9 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     assert mark2 == len(events(faulty_dir))  # a stop commits last
     proc = start(["--resume", str(faulty_dir)])
     wait_for(proc, faulty_dir, mark2, lambda e: e["event"] == "train" and e["step"] >= stopped_at + 2)
-    ranks = subprocess.run(["pgrep", "-f", "ray::StudentTrainer"], capture_output=True, text=True).stdout.split()
+    # This run's ranks only (its session: Ray's workers keep the driver's), not another test's.
+    pgrep = ["pgrep", "-s", str(proc.pid), "-f", "ray::StudentTrainer"]
+    ranks = subprocess.run(pgrep, capture_output=True, text=True).stdout.split()
     assert len(ranks) == 2, ranks
     os.kill(int(ranks[0]), signal.SIGKILL)
     code, out = finish(proc, 900)

@@ -13,6 +13,8 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
+from filelock import FileLock
+
 from cdscale.models import prepared_path
 
 NAME = "smollm2-135m"
@@ -36,6 +38,16 @@ def prepare_smollm2(force: bool = False) -> Path:
     out = prepared_path(NAME)
     if (out / "config.json").is_file() and not force:
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Two runs (or test workers) starting together on a new machine convert it once.
+    with FileLock(str(out) + ".lock"):
+        if (out / "config.json").is_file() and not force:
+            return out
+        _convert(out)
+    return out
+
+
+def _convert(out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -52,4 +64,3 @@ def prepare_smollm2(force: bool = False) -> Path:
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,11 +28,27 @@ if TYPE_CHECKING:
     from cdscale.config import Config
 
 
+_PORTS = random.Random()  # not the global generator: runs seed that one, and two runs must not pick alike
+
+
 def free_port() -> int:
-    """A TCP port free on every interface of this node now (DeepSpeed's rendezvous, test servers)."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    """A TCP port free on every interface of this node now (DeepSpeed's rendezvous, test servers).
+
+    Drawn between Ray's worker ports (up to 19999) and the kernel's ephemeral range: a port
+    from bind(0) comes from that range, where the outgoing connections of other processes can
+    take it before its user binds it (seen with two test runs on one machine)."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    for _ in range(64):
+        with socket.socket() as s:
+            try:
+                s.bind(("", _PORTS.randrange(20000, ephemeral_low) if ephemeral_low > 21000 else 0))
+            except OSError:  # in use
+                continue
+            return s.getsockname()[1]
+    raise OSError(f"no free TCP port between 20000 and {ephemeral_low}")
 
 
 def collate(records: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -194,6 +211,10 @@ class StudentTrainer:
         )
         torch.manual_seed(self.seed)
         self.rss_before_model = _rss_bytes()
+        # DeepSpeed's CPU backend compiles (g++, 40 s on 2 CPUs, once per machine) and then loads
+        # (7 s per rank, one rank at a time) a shared-memory op that serves only its inference
+        # all-reduce; training never calls it. Marked unavailable, the ranks skip it.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         # A collective whose peer died fails after run.timeout_s instead of waiting forever.
         deepspeed.init_distributed(
             dist_backend=get_accelerator().communication_backend_name(),
