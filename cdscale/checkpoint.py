@@ -130,22 +130,30 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def commit_state(run_dir: Path, progress: dict[str, Any], save: Callable[[Path], None]) -> Path:
+def commit_state(
+    run_dir: Path,
+    progress: dict[str, Any],
+    save: Callable[[Path], None],
+    before_rename: Callable[[str], None] | None = None,
+) -> Path:
     """Write a resumable state: `save(folder)` fills a temporary folder (the trainer ranks'
-    files), progress.json goes next to them, then one rename commits the folder and an
-    atomic write of state/latest.json points to it. A crash before that leaves the previous
-    state as the latest; older states are removed only after. Names are never reused."""
+    files), progress.json goes next to them, `before_rename(name)` records the commit (the
+    metrics log's commit event), then one rename makes the folder a complete state and an
+    atomic write of state/latest.json points to it. Whatever instant the process dies at,
+    `load_latest_state` then finds the previous state or this one, both whole. Older states
+    are removed last. Names are never reused: a complete state left by a commit that died
+    before its latest.json, or a leftover .tmp folder, never blocks a later commit."""
     root = run_dir / "state"
     root.mkdir(parents=True, exist_ok=True)
-    previous = load_latest_state(run_dir)
-    seq = 0 if previous is None else previous[1]["seq"] + 1
+    seq = 1 + max((_seq(p.name.lstrip(".")) for p in root.iterdir()), default=-1)
     name = f"{seq:04d}-round{progress['round']}-step{progress['step']}"
     tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save(tmp)
     write_json_atomic(tmp / "progress.json", {**progress, "seq": seq})
     _fsync_tree(tmp)
+    if before_rename is not None:
+        before_rename(name)
     os.replace(tmp, root / name)
     write_json_atomic(root / "latest.json", {"state": name})
     for old in root.iterdir():
@@ -154,18 +162,34 @@ def commit_state(run_dir: Path, progress: dict[str, Any], save: Callable[[Path],
     return root / name
 
 
+def _seq(name: str) -> int:
+    """The sequence number a state folder's name starts with; -1 for other names."""
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
 def load_latest_state(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The last committed state's folder and progress, or None if the run has none."""
-    latest = run_dir / "state" / "latest.json"
-    if not latest.is_file():
+    """The newest complete state's folder and progress, or None if the run has none.
+
+    A folder is renamed into place only once whole, so every `NNNN-...` folder with its
+    progress.json is complete. state/latest.json normally names the newest; the newest is
+    taken when it does not (a commit that died between its rename and latest.json, or a
+    latest.json removed by hand)."""
+    root = run_dir / "state"
+    folders = root.iterdir() if root.is_dir() else []
+    complete = sorted(
+        (p for p in folders if _seq(p.name) >= 0 and (p / "progress.json").is_file()), key=lambda p: _seq(p.name)
+    )
+    latest = root / "latest.json"
+    if not complete:
+        if latest.is_file():
+            named = root / json.loads(latest.read_text())["state"]
+            raise FileNotFoundError(
+                f"{latest} points to {named}, which has no progress.json, and no other state is whole; "
+                "the run directory was changed by hand: start a new run"
+            )
         return None
-    folder = run_dir / "state" / json.loads(latest.read_text())["state"]
-    progress_file = folder / "progress.json"
-    if not progress_file.is_file():
-        raise FileNotFoundError(
-            f"{latest} points to {folder}, which has no progress.json; the run directory was changed by hand"
-        )
-    return folder, json.loads(progress_file.read_text())
+    return complete[-1], json.loads((complete[-1] / "progress.json").read_text())
 
 
 def write_shard(run_dir: Path, round_index: int, records: list[dict[str, Any]], counts: dict[str, int]) -> None:

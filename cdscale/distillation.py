@@ -105,7 +105,8 @@ class Distillation:
         (self.run_dir / "eval").mkdir(exist_ok=True)
         if not resume:
             write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.log = MetricsLog(self.run_dir, append=resume)
+        committed = load_latest_state(self.run_dir) if resume else None
+        self.log = MetricsLog(self.run_dir, append=resume, state=committed and committed[0].name)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.student_max_len = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)
         with self.clock("sample_inputs"):
@@ -161,7 +162,9 @@ class Distillation:
         self.sync.restore(self.trainers.actors, new, held)
 
     def restart_trainers(self, attempt: int) -> None:
-        self.log.rollback()  # the dead attempt's events after the last commit describe undone training
+        committed = load_latest_state(self.run_dir)
+        # The dead attempt's events after the last commit describe undone training.
+        self.log.rollback(committed and committed[0].name)
         self.log.write(event="restart", what="trainers", restart=attempt)
         log.info(
             "a trainer rank died; restarting the ranks from the last commit (%d of %d)",
@@ -358,9 +361,12 @@ class Distillation:
             student = current or export_weights(self.trainers.actors, self.cfg.run.timeout_s)
             save_hf_checkpoint(ray.get(student).named_tensors(), self.model_path, tmp / "student")
 
+        def record(name: str) -> None:
+            # Before the state's rename: a resume rolls metrics.jsonl back to its state's event.
+            self.log.write(event="commit", state=name, round=self.progress.round, step=self.progress.step)
+
         with self.clock("checkpoint"):
-            folder = commit_state(self.run_dir, self.progress.as_dict(), save)
-        self.log.write(event="commit", state=folder.name, round=self.progress.round, step=self.progress.step)
+            commit_state(self.run_dir, self.progress.as_dict(), save, before_rename=record)
 
     def finish(self) -> dict[str, Any]:
         summary = self.progress.summary

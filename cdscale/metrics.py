@@ -44,13 +44,16 @@ def _event(line: str) -> Any:
     return record.get("event") if isinstance(record, dict) else None
 
 
-def committed_lines(lines: list[str]) -> list[str]:
-    """The lines of metrics.jsonl that a restart from the last commit keeps: those up to and
-    including the last "commit" event; without one (the run starts again from the
-    beginning), those before the first "train" event. The rest describe undone work."""
+def committed_lines(lines: list[str], state: str | None = None) -> list[str]:
+    """The lines of metrics.jsonl that a restart from committed state `state` keeps: those up
+    to and including its "commit" event (the last commit event, for a state that has none);
+    without a state (the run starts again from the beginning), those before the first "train"
+    event. The rest describe undone work, a commit that died before its state was whole among it."""
     events = [_event(line) for line in lines]
-    if "commit" in events:
-        return lines[: len(events) - events[::-1].index("commit")]
+    commits = [i for i, event in enumerate(events) if event == "commit"]
+    own = [i for i in commits if state is not None and json.loads(lines[i]).get("state") == state]
+    if state is not None and (own or commits):
+        return lines[: (own or commits)[-1] + 1]
     return lines[: events.index("train")] if "train" in events else lines
 
 
@@ -61,7 +64,8 @@ class MetricsLog:
     # Lines end in "\n" only (newline="\n"), and bytes that are not UTF-8 pass through unchanged.
     _TEXT = {"encoding": "utf-8", "errors": "surrogateescape", "newline": "\n"}
 
-    def __init__(self, run_dir: Path, append: bool = False) -> None:
+    def __init__(self, run_dir: Path, append: bool = False, state: str | None = None) -> None:
+        """`append`: a resumed run, which goes on from committed state `state` (a folder name)."""
         self.path = run_dir / "metrics.jsonl"
         self.run_name = run_dir.name
         self.tensorboard_dir = run_dir / "tensorboard"
@@ -70,7 +74,7 @@ class MetricsLog:
         self.closed = False
         if append and self.path.exists():
             # A resumed run goes on from its last commit: what came after it is undone.
-            self.rollback()
+            self.rollback(state)
         else:
             self.path.write_text("")
             self._open(train_steps=0)
@@ -89,9 +93,9 @@ class MetricsLog:
             self.file.close()
             self.file = None
 
-    def rollback(self) -> int:
-        """Drop the events after the last commit (`committed_lines`), which a restart from
-        it undoes, so that metrics.jsonl and TensorBoard's train step count match the state
+    def rollback(self, state: str | None) -> int:
+        """Drop the events after the commit of `state` (`committed_lines`), which a restart
+        from it undoes, so that metrics.jsonl and TensorBoard's train step count match the state
         the run goes on from. Rewrites the file atomically, appends {"event": "rollback",
         "dropped": n} and returns n. Call it before writing any event about the restart."""
         if self.closed:
@@ -99,7 +103,7 @@ class MetricsLog:
         self._close_outputs()
         with open(self.path, **self._TEXT) as f:
             lines = list(f)
-        kept = committed_lines(lines)
+        kept = committed_lines(lines, state)
         # Not checkpoint.write_text_atomic: its default text mode would not pass a bad line's bytes through.
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w", **self._TEXT) as f:

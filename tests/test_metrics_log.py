@@ -46,7 +46,7 @@ def test_rollback_keeps_the_events_up_to_the_last_commit(tmp_path, monkeypatch):
     with MetricsLog(tmp_path) as log:
         _write(log, "round_start", "train", "train", "commit", "train", "commit", "train", "train", "eval")
         assert log.train_steps == 5
-        assert log.rollback() == 3
+        assert log.rollback("0001-round0-step3") == 3  # commit events that name no state: the last
         assert _events(tmp_path / "metrics.jsonl") == [
             "round_start",
             "train",
@@ -67,7 +67,7 @@ def test_rollback_keeps_the_events_up_to_the_last_commit(tmp_path, monkeypatch):
 def test_without_a_commit_the_events_before_the_first_train_event_are_kept(tmp_path):
     with MetricsLog(tmp_path) as log:
         _write(log, "placement", "eval", "round_start", "train", "train", "eval")
-        assert log.rollback() == 3
+        assert log.rollback(None) == 3
         assert log.train_steps == 0
     assert _events(tmp_path / "metrics.jsonl") == ["placement", "eval", "round_start", "rollback"]
 
@@ -75,10 +75,26 @@ def test_without_a_commit_the_events_before_the_first_train_event_are_kept(tmp_p
 def test_bad_lines_are_kept_as_they_are_before_the_cut_and_dropped_after_it():
     good = [json.dumps({"event": e}) + "\n" for e in ("train", "commit", "train")]
     lines = ["not json\n", good[0], "[1, 2]\n", good[1], '{"event": "tra\n', good[2], '{"event": "tr']
-    assert committed_lines(lines) == lines[:4]
+    assert committed_lines(lines, "0000-round0-step1") == lines[:4]
     assert committed_lines(['{"ev\n', good[0]]) == ['{"ev\n']
     assert committed_lines(["not json\n"]) == ["not json\n"]
     assert committed_lines([]) == []
+
+
+def test_rollback_goes_to_the_commit_of_the_state_the_run_goes_on_from(tmp_path):
+    """A commit event is written before its state folder is renamed into place: a crash in
+    between leaves an event for a state that never became whole, which a resume drops."""
+    with MetricsLog(tmp_path) as log:
+        log.write(event="train", round=0, loss=1.0)
+        log.write(event="commit", state="0000-round0-step1", round=0, step=1)
+        log.write(event="train", round=0, loss=1.0)
+        log.write(event="commit", state="0001-round0-step2", round=0, step=2)  # its rename never happened
+        log.write(event="train", round=0, loss=1.0)
+        assert log.rollback("0000-round0-step1") == 3
+        assert log.train_steps == 1
+    with MetricsLog(tmp_path, append=True, state=None) as log:  # no whole state: from the beginning
+        assert log.train_steps == 0
+    assert _events(tmp_path / "metrics.jsonl") == ["rollback"]
 
 
 def test_resuming_rolls_back_bad_lines_included(tmp_path, monkeypatch):
@@ -88,7 +104,7 @@ def test_resuming_rolls_back_bad_lines_included(tmp_path, monkeypatch):
     train, commit, undone, _, _ = path.read_bytes().split(b"\n")
     # A line that is not JSON (nor UTF-8) before the commit, and one cut short by a crash at the end.
     path.write_bytes(b"\n".join([train, b"\xff not json", commit, undone, undone, b'{"event": "train", "lo']))
-    with MetricsLog(tmp_path, append=True) as log:
+    with MetricsLog(tmp_path, append=True, state="0000-round0-step1") as log:
         assert log.train_steps == 1
         steps = _train_steps_logged(monkeypatch, log)
         _write(log, "train")

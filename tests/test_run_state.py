@@ -37,7 +37,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_state_latest(tmp_path):
     assert folder == good and progress["step"] == 3 and (folder / "rank0.bin").read_text() == "good"
     # The next commit clears the leftover of the crashed save.
     commit_state(tmp_path, {"round": 0, "step": 7}, save_files("next"))
-    assert [p.name for p in (tmp_path / "state").iterdir() if p.is_dir()] == ["0001-round0-step7"]
+    assert [p.name for p in (tmp_path / "state").iterdir() if p.is_dir()] == ["0002-round0-step7"]
 
 
 def test_latest_pointing_to_a_missing_state_is_a_clear_error(tmp_path):
@@ -45,6 +45,89 @@ def test_latest_pointing_to_a_missing_state_is_a_clear_error(tmp_path):
     (folder / "progress.json").unlink()
     with pytest.raises(FileNotFoundError, match="progress.json"):
         load_latest_state(tmp_path)
+
+
+class Killed(BaseException):
+    """What kill -9 leaves: the commit stops between two filesystem steps, nothing runs after."""
+
+
+def _commit(run_dir, log, step, kill):
+    def save(folder):
+        kill("save")
+        (folder / "rank0.bin").write_text(f"step {step}")
+
+    def record(name):
+        kill("commit event")
+        log.write(event="commit", state=name, round=0, step=step)
+
+    log.write(event="train", round=0, loss=1.0)
+    return commit_state(run_dir, {"round": 0, "step": step}, save, before_rename=record)
+
+
+def test_a_kill_at_any_step_of_a_commit_resumes_from_a_whole_state(tmp_path, monkeypatch):
+    """Kill the second of two commits at each of its filesystem steps in turn; each time the
+    resume finds a whole state (the first or the second), metrics.jsonl rolls back to that
+    state's commit, and the next commit succeeds (no leftover blocks it)."""
+    import os
+    import shutil
+
+    from cdscale.metrics import MetricsLog
+
+    steps, kill_at = [], [None]
+
+    def kill(what):
+        steps.append(what)
+        if len(steps) == kill_at[0]:
+            raise Killed(what)
+
+    def counted(name, fn):
+        def step(*args, **kwargs):
+            kill(name)
+            return fn(*args, **kwargs)
+
+        return step
+
+    for owner, name in ((os, "replace"), (os, "fsync"), (os, "mkdir"), (shutil, "rmtree")):
+        monkeypatch.setattr(owner, name, counted(name, getattr(owner, name)))
+
+    def attempt(run_dir, k):
+        run_dir.mkdir()
+        with MetricsLog(run_dir) as log:
+            _commit(run_dir, log, 1, lambda what: None)
+            steps.clear()
+            kill_at[0] = k
+            try:
+                _commit(run_dir, log, 2, kill)
+            except Killed:
+                pass
+            finally:
+                kill_at[0] = None
+
+    attempt(tmp_path / "whole", None)
+    total = len(steps)
+    assert total >= 8, steps  # save, mkdir, fsyncs, the event, the renames, the cleanup
+    for k in range(1, total + 1):
+        run_dir = tmp_path / f"kill-{k}"
+        attempt(run_dir, k)
+        folder, progress = load_latest_state(run_dir)
+        assert (folder / "rank0.bin").read_text() == f"step {progress['step']}", (k, steps[k - 1])
+        with MetricsLog(run_dir, append=True, state=folder.name) as log:
+            assert log.train_steps == progress["step"], (k, steps[k - 1])  # the train events of that state
+            # The resumed run commits step 2 again: a name the killed commit may have used.
+            _commit(run_dir, log, 2, lambda what: None)
+        folder, progress = load_latest_state(run_dir)
+        assert progress["step"] == 2 and [p.name for p in (run_dir / "state").iterdir() if p.is_dir()] == [folder.name]
+
+
+def test_without_latest_json_the_newest_whole_state_is_resumed(tmp_path):
+    commit_state(tmp_path, {"round": 0, "step": 1}, save_files("a"))
+    second = commit_state(tmp_path, {"round": 0, "step": 2}, save_files("b"))
+    (tmp_path / "state" / "latest.json").unlink()
+    (tmp_path / "state" / ".0002-round0-step3.tmp").mkdir()  # a save that died half-way
+    folder, progress = load_latest_state(tmp_path)
+    assert folder == second and progress["step"] == 2
+    third = commit_state(tmp_path, {"round": 0, "step": 3}, save_files("c"))
+    assert third.name == "0003-round0-step3"  # past every name in the folder: none is reused
 
 
 def test_shards_round_trip_and_a_changed_shard_is_refused(tmp_path):
