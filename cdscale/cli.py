@@ -59,6 +59,11 @@ def _run(args: argparse.Namespace) -> int:
         config_file = run_dir / "config.yaml"
         if not config_file.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a cdscale run directory?")
+        if not config_file.read_text().strip():
+            # Defaults in its place would mix two configs in one run.
+            raise ConfigError(
+                f"{config_file} is empty: the run's own config is lost; restore the file or start a new run"
+            )
         # The run directory is where it is now, whatever the working directory was at the start.
         cfg = load_config(
             str(config_file), [*args.overrides, f"run.output_root={run_dir.parent}", f"run.name={run_dir.name}"]

@@ -513,6 +513,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(
+                f"{path}: a config is a mapping of sections (model:, data:, teacher:, ...), not a {type(tree).__name__}"
+            )
         student = tree.get("student") if isinstance(tree, dict) else None
         if isinstance(student, dict) and "export_bucket_mb" in student:
             # Its name until 2026-11-28: run directories saved before then still resume.

@@ -80,6 +80,17 @@ def test_cli_refuses_to_overwrite_a_run_and_to_resume_a_non_run(capsys, tmp_path
     assert "drop --config and ['run.rounds=3']" in capsys.readouterr().err
 
 
+def test_a_config_that_is_not_a_mapping_and_a_resume_with_an_empty_config_are_refused(capsys, tmp_path):
+    for text in ("- model\n- data\n", "just words\n"):
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=r"c\.yaml: a config is a mapping of sections"):
+            load_config(str(tmp_path / "c.yaml"))
+    (tmp_path / "old" / "state").mkdir(parents=True)
+    (tmp_path / "old" / "config.yaml").write_text("\n")  # defaults in its place would mix two configs
+    assert main(["run", "--resume", str(tmp_path / "old")]) == 2
+    assert "config.yaml is empty" in capsys.readouterr().err
+
+
 def test_resume_may_change_where_the_run_goes_on_but_not_what_it_computes(capsys, monkeypatch, tmp_path):
     """A run saved on one allocation goes on in another: launchers/slurm.sbatch passes
     run.ray_address=auto to the resumed run as it did to the first."""
