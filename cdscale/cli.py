@@ -74,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         run(cfg, resume=args.resume is not None)
     except Preempted as stopped:
         log.info("stopped at a safe point: %s. Continue with: cdscale run --resume %s", stopped, cfg.run_dir)
+        return stopped.exit_code
     return 0
 
 

@@ -237,7 +237,9 @@ class Distillation:
                 stats = train_round(self.cfg, self.trainers, records, self.progress, self.log, self.stop)
             if stats is None:
                 self.commit()
-                raise Preempted(f"round {r}: stopped after step {self.progress.step} ({self.stop.reason})")
+                raise Preempted(
+                    f"round {r}: stopped after step {self.progress.step} ({self.stop.reason})", self.stop.reason
+                )
             self.log.write(event="train_summary", round=r, **stats.__dict__)
             sync = self.push(r + 1)
             self.progress.summary[f"round_{r}"] = {

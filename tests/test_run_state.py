@@ -143,7 +143,7 @@ def test_shards_round_trip_and_a_changed_shard_is_refused(tmp_path):
     assert json.loads((tmp_path / "data" / "manifest.json").read_text())["0"]["records"] == 5
 
 
-def test_stop_request_from_sigterm_and_from_the_wall_time_budget():
+def test_stop_request_from_sigterm_ctrl_c_and_the_wall_time_budget():
     import os
     import signal
     import time
@@ -158,6 +158,21 @@ def test_stop_request_from_sigterm_and_from_the_wall_time_budget():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGTERM) is stop.previous
+
+    # Ctrl-C: the same stop, exit 130; a second one stops at once.
+    from cdscale.preemption import Preempted
+
+    ctrl_c = StopRequest(save_by_s=None, started=time.monotonic())
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert ctrl_c() and ctrl_c.reason == "SIGINT"
+        assert Preempted("stopped", ctrl_c.reason).exit_code == 130 and Preempted("stopped", "SIGTERM").exit_code == 0
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs between bytecodes of this thread
+    finally:
+        ctrl_c.restore()
+    assert signal.getsignal(signal.SIGINT) is ctrl_c.previous_sigint
 
     budget = StopRequest(save_by_s=0.05, started=time.monotonic())
     try:

@@ -148,7 +148,7 @@ class EngineGroup:
         waited = 0.0
         while waited < self.timeout_s:
             if stop is not None and stop():
-                raise Preempted(stopped)
+                raise Preempted(stopped, getattr(stop, "reason", None))
             done, _ = ray.wait(refs, num_returns=1, timeout=min(1.0, self.timeout_s - waited))
             if done:
                 return done[0]
