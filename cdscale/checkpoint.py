@@ -9,13 +9,16 @@ into place (rename is atomic on POSIX within one filesystem).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -36,6 +39,31 @@ class Progress:
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> Progress:
         return cls(saved["round"], saved["step"], saved["losses"], saved["summary"])
+
+
+class RunDirInUse(FileExistsError):
+    """Another live process runs on this run directory."""
+
+
+@contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process: an OS file lock on `run_dir/.lock`, which the kernel
+    releases when the process ends, however it ends (so a resume after kill -9 takes it).
+    A second run on the directory meanwhile is refused at once, naming the holder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "another process"
+            raise RunDirInUse(f"{run_dir} is in use by {holder}; wait for that run to end, or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -34,6 +34,7 @@ from cdscale.checkpoint import (
     Progress,
     commit_state,
     copy_dir_atomic,
+    hold_run_dir,
     load_latest_state,
     read_shard,
     save_hf_checkpoint,
@@ -65,20 +66,21 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Run every round of `cfg` and return the summary (also written to summary.json).
     With `resume`, continue the run directory's last committed state; raises `Preempted`
     after committing when SIGTERM or `run.save_by_s` asks it to stop."""
-    recipe = Distillation(cfg, resume)
-    with recipe.cluster():
-        for restart in range(cfg.run.max_trainer_restarts + 1):
-            try:
-                recipe.resume()
-                recipe.rounds()
-                break
-            except ray.exceptions.RayActorError as err:
-                # A rank process died (OOM killer, lost node). The ranks form one process
-                # group, so all are replaced, and the rounds go on from the last commit.
-                if restart == cfg.run.max_trainer_restarts or not recipe.trainers.owns(err):
-                    raise
-                recipe.restart_trainers(restart + 1)
-    return recipe.finish()
+    with hold_run_dir(cfg.run_dir):
+        recipe = Distillation(cfg, resume)
+        with recipe.cluster():
+            for restart in range(cfg.run.max_trainer_restarts + 1):
+                try:
+                    recipe.resume()
+                    recipe.rounds()
+                    break
+                except ray.exceptions.RayActorError as err:
+                    # A rank process died (OOM killer, lost node). The ranks form one process
+                    # group, so all are replaced, and the rounds go on from the last commit.
+                    if restart == cfg.run.max_trainer_restarts or not recipe.trainers.owns(err):
+                        raise
+                    recipe.restart_trainers(restart + 1)
+        return recipe.finish()
 
 
 class Distillation:
@@ -89,10 +91,12 @@ class Distillation:
 
         self.cfg, self.run_dir = cfg, cfg.run_dir
         self.clock, self.started = PhaseClock(), time.monotonic()
-        if not resume and (self.run_dir / "state").exists():
+        # A new run never adopts an earlier run's files: its data was drawn with another config.
+        earlier = [name for name in ("config.yaml", "state", "data", "metrics.jsonl") if (self.run_dir / name).exists()]
+        if not resume and earlier:
             raise FileExistsError(
-                f"{self.run_dir} holds a run already; continue it with `cdscale run --resume {self.run_dir}`, "
-                "or choose another run.name"
+                f"{self.run_dir} holds a run already ({', '.join(earlier)}); continue it with "
+                f"`cdscale run --resume {self.run_dir}`, or choose another run.name"
             )
         self.stages = resolve_stages(cfg)
         self.tasks = build_tasks(self.stages)

@@ -2,6 +2,7 @@
 and a changed or truncated shard is refused with the file named."""
 
 import json
+import os
 
 import pytest
 
@@ -128,6 +129,47 @@ def test_without_latest_json_the_newest_whole_state_is_resumed(tmp_path):
     assert folder == second and progress["step"] == 2
     third = commit_state(tmp_path, {"round": 0, "step": 3}, save_files("c"))
     assert third.name == "0003-round0-step3"  # past every name in the folder: none is reused
+
+
+def test_a_second_run_on_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path):
+    import subprocess
+    import sys
+
+    from cdscale.checkpoint import RunDirInUse, hold_run_dir
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom cdscale.checkpoint import hold_run_dir\n"
+            "with hold_run_dir(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirInUse, match=f"in use by pid {holder.pid} on "):
+            with hold_run_dir(run_dir):
+                pass
+    finally:
+        holder.kill()  # as kill -9: the kernel releases the lock
+        holder.wait()
+    with hold_run_dir(run_dir):
+        assert (run_dir / ".lock").read_text().startswith(f"pid {os.getpid()} ")
+
+
+def test_a_new_run_refuses_the_files_of_an_earlier_run_that_never_committed(tmp_path):
+    from cdscale.config import load_config
+    from cdscale.distillation import Distillation
+
+    cfg = load_config(None, [f"run.output_root={tmp_path}", "run.name=again"])
+    (tmp_path / "again" / "data").mkdir(parents=True)  # an interrupted run's shards, drawn with its config
+    (tmp_path / "again" / "config.yaml").write_text("data:\n  seed: 7\n")
+    with pytest.raises(FileExistsError, match=r"holds a run already \(config.yaml, data\).*--resume"):
+        Distillation(cfg)
 
 
 def test_shards_round_trip_and_a_changed_shard_is_refused(tmp_path):
