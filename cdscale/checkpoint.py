@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from cdscale.config import RunDirDamaged
+
 
 @dataclass
 class Progress:
@@ -39,6 +41,14 @@ class Progress:
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> Progress:
         return cls(saved["round"], saved["step"], saved["losses"], saved["summary"])
+
+
+def read_json(path: Path, remedy: str) -> Any:
+    """A JSON file cdscale wrote; `RunDirDamaged` naming it and `remedy` when it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise RunDirDamaged(f"{path}: damaged ({type(err).__name__}: {err}); {remedy}") from None
 
 
 class RunDirInUse(FileExistsError):
@@ -211,13 +221,19 @@ def load_latest_state(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     latest = root / "latest.json"
     if not complete:
         if latest.is_file():
-            named = root / json.loads(latest.read_text())["state"]
+            named = latest.read_text(errors="replace").strip()
             raise FileNotFoundError(
-                f"{latest} points to {named}, which has no progress.json, and no other state is whole; "
+                f"{latest} names {named}, and no state folder under {root} is whole (with its progress.json); "
                 "the run directory was changed by hand: start a new run"
             )
         return None
-    return complete[-1], json.loads((complete[-1] / "progress.json").read_text())
+    progress = read_json(
+        complete[-1] / "progress.json", f"remove the folder {complete[-1]} to resume from the state before it"
+    )
+    return complete[-1], progress
+
+
+_MANIFEST_REMEDY = "remove data/ and state/ to regenerate the data and train again, or start a new run"
 
 
 def write_shard(run_dir: Path, round_index: int, records: list[dict[str, Any]], counts: dict[str, int]) -> None:
@@ -226,7 +242,7 @@ def write_shard(run_dir: Path, round_index: int, records: list[dict[str, Any]], 
     name = f"round_{round_index}.jsonl"
     write_text_atomic(run_dir / "data" / name, text)
     manifest_path = run_dir / "data" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_json(manifest_path, _MANIFEST_REMEDY) if manifest_path.is_file() else {}
     manifest[str(round_index)] = {
         "file": name,
         "records": len(records),
@@ -239,7 +255,7 @@ def write_shard(run_dir: Path, round_index: int, records: list[dict[str, Any]], 
 def read_shard(run_dir: Path, round_index: int) -> tuple[list[dict[str, Any]], dict[str, int]] | None:
     """A committed round's data and counts (checked against the manifest), or None."""
     manifest_path = run_dir / "data" / "manifest.json"
-    entry = json.loads(manifest_path.read_text()).get(str(round_index)) if manifest_path.is_file() else None
+    entry = read_json(manifest_path, _MANIFEST_REMEDY).get(str(round_index)) if manifest_path.is_file() else None
     if entry is None:
         return None
     path = run_dir / "data" / entry["file"]

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cdscale.config import ConfigError, RunFailed, describe, load_config
+from cdscale.config import ConfigError, RunDirDamaged, RunFailed, describe, load_config
 
 log = logging.getLogger("cdscale")
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_console()
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, RunDirDamaged) as err:
         print(f"cdscale: error: {err}", file=sys.stderr)
         return 2
     except (FloatingPointError, RunFailed) as err:  # a diverged loss, too little usable data: the last commit stays

@@ -264,6 +264,10 @@ class ConfigError(ValueError):
     """A config that cannot run; the CLI reports it without a traceback (exit 2)."""
 
 
+class RunDirDamaged(ValueError):
+    """A file of a run directory that cdscale wrote is not what it wrote (changed by hand, a disk fault)."""
+
+
 class RunFailed(RuntimeError):
     """A run that cannot go on with what it got (too many inputs skipped, engines that keep
     dying); the last commit stays. The CLI reports it without a traceback (exit 1)."""

@@ -172,6 +172,29 @@ def test_a_new_run_refuses_the_files_of_an_earlier_run_that_never_committed(tmp_
         Distillation(cfg)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "binary", "truncated", "empty"])
+def test_a_damaged_progress_or_manifest_file_is_an_error_naming_it_and_what_to_do(tmp_path, damage):
+    from cdscale.config import RunDirDamaged
+
+    folder = commit_state(tmp_path, {"round": 0, "step": 1}, save_files("x"))
+    (tmp_path / "data").mkdir()
+    write_shard(tmp_path, 0, [{"index": 0}], {"kept": 1})
+    for path, remedy in (
+        (folder / "progress.json", "remove the folder"),
+        (tmp_path / "data" / "manifest.json", "remove data/"),
+    ):
+        whole = path.read_bytes()
+        path.write_bytes(
+            {"garbage": b"{not json", "binary": b"\xff\xfe\x00", "truncated": whole[: len(whole) // 2], "empty": b""}[
+                damage
+            ]
+        )
+        with pytest.raises(RunDirDamaged, match=f"{path}: damaged .*{remedy}"):
+            load_latest_state(tmp_path)
+            read_shard(tmp_path, 0)
+        path.write_bytes(whole)
+
+
 def test_shards_round_trip_and_a_changed_shard_is_refused(tmp_path):
     (tmp_path / "data").mkdir()
     records = [{"index": i, "input_ids": [1, 2, i]} for i in range(5)]
