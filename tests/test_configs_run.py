@@ -32,12 +32,12 @@ pytestmark = pytest.mark.stack
 
 ROOT = Path(__file__).resolve().parent.parent
 # Per model family: SmolLM2 trains at tens of tokens/s on 2 CPUs, and a SQL prompt is ~600 tokens.
-# Two inputs per operation: a run goes on when one input gives no answer (a synthetic review the
-# teacher answered with an empty turn, in CI; a SQL answer cut off). The operations of a stage
-# train on one shuffled set, so a batch of two drops at most one example of the ten operations'.
+# Two inputs per operation with a batch of one: a run goes on when one input gives no answer (a
+# synthetic review the teacher answered with an empty turn, in CI; a SQL answer cut off), since
+# every operation must keep at least one batch.
 SMALL = {
     "tiny": {"num_train": 8, "num_eval": 2, "batch_size": 2, "addition_max_digits": 2},
-    "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 2},
+    "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 1},
 }
 STUDENT_TOKENS = 24  # the student's answers in the smoke's evaluation: its accuracy is not what it checks
 
