@@ -7,9 +7,18 @@ from filelock import FileLock
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The stack tests first: `make test` runs two workers (pytest-xdist), and the suite ends
-    sooner when the minutes-long tests start early and the second-long ones fill the gaps."""
-    items.sort(key=lambda item: item.get_closest_marker("stack") is None)
+    """The order for `make test`'s two workers (pytest-xdist, `--dist worksteal`): each starts
+    on one half of this list and, when done, takes from the end of the other's. The first half
+    opens with the stack tests on the bootstrapped tiny teacher (that worker builds it); the
+    second holds unit tests, then the stack tests that need no teacher (the config smokes), so
+    neither worker waits for the other's bootstrap, and the minutes-long tests start early."""
+
+    def place(item: pytest.Item) -> int:
+        if item.get_closest_marker("stack") is None:
+            return 1
+        return 0 if "teacher_model" in item.fixturenames else 2
+
+    items.sort(key=place)
 
 
 @pytest.fixture(scope="session")
