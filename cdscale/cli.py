@@ -70,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     else:
         cfg = load_config(args.config, args.overrides)
+    args.run_dir = cfg.run_dir  # where an unexpected failure's traceback goes
     try:
         run(cfg, resume=args.resume is not None)
     except Preempted as stopped:
@@ -207,6 +208,41 @@ def main(argv: list[str] | None = None) -> int:
     except (FloatingPointError, RunFailed) as err:  # a diverged loss, too little usable data: the last commit stays
         print(f"cdscale: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C (the first asks for a stop at a safe point)
+        print("cdscale: stopped at once by a second Ctrl-C; the last commit is as it was", file=sys.stderr)
+        return 130
+    except Exception as err:  # anything else: one line here, the whole traceback in a file
+        where = _save_traceback(getattr(args, "run_dir", None))
+        print(f"cdscale: error: {_own_message(err)}\n  the full traceback is in {where}", file=sys.stderr)
+        return 1
+
+
+def _own_message(err: BaseException) -> str:
+    """The failure in one line; a Ray task's error as its actor raised it, without Ray's wrapping."""
+    cause = getattr(err, "cause", None)  # ray.exceptions.RayTaskError: the actor's own exception
+    if isinstance(cause, BaseException):
+        err = cause
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0].strip() if lines else '(no message)'}"
+
+
+def _save_traceback(run_dir: Path | None) -> Path:
+    """The current exception's traceback in `run_dir/error.log`, or in a temporary file when
+    there is no run directory or it cannot be written."""
+    import tempfile
+    import traceback
+
+    text = traceback.format_exc()
+    if run_dir is not None:
+        try:
+            (run_dir / "error.log").write_text(text)
+            return run_dir / "error.log"
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(prefix="cdscale-error-", suffix=".log")
+    with open(fd, "w") as f:
+        f.write(text)
+    return Path(path)
 
 
 if __name__ == "__main__":

@@ -363,6 +363,9 @@ def _check_counts(cfg: Config) -> None:
         "teacher.tensor_parallel_size": cfg.teacher.tensor_parallel_size,
         "teacher.max_new_tokens": cfg.teacher.max_new_tokens,
         "teacher.chunk_size": cfg.teacher.chunk_size,
+        "teacher.max_model_len": cfg.teacher.max_model_len,
+        "teacher.max_num_seqs": cfg.teacher.max_num_seqs,
+        "eval.max_new_tokens_student": cfg.eval.max_new_tokens_student,
         "student.num_ranks": cfg.student.num_ranks,
         "student.batch_size": cfg.student.batch_size,
         "student.epochs": cfg.student.epochs,
@@ -404,6 +407,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"data.num_train: {cfg.data.num_train} is below student.batch_size={cfg.student.batch_size}; "
             "no full batch could be trained"
+        )
+    if cfg.teacher.max_new_tokens >= cfg.teacher.max_model_len:
+        raise ConfigError(
+            f"teacher.max_new_tokens: {cfg.teacher.max_new_tokens} leaves no room for a prompt in "
+            f"teacher.max_model_len={cfg.teacher.max_model_len}"
         )
     if not 0 <= cfg.teacher.max_answer_skip_fraction <= 1:
         raise ConfigError(

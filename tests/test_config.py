@@ -91,6 +91,44 @@ def test_a_config_that_is_not_a_mapping_and_a_resume_with_an_empty_config_are_re
     assert "config.yaml is empty" in capsys.readouterr().err
 
 
+def test_an_unexpected_failure_is_one_line_on_stderr_and_its_traceback_goes_to_a_file(capsys, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text("{half a summary")
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    assert main(["report", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cdscale: error: JSONDecodeError: ") and "Traceback" not in err
+    log_file = Path(err.split("the full traceback is in ")[1].strip())
+    assert "Traceback (most recent call last)" in log_file.read_text() and "JSONDecodeError" in log_file.read_text()
+    log_file.unlink()
+
+
+def test_a_ray_task_error_is_reported_as_the_actors_own_exception():
+    import ray
+
+    from cdscale.cli import _own_message
+
+    wrapped = ray.exceptions.RayTaskError(
+        "train_step", "Traceback ...\n  long Ray text", ValueError("rank 1: bad batch")
+    )
+    assert _own_message(wrapped) == "ValueError: rank 1: bad batch"
+    assert _own_message(RuntimeError("first line\nsecond")) == "RuntimeError: first line"
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("teacher.max_model_len=0", "teacher.max_model_len"),
+        ("teacher.max_num_seqs=0", "teacher.max_num_seqs"),
+        ("eval.max_new_tokens_student=0", "eval.max_new_tokens_student"),
+        ("teacher.max_new_tokens=512", "teacher.max_new_tokens"),  # the default context: no room for a prompt
+    ],
+)
+def test_engine_limits_that_cannot_run_are_refused(override, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config(None, [override])
+
+
 def test_resume_may_change_where_the_run_goes_on_but_not_what_it_computes(capsys, monkeypatch, tmp_path):
     """A run saved on one allocation goes on in another: launchers/slurm.sbatch passes
     run.ray_address=auto to the resumed run as it did to the first."""

@@ -184,7 +184,9 @@ def test_gold_records_are_capped_by_the_students_positions_not_the_engines_conte
     xs = task.sample_inputs(4, random.Random(0))
     uncapped, _ = TargetBuilder(load_config(None, ["student.batch_size=2"]), tiny_tokenizer).gold(task, xs, "gold")
     longest = max(len(r["input_ids"]) for r in uncapped)
-    cfg = load_config(None, ["student.batch_size=2", f"teacher.max_model_len={longest - 1}"])
+    cfg = load_config(
+        None, ["student.batch_size=2", f"teacher.max_model_len={longest - 1}", f"teacher.max_new_tokens={longest - 2}"]
+    )
     records, counts = TargetBuilder(cfg, tiny_tokenizer, student_max_len=longest).gold(task, xs, "gold")
     assert counts.kept == 4 and counts.too_long == 0  # the engine's context does not cap them
     with pytest.raises(RunFailed, match="too_long"):  # the student's positions do: none fits in fewer
