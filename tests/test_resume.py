@@ -104,7 +104,12 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     # 1. SIGKILL the driver once round 0 is committed. This run syncs by rank 0's broadcast, the
     # straight one through the object store: the transport must not change what is computed.
     proc = start([*common, "run.name=faulty", "sync.transport=broadcast"])
-    wait_for(proc, faulty_dir, 0, lambda e: e["event"] == "commit" and e["round"] == 1)
+
+    def committed(e: dict) -> bool:
+        # The commit event is logged just before its state's folder is renamed into place.
+        return e["event"] == "commit" and e["round"] == 1 and (faulty_dir / "state" / e["state"]).is_dir()
+
+    wait_for(proc, faulty_dir, 0, committed)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     kill_group(proc)
