@@ -3,7 +3,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from filelock import FileLock
+
+from cdscale.models import build_once
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,16 +30,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Calla
     root = tmp_path_factory.getbasetemp()
     if "PYTEST_XDIST_WORKER" in os.environ:
         root = root.parent  # the session's folder, above each worker's own
-    (root / "shared-models").mkdir(exist_ok=True)
-
-    def get(name: str, build: Callable[[Path], None]) -> Path:
-        out = root / "shared-models" / name
-        with FileLock(str(out) + ".lock"):
-            if not (out / "config.json").is_file():
-                build(out)
-        return out
-
-    return get
+    return lambda name, build: build_once(root / "shared-models" / name, build)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock
 
 PREPARED = {
     "tiny-addition": "cdscale bootstrap",
@@ -24,6 +27,19 @@ def cache_dir() -> Path:
 
 def prepared_path(name: str) -> Path:
     return cache_dir() / "models" / name
+
+
+def build_once(out: Path, build: Callable[[Path], None], force: bool = False) -> Path:
+    """The model folder `out`, made by `build(out)` unless it holds a model (config.json)
+    already, or again with `force`. Under a file lock: processes that start together on a new
+    machine build it once, and the others wait for it."""
+    if (out / "config.json").is_file() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if force or not (out / "config.json").is_file():
+            build(out)
+    return out
 
 
 def resolve_model_path(path_or_name: str) -> str:

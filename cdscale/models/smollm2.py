@@ -13,9 +13,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from filelock import FileLock
-
-from cdscale.models import prepared_path
+from cdscale.models import build_once, prepared_path
 
 NAME = "smollm2-135m"
 
@@ -35,16 +33,7 @@ def find_gguf() -> Path:
 
 def prepare_smollm2(force: bool = False) -> Path:
     """Convert the packaged GGUF into a cached safetensors folder, once. Returns the folder."""
-    out = prepared_path(NAME)
-    if (out / "config.json").is_file() and not force:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Two runs (or test workers) starting together on a new machine convert it once.
-    with FileLock(str(out) + ".lock"):
-        if (out / "config.json").is_file() and not force:
-            return out
-        _convert(out)
-    return out
+    return build_once(prepared_path(NAME), _convert, force)
 
 
 def _convert(out: Path) -> None:

@@ -211,9 +211,9 @@ class StudentTrainer:
         )
         torch.manual_seed(self.seed)
         self.rss_before_model = _rss_bytes()
-        # DeepSpeed's CPU backend compiles (g++, 40 s on 2 CPUs, once per machine) and then loads
-        # (7 s per rank, one rank at a time) a shared-memory op that serves only its inference
-        # all-reduce; training never calls it. Marked unavailable, the ranks skip it.
+        # DeepSpeed's CPU backend compiles (g++, 39 s on 2 CPUs, once per machine) and loads into
+        # every rank a shared-memory op that serves only its inference all-reduce; training
+        # never calls it. Marked unavailable, the ranks skip it.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         # A collective whose peer died fails after run.timeout_s instead of waiting forever.
         deepspeed.init_distributed(
