@@ -34,7 +34,6 @@ class TargetCounts:
     truncated: int = 0
     unaligned: int = 0
     kept: int = 0
-    generate_s: float = 0.0
     generated_tokens: int = 0
 
     def __add__(self, other: TargetCounts) -> TargetCounts:
@@ -63,12 +62,17 @@ class TargetBuilder:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def teacher(
-        self, task: Task, examples: list[Example], round_index: int, ensemble: int = 1
-    ) -> tuple[list[dict[str, Any]], TargetCounts]:
-        """Sample the teacher on T_teacher(x), keep its signal on f(y). With `ensemble` K > 1
-        the signal is the mean over K prompt variants (`ensemble_signal`)."""
+        self, operations: list[tuple[Task, list[Example], int]], round_index: int
+    ) -> tuple[list[tuple[list[dict[str, Any]], TargetCounts]], float]:
+        """Sample the teacher on T_teacher(x) for each operation `(task, inputs, ensemble K)` and
+        keep its signal on f(y): each operation's records and counts, and the seconds that
+        generation took. With K > 1 the signal is the mean over K prompt variants
+        (`ensemble_signal`). Every operation's prompts go to the engines in one call, so they
+        decode together: a call per operation would decode them one after the other."""
         t = self.cfg.teacher
-        prompts = [self.tokenizer(task.teacher_prompt(x))["input_ids"] for x in examples]
+        prompts = [
+            [self.tokenizer(task.teacher_prompt(x))["input_ids"] for x in inputs] for task, inputs, _ in operations
+        ]
         # No per-request seeds: on vLLM's CPU backend a seeded request whose sampled token is
         # discarded (a prompt split across prefill chunks) fails with "CPU Generator does not
         # use offset". Sampling is reproducible from the engines' seeds for a fixed layout.
@@ -77,16 +81,22 @@ class TargetBuilder:
         sampling = {"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k}
         with self.clock("generate"):
             start = time.perf_counter()
-            outputs = self.engines.generate_fitting(prompts, sampling, f"round {round_index} teacher", self.stop)
+            every_output = self.engines.generate_fitting(
+                [p for op_prompts in prompts for p in op_prompts], sampling, f"round {round_index} teacher", self.stop
+            )
             generate_s = time.perf_counter() - start
-        generated_tokens = sum(len(o["token_ids"]) for o in outputs if o is not None)
-        if ensemble > 1:
-            with self.clock("generate"):
-                self.ensemble_signal(task, examples, outputs, ensemble, f"round {round_index} ensemble")
-        with self.clock("targets"):
-            records, counts = self.from_outputs(task, examples, outputs, round_index)
-        counts.generate_s, counts.generated_tokens = generate_s, generated_tokens
-        return records, counts
+        results, offset = [], 0
+        for (task, inputs, ensemble), op_prompts in zip(operations, prompts):
+            outputs, offset = every_output[offset : offset + len(op_prompts)], offset + len(op_prompts)
+            generated_tokens = sum(len(o["token_ids"]) for o in outputs if o is not None)
+            if ensemble > 1:
+                with self.clock("generate"):
+                    self.ensemble_signal(task, inputs, outputs, ensemble, f"round {round_index} ensemble")
+            with self.clock("targets"):
+                records, counts = self.from_outputs(task, inputs, outputs, round_index)
+            counts.generated_tokens = generated_tokens
+            results.append((records, counts))
+        return results, generate_s
 
     def ensemble_signal(
         self, task: Task, examples: list[Example], outputs: list[dict[str, Any] | None], k: int, desc: str

@@ -216,9 +216,8 @@ class Distillation:
                 self.trainers.call("load_state", str(folder))
         self._engines_hold(0 if frozen else self.progress.round)
         if state is None and self.cfg.eval.before:
-            for op in self.tasks:
-                self.progress.summary["teacher"][op] = self.evaluate(op, "teacher", "teacher")
-                self.progress.summary["student_before"][op] = self.evaluate(op, "student", "student_before")
+            self.progress.summary["teacher"] = self.evaluate(list(self.tasks), "teacher", "teacher")
+            self.progress.summary["student_before"] = self.evaluate(list(self.tasks), "student", "student_before")
 
     def _engines_hold(self, version: int) -> None:
         """Make the engines hold weights `version`: 0 the model's own, n the trainers' after round n - 1."""
@@ -267,21 +266,32 @@ class Distillation:
             log.info("round %d: reusing the %d committed distillation examples", r, len(shard[0]))
             return shard
         builder = TargetBuilder(self.cfg, self.tokenizer, self.engines, self.clock, self.stop, self.student_max_len)
-        records, total, by_operation, synthetic = [], TargetCounts(), {}, {}
-        for op in (op for op in stage.operations if op.num_train > 0):
-            task, inputs = self.tasks[op.name], self.train_inputs[r].get(op.name)
+        training = [op for op in stage.operations if op.num_train > 0]
+        inputs, synthetic = {}, {}
+        for op in training:
+            inputs[op.name] = self.train_inputs[r].get(op.name)
             if op.inputs == "synthetic":
-                inputs, synthetic[op.name] = self.synthetic_inputs(r, op)
-            if op.targets == "teacher":
-                op_records, counts = builder.teacher(task, inputs, r, op.ensemble)
-            else:
-                op_records, counts = builder.gold(task, inputs, op.targets)
-            records += [{**rec, "operation": op.name} for rec in op_records]
-            by_operation[op.name], total = counts.as_dict(), total + counts
-        counts = {**total.as_dict(), "by_operation": by_operation, "synthetic_inputs": synthetic}
+                inputs[op.name], synthetic[op.name] = self.synthetic_inputs(r, op)
+        from_teacher = [op for op in training if op.targets == "teacher"]
+        teacher_results, generate_s = builder.teacher(
+            [(self.tasks[op.name], inputs[op.name], op.ensemble) for op in from_teacher], r
+        )
+        built = dict(zip((op.name for op in from_teacher), teacher_results))
+        for op in training:
+            if op.targets != "teacher":
+                built[op.name] = builder.gold(self.tasks[op.name], inputs[op.name], op.targets)
+        records = [{**rec, "operation": op.name} for op in training for rec in built[op.name][0]]
+        by_operation = {op.name: built[op.name][1].as_dict() for op in training}
+        total = sum((built[op.name][1] for op in training), TargetCounts())
+        counts = {
+            **total.as_dict(),
+            "generate_s": generate_s,
+            "by_operation": by_operation,
+            "synthetic_inputs": synthetic,
+        }
         with self.clock("checkpoint"):
             write_shard(self.run_dir, r, records, counts)
-        tokens_per_s = total.generated_tokens / total.generate_s if total.generate_s else None
+        tokens_per_s = total.generated_tokens / generate_s if generate_s else None
         self.log.write(event="targets", round=r, stage=stage.name, generate_tokens_per_s=tokens_per_s, **counts)
         log.info(
             "%s round %d: %d distillation examples; "
@@ -322,35 +332,35 @@ class Distillation:
         self.log.write(event="sync", round=version - 1, **event)
         return event
 
-    def evaluate(self, op: str, role: str, label: str) -> dict[str, float]:
-        """Greedy accuracy of the teacher (with its context) or the student (without) on op's held-out inputs."""
+    def evaluate(self, ops: list[str], role: str, label: str) -> dict[str, dict[str, float]]:
+        """Greedy accuracy of the teacher (with its context) or the student (without) on each
+        of `ops`' held-out inputs, in one engine call."""
         t = self.cfg.teacher
         max_new_tokens = t.max_new_tokens if role == "teacher" else self.cfg.eval.max_new_tokens_student
+        sets = {op: (self.tasks[op], self.eval_sets[op]) for op in ops}
+        results = {}
         with self.clock("eval"):
-            metrics, rows = evaluate(
-                self.engines, self.tokenizer, self.tasks[op], self.eval_sets[op], role, max_new_tokens
-            )
-            (self.run_dir / "eval" / op).mkdir(parents=True, exist_ok=True)
-            write_text_atomic(
-                self.run_dir / "eval" / op / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
-            )
-        self.log.write(event="eval", operation=op, name=label, **metrics)
-        log.info("%s %s: accuracy %.1f%% on %d held-out inputs", op, label, 100 * metrics["accuracy"], metrics["n"])
-        return metrics
+            for op, (metrics, rows) in evaluate(self.engines, self.tokenizer, sets, role, max_new_tokens).items():
+                (self.run_dir / "eval" / op).mkdir(parents=True, exist_ok=True)
+                write_text_atomic(
+                    self.run_dir / "eval" / op / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
+                )
+                results[op] = metrics
+        for op, metrics in results.items():
+            self.log.write(event="eval", operation=op, name=label, **metrics)
+            log.info("%s %s: accuracy %.1f%% on %d held-out inputs", op, label, 100 * metrics["accuracy"], metrics["n"])
+        return results
 
     def evaluate_round(self, r: int, k: int, stage: StageConfig, last_of_stage: bool) -> None:
         """The student on every operation seen so far; a recursive teacher on the stage's."""
         summary = self.progress.summary
         seen = [op.name for earlier in self.stages[: k + 1] for op in earlier.operations]
-        for op in seen:
-            summary["student_after"][op] = self.evaluate(op, "student", f"student_after_round_{r}")
+        summary["student_after"].update(self.evaluate(seen, "student", f"student_after_round_{r}"))
         if last_of_stage:
             summary["after_stage"][stage.name] = {op: summary["student_after"][op] for op in seen}
         if self.cfg.teacher.mode == "recursive":
-            for op in stage.operations:
-                summary.setdefault(f"teacher_round_{r + 1}", {})[op.name] = self.evaluate(
-                    op.name, "teacher", f"teacher_round_{r + 1}"
-                )
+            teacher = self.evaluate([op.name for op in stage.operations], "teacher", f"teacher_round_{r + 1}")
+            summary.setdefault(f"teacher_round_{r + 1}", {}).update(teacher)
 
     def commit(self) -> None:
         """Commit the ranks' DeepSpeed state, the progress and the student as safetensors (the

@@ -64,15 +64,31 @@ def score_outputs(
 
 
 def evaluate(
-    engines: EngineGroup, tokenizer: Any, task: Task, examples: list[Example], role: str, max_new_tokens: int
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Greedy accuracy of `role` ("teacher": T_teacher prompts, "student": T_student prompts).
+    engines: EngineGroup,
+    tokenizer: Any,
+    sets: dict[str, tuple[Task, list[Example]]],
+    role: str,
+    max_new_tokens: int,
+) -> dict[str, tuple[dict[str, float], list[dict[str, Any]]]]:
+    """Greedy accuracy of `role` ("teacher": T_teacher prompts, "student": T_student prompts)
+    on each operation's held-out `sets[op] = (task, examples)`.
 
-    Prompts as long as the engines' context or longer are not sent, as in target generation
-    (`EngineGroup.generate_fitting`); they score 0 and are counted in the metric "too_long".
-    Returns the metrics and one row per example (`score_outputs`), so a run directory shows
-    what the model actually said.
+    Every operation's prompts go to the engines in one call, so they decode together: a call
+    per operation would decode them one after the other. Prompts as long as the engines'
+    context or longer are not sent, as in target generation (`EngineGroup.generate_fitting`);
+    they score 0 and are counted in the metric "too_long". Returns, per operation, the
+    metrics and one row per example (`score_outputs`), so a run directory shows what the
+    model actually said.
     """
-    prompts = eval_prompts(tokenizer, task, examples, role)
-    outputs = engines.generate_fitting(prompts, {"temperature": 0.0, "max_tokens": max_new_tokens}, f"eval {role}")
-    return score_outputs(task, tokenizer, examples, prompts, outputs)
+    prompts = {op: eval_prompts(tokenizer, task, examples, role) for op, (task, examples) in sets.items()}
+    outputs = engines.generate_fitting(
+        [p for op_prompts in prompts.values() for p in op_prompts],
+        {"temperature": 0.0, "max_tokens": max_new_tokens},
+        f"eval {role}",
+    )
+    results, start = {}, 0
+    for op, (task, examples) in sets.items():
+        end = start + len(examples)
+        results[op] = score_outputs(task, tokenizer, examples, prompts[op], outputs[start:end])
+        start = end
+    return results
