@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,11 +162,62 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def _fsync_tree(folder: Path) -> None:
+STATE_FILES = "files.json"
+
+
+def _digest_of(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> dict[str, Any] | OSError:
+    """Size and sha256 of a file, or the OSError that reading it raised."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    except OSError as err:
+        return err
+
+
+def _digests(paths: list[Path]) -> list[dict[str, Any] | OSError]:
+    # In threads (hashlib lets go of the GIL): a state is one large file per rank, and a
+    # 7B model's is about 100 GB, over a minute for one core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(_file_digest, paths))
+
+
+def _seal(folder: Path) -> None:
+    """Write `folder`/files.json (each file's size and sha256), then flush every file to disk.
+    `check_state` holds a state to it: a file truncated, overwritten, removed or unreadable
+    since the commit is found before a resume loads it (DeepSpeed and safetensors loaders
+    would load damaged tensor bytes without a word)."""
+    paths = sorted(path for path in folder.rglob("*") if path.is_file())
+    files = dict(zip((str(p.relative_to(folder)) for p in paths), _digests(paths)))
+    for digest in files.values():
+        if isinstance(digest, OSError):
+            raise digest  # a file the save just wrote cannot be read back: no commit
+    write_json_atomic(folder / STATE_FILES, {"files": files, "sha256": _digest_of(files)})
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+
+
+def check_state(folder: Path, remedy: str) -> None:
+    """`RunDirDamaged`, naming the file and `remedy`, when a file of committed state `folder`
+    differs from what its commit wrote (files.json), or cannot be read."""
+    sealed = read_json(folder / STATE_FILES, remedy) if (folder / STATE_FILES).is_file() else None
+    # Its own digest: a damaged files.json is named, not the file its damage happens to point at.
+    if not isinstance(sealed, dict) or _digest_of(sealed.get("files")) != sealed.get("sha256"):
+        raise RunDirDamaged(f"{folder / STATE_FILES}: missing or damaged (the list of the state's files); {remedy}")
+    paths = [folder / name for name in sealed["files"]]
+    for path, found, expected in zip(paths, _digests(paths), sealed["files"].values()):
+        if isinstance(found, OSError):
+            raise RunDirDamaged(f"{path}: cannot be read ({found.strerror}); {remedy}")
+        if found != expected:
+            raise RunDirDamaged(f"{path}: damaged (size or sha256 differs from its commit's); {remedy}")
 
 
 def commit_state(
@@ -175,12 +227,14 @@ def commit_state(
     before_rename: Callable[[str], None] | None = None,
 ) -> Path:
     """Write a resumable state: `save(folder)` fills a temporary folder (the trainer ranks'
-    files), progress.json goes next to them, `before_rename(name)` records the commit (the
-    metrics log's commit event), then one rename makes the folder a complete state and an
-    atomic write of state/latest.json points to it. Whatever instant the process dies at,
-    `load_latest_state` then finds the previous state or this one, both whole. Older states
-    are removed last. Names are never reused: a complete state left by a commit that died
-    before its latest.json, or a leftover .tmp folder, never blocks a later commit."""
+    files); copies of config.yaml and data/manifest.json and progress.json go next to them,
+    then files.json (every file's size and sha256, which `check_state` holds the state to);
+    `before_rename(name)` records the commit (the metrics log's commit event), then one
+    rename makes the folder a complete state and an atomic write of state/latest.json points
+    to it. Whatever instant the process dies at, `load_latest_state` then finds the previous
+    state or this one, both whole. Older states are removed last. Names are never reused: a
+    complete state left by a commit that died before its latest.json, or a leftover .tmp
+    folder, never blocks a later commit."""
     root = run_dir / "state"
     root.mkdir(parents=True, exist_ok=True)
     seq = 1 + max((_seq(p.name.lstrip(".")) for p in root.iterdir()), default=-1)
@@ -188,8 +242,12 @@ def commit_state(
     tmp = root / f".{name}.tmp"
     tmp.mkdir()
     save(tmp)
+    # What the state was trained with, sealed with it: a resume checks the run's own copies against these.
+    for path in (run_dir / "config.yaml", run_dir / "data" / "manifest.json"):
+        if path.is_file():
+            shutil.copyfile(path, tmp / path.name)
     write_json_atomic(tmp / "progress.json", {**progress, "seq": seq})
-    _fsync_tree(tmp)
+    _seal(tmp)
     if before_rename is not None:
         before_rename(name)
     os.replace(tmp, root / name)
@@ -209,28 +267,26 @@ def _seq(name: str) -> int:
 def load_latest_state(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest complete state's folder and progress, or None if the run has none.
 
-    A folder is renamed into place only once whole, so every `NNNN-...` folder with its
-    progress.json is complete. state/latest.json normally names the newest; the newest is
-    taken when it does not (a commit that died between its rename and latest.json, or a
-    latest.json removed by hand)."""
+    A folder is renamed into place only once whole, so every `NNNN-...` folder is a complete
+    state, and `check_state` holds the newest to its files.json. state/latest.json normally
+    names the newest; the newest is taken when it does not (a commit that died between its
+    rename and latest.json, or a latest.json removed by hand)."""
     root = run_dir / "state"
     folders = root.iterdir() if root.is_dir() else []
-    complete = sorted(
-        (p for p in folders if _seq(p.name) >= 0 and (p / "progress.json").is_file()), key=lambda p: _seq(p.name)
-    )
+    complete = sorted((p for p in folders if _seq(p.name) >= 0 and p.is_dir()), key=lambda p: _seq(p.name))
     latest = root / "latest.json"
     if not complete:
         if latest.is_file():
-            named = latest.read_text(errors="replace").strip()
-            raise FileNotFoundError(
-                f"{latest} names {named}, and no state folder under {root} is whole (with its progress.json); "
+            named = " ".join(latest.read_text(errors="replace").split())
+            raise RunDirDamaged(
+                f"{latest} names {named}, and no state folder is under {root}; "
                 "the run directory was changed by hand: start a new run"
             )
         return None
-    progress = read_json(
-        complete[-1] / "progress.json", f"remove the folder {complete[-1]} to resume from the state before it"
-    )
-    return complete[-1], progress
+    # A commit that died before removing the state before it leaves two whole ones.
+    remedy = f"remove {complete[-1]} to resume from {complete[-2].name}" if len(complete) > 1 else "start a new run"
+    check_state(complete[-1], remedy)
+    return complete[-1], read_json(complete[-1] / "progress.json", remedy)
 
 
 _MANIFEST_REMEDY = "remove data/ and state/ to regenerate the data and train again, or start a new run"
@@ -241,28 +297,67 @@ def write_shard(run_dir: Path, round_index: int, records: list[dict[str, Any]], 
     text = "".join(json.dumps(r) + "\n" for r in records)
     name = f"round_{round_index}.jsonl"
     write_text_atomic(run_dir / "data" / name, text)
-    manifest_path = run_dir / "data" / "manifest.json"
-    manifest = read_json(manifest_path, _MANIFEST_REMEDY) if manifest_path.is_file() else {}
+    manifest = _manifest(run_dir)
     manifest[str(round_index)] = {
         "file": name,
         "records": len(records),
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
         "counts": counts,
     }
-    write_json_atomic(manifest_path, manifest)
+    write_json_atomic(run_dir / "data" / "manifest.json", manifest)
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "data" / "manifest.json"
+    manifest = read_json(path, _MANIFEST_REMEDY) if path.is_file() else {}
+    if not isinstance(manifest, dict) or not all(
+        isinstance(e, dict) and {"file", "sha256", "counts"} <= e.keys() for e in manifest.values()
+    ):
+        raise RunDirDamaged(f"{path}: not a manifest of data shards; {_MANIFEST_REMEDY}")
+    return manifest
+
+
+def _shard_text(run_dir: Path, entry: dict[str, Any]) -> str:
+    """A shard's text, checked against its manifest entry."""
+    path = run_dir / "data" / str(entry["file"])
+    try:
+        data = path.read_bytes() if path.is_file() else b""
+    except OSError as err:
+        raise RunDirDamaged(f"{path}: cannot be read ({err.strerror}); {_MANIFEST_REMEDY}") from None
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise RunDirDamaged(
+            f"{path}: does not match data/manifest.json (changed or truncated since it was written); "
+            "remove both to regenerate"
+        )
+    return data.decode()
+
+
+def check_run_files(run_dir: Path, state: Path | None) -> None:
+    """`RunDirDamaged`, naming the file, unless what a resume from committed `state` reads
+    outside it is as the commit left it: config.yaml the one the state was trained with, and
+    the data manifest with the state's shards (and any written after it), each whole."""
+    if state is not None and (state / "config.yaml").is_file():
+        config = run_dir / "config.yaml"
+        if not config.is_file() or config.read_bytes() != (state / "config.yaml").read_bytes():
+            raise RunDirDamaged(
+                f"{config}: not the config that {state.name} was trained with (changed since); "
+                f"restore it from {state / 'config.yaml'}, or start a new run"
+            )
+    live = _manifest(run_dir)
+    if state is not None and (state / "manifest.json").is_file():
+        for key, entry in read_json(state / "manifest.json", _MANIFEST_REMEDY).items():
+            if live.get(key) != entry:
+                raise RunDirDamaged(
+                    f"{run_dir / 'data' / 'manifest.json'}: lost or changed round {key}'s entry since {state.name}; "
+                    f"restore it from {state / 'manifest.json'}, or start a new run"
+                )
+    for entry in live.values():
+        _shard_text(run_dir, entry)
 
 
 def read_shard(run_dir: Path, round_index: int) -> tuple[list[dict[str, Any]], dict[str, int]] | None:
     """A committed round's data and counts (checked against the manifest), or None."""
-    manifest_path = run_dir / "data" / "manifest.json"
-    entry = read_json(manifest_path, _MANIFEST_REMEDY).get(str(round_index)) if manifest_path.is_file() else None
+    entry = _manifest(run_dir).get(str(round_index))
     if entry is None:
         return None
-    path = run_dir / "data" / entry["file"]
-    text = path.read_text() if path.is_file() else ""
-    if hashlib.sha256(text.encode()).hexdigest() != entry["sha256"]:
-        raise ValueError(
-            f"{path}: does not match data/manifest.json (changed or truncated since it was written); "
-            "remove both to regenerate"
-        )
-    return [json.loads(line) for line in text.splitlines()], entry["counts"]
+    return [json.loads(line) for line in _shard_text(run_dir, entry).splitlines()], entry["counts"]

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cdscale.config import ConfigError, RunDirDamaged, RunFailed, describe, load_config
+from cdscale.config import Config, ConfigError, RunDirDamaged, RunFailed, describe, load_config
 
 log = logging.getLogger("cdscale")
 
@@ -43,31 +43,42 @@ RESUMABLE_WITH = (
 )
 
 
+def resume_config(run_dir: str, overrides: list[str]) -> Config:
+    """The config of `cdscale run --resume run_dir [overrides]`: the one saved in the run
+    directory, with only the settings of where the run goes on changed."""
+    # Where the run goes on may change (another allocation, another cluster); what it computes may not.
+    fixed = [o for o in overrides if o.split("=", 1)[0] not in RESUMABLE_WITH]
+    if fixed:
+        raise ConfigError(
+            f"--resume continues a run with the config saved in its directory; drop {fixed} "
+            f"(allowed with --resume: {', '.join(RESUMABLE_WITH)})"
+        )
+    folder = Path(run_dir).resolve()
+    config_file = folder / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a cdscale run directory?")
+    if not config_file.read_bytes().strip():
+        # Defaults in its place would mix two configs in one run.
+        raise ConfigError(f"{config_file} is empty: the run's own config is lost; restore the file or start a new run")
+    try:
+        # The run directory is where it is now, whatever the working directory was at the start.
+        return load_config(
+            str(config_file), [*overrides, f"run.output_root={folder.parent}", f"run.name={folder.name}"]
+        )
+    except ConfigError as err:
+        if str(config_file) in str(err):
+            raise
+        raise ConfigError(f"{config_file}: {err}") from None  # a field's error, which names no file
+
+
 def _run(args: argparse.Namespace) -> int:
     from cdscale.distillation import run
     from cdscale.preemption import Preempted
 
     if args.resume is not None:
-        # Where the run goes on may change (another allocation, another cluster); what it computes may not.
-        fixed = [o for o in args.overrides if o.split("=", 1)[0] not in RESUMABLE_WITH]
-        if args.config or fixed:
-            raise ConfigError(
-                f"--resume continues a run with the config saved in its directory; drop --config and "
-                f"{fixed or 'the overrides'} (allowed with --resume: {', '.join(RESUMABLE_WITH)})"
-            )
-        run_dir = Path(args.resume).resolve()
-        config_file = run_dir / "config.yaml"
-        if not config_file.is_file():
-            raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a cdscale run directory?")
-        if not config_file.read_text().strip():
-            # Defaults in its place would mix two configs in one run.
-            raise ConfigError(
-                f"{config_file} is empty: the run's own config is lost; restore the file or start a new run"
-            )
-        # The run directory is where it is now, whatever the working directory was at the start.
-        cfg = load_config(
-            str(config_file), [*args.overrides, f"run.output_root={run_dir.parent}", f"run.name={run_dir.name}"]
-        )
+        if args.config:
+            raise ConfigError("--resume continues a run with the config saved in its directory; drop --config")
+        cfg = resume_config(args.resume, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
     args.run_dir = cfg.run_dir  # where an unexpected failure's traceback goes
@@ -95,6 +106,14 @@ def _bootstrap(args: argparse.Namespace) -> int:
         if args.task != "addition" or (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS
         else f"-{args.min_digits}to{args.max_digits}"
     )
+    for name, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--min-digits", args.min_digits)):
+        if value < 1:
+            raise ConfigError(f"bootstrap {name}: must be at least 1, got {value}")
+    if not args.lr > 0 or args.max_digits < args.min_digits:
+        raise ConfigError(
+            f"bootstrap: --lr must be positive and --max-digits at least --min-digits, "
+            f"got {args.lr}, {args.min_digits}..{args.max_digits}"
+        )
     out = prepared_path(f"tiny-{args.task}{digits}" + ("-inputs" if args.learn_inputs else ""))
     if (out / "config.json").is_file() and not args.force:
         log.info("%s already bootstrapped (use --force to redo)", out)

@@ -514,6 +514,14 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
     return stages
 
 
+def _yaml_problem(err: Exception) -> str:
+    """A YAML (or text decoding) error in one line, with where it is."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        return f"{getattr(err, 'problem', None) or 'unparsable'} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(err).split())
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file, then `section.field=value` overrides (YAML-parsed values)."""
     tree: dict = {}
@@ -523,8 +531,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file {path} does not exist")
         try:
             tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
         if not isinstance(tree, dict):
             raise ConfigError(
                 f"{path}: a config is a mapping of sections (model:, data:, teacher:, ...), not a {type(tree).__name__}"
@@ -540,7 +550,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as err:
-            raise ConfigError(f"{key.strip()}: the value {raw!r} is not valid YAML: {err}") from None
+            raise ConfigError(f"{key.strip()}: the value {raw!r} is not valid YAML: {_yaml_problem(err)}") from None
         _set_dotted(tree, key.strip(), value)
     return validate(_build(Config, tree, ""))
 

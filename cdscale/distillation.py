@@ -32,6 +32,7 @@ import yaml
 from cdscale.build_targets import TargetBuilder, TargetCounts
 from cdscale.checkpoint import (
     Progress,
+    check_run_files,
     commit_state,
     copy_dir_atomic,
     hold_run_dir,
@@ -109,7 +110,9 @@ class Distillation:
         (self.run_dir / "eval").mkdir(exist_ok=True)
         if not resume:
             write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        committed = load_latest_state(self.run_dir) if resume else None
+        committed = load_latest_state(self.run_dir) if resume else None  # checks the state's files
+        if resume:
+            check_run_files(self.run_dir, committed and committed[0])  # before any work, not when its round comes
         self.log = MetricsLog(self.run_dir, append=resume, state=committed and committed[0].name)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.student_max_len = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)

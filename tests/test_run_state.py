@@ -7,6 +7,7 @@ import os
 import pytest
 
 from cdscale.checkpoint import commit_state, load_latest_state, read_shard, write_shard
+from cdscale.config import RunDirDamaged
 
 
 def save_files(content: str):
@@ -44,7 +45,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_state_latest(tmp_path):
 def test_latest_pointing_to_a_missing_state_is_a_clear_error(tmp_path):
     folder = commit_state(tmp_path, {"round": 0, "step": 1}, save_files("x"))
     (folder / "progress.json").unlink()
-    with pytest.raises(FileNotFoundError, match="progress.json"):
+    with pytest.raises(RunDirDamaged, match="progress.json"):
         load_latest_state(tmp_path)
 
 
@@ -180,7 +181,7 @@ def test_a_damaged_progress_or_manifest_file_is_an_error_naming_it_and_what_to_d
     (tmp_path / "data").mkdir()
     write_shard(tmp_path, 0, [{"index": 0}], {"kept": 1})
     for path, remedy in (
-        (folder / "progress.json", "remove the folder"),
+        (folder / "progress.json", "start a new run"),
         (tmp_path / "data" / "manifest.json", "remove data/"),
     ):
         whole = path.read_bytes()

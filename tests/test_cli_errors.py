@@ -1,0 +1,64 @@
+"""Every subcommand of `cdscale` with malformed arguments: an argparse usage error or one
+`cdscale: error: ...` line, exit 2, and never a Python traceback. None of them starts work."""
+
+import pytest
+
+from cdscale.cli import main
+
+
+def malformed(tmp_path) -> list[list[str]]:
+    not_yaml = tmp_path / "bad.yaml"
+    not_yaml.write_text("model: [unclosed\n")
+    a_dir = tmp_path / "a-dir"
+    a_dir.mkdir()
+    return [
+        [],
+        ["frobnicate"],
+        ["run", "--no-such-flag"],
+        ["run", "no-equals-sign"],
+        ["run", "student.lr=abc"],
+        ["run", "no_such_section.field=1"],
+        ["run", "student.no_such_field=1"],
+        ["run", "=3"],
+        ["run", "stages=[{name: x"],
+        ["run", "--config", str(tmp_path / "missing.yaml")],
+        ["run", "--config", str(a_dir)],
+        ["run", "--config", str(not_yaml)],
+        ["run", "--resume"],
+        ["run", "--resume", str(tmp_path / "missing-run")],
+        ["run", "--resume", str(a_dir), "--config", str(not_yaml)],
+        ["run", "--resume", str(a_dir), "data.seed=3"],
+        ["config", "student.batch_size=-1"],
+        ["config", "--config", str(not_yaml)],
+        ["bootstrap", "--steps", "abc"],
+        ["bootstrap", "--steps", "0"],
+        ["bootstrap", "--batch-size", "-4"],
+        ["bootstrap", "--lr", "0"],
+        ["bootstrap", "--min-digits", "5", "--max-digits", "2"],
+        ["bootstrap", "--task", "nope"],
+        ["report"],
+        ["report", str(tmp_path / "missing-run")],
+        ["report", str(a_dir)],
+        ["prepare-model"],
+        ["prepare-model", "no-such-model"],
+    ]
+
+
+def test_malformed_arguments_get_one_error_line_and_exit_2(tmp_path, capsys):
+    for argv in malformed(tmp_path):
+        try:
+            code = main(argv)
+        except SystemExit as usage:  # argparse: usage and the error on stderr
+            code = usage.code
+        err = capsys.readouterr().err
+        assert code == 2, (argv, code, err)
+        assert "Traceback" not in err, (argv, err)
+        lines = [line for line in err.splitlines() if line.startswith("cdscale: error:")]
+        assert err.startswith("usage:") or len(lines) == 1, (argv, err)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["bootstrap", "--help"], ["report", "--help"]])
+def test_help_exits_0(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0 and "usage: cdscale" in capsys.readouterr().out
