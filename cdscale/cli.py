@@ -203,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_bootstrap_command(sub)
 
-    p = sub.add_parser("report", help="results table and plots of finished runs")
+    p = sub.add_parser("report", help="results table and plots of runs (an unfinished one as of its last commit)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report of the first run)")
     p.set_defaults(fn=_report)

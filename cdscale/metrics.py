@@ -34,14 +34,20 @@ def gauge_name(metric: str) -> str:
     return "cdscale_" + metric.replace("/", "_")
 
 
-def _event(line: str) -> Any:
-    """The "event" of a metrics.jsonl line; None for a line that is not a JSON event (a line
-    cut short by a crash, say), which is kept or dropped like any other."""
+def parse_event(line: str) -> dict[str, Any] | None:
+    """A metrics.jsonl line as its event; None for a line that is not a JSON object (one cut
+    short by a crash, or damaged), which is kept or dropped like any other."""
     try:
         record = json.loads(line)
     except ValueError:
         return None
-    return record.get("event") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def _event(line: str) -> Any:
+    """The "event" field of a metrics.jsonl line (None for a line that is not an event)."""
+    record = parse_event(line)
+    return None if record is None else record.get("event")
 
 
 def committed_lines(lines: list[str], state: str | None = None) -> list[str]:

@@ -9,18 +9,27 @@ and PNG plots, from what each run directory holds (summary.json, metrics.jsonl).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The run's summary and events; a clear error for a folder that is not a finished run."""
+    """The run's summary and events: a finished run's summary.json, or for one under way,
+    stopped or crashed, its last commit's summary and the events up to that commit. Only
+    committed files are read (a live run's metrics.jsonl may end in a line being written)."""
+    from cdscale.checkpoint import load_latest_state, read_json
+    from cdscale.metrics import committed_lines, parse_event
+
     summary_file, metrics_file = run_dir / "summary.json", run_dir / "metrics.jsonl"
-    if not summary_file.is_file() or not metrics_file.is_file():
-        raise FileNotFoundError(f"{run_dir}: no summary.json and metrics.jsonl; is it a finished cdscale run?")
-    events = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    return json.loads(summary_file.read_text()), events
+    lines = metrics_file.read_text(errors="replace").splitlines() if metrics_file.is_file() else []
+    if summary_file.is_file():
+        summary = read_json(summary_file, "it is rewritten when the run finishes; resume the run to write it again")
+    else:
+        committed = load_latest_state(run_dir) if (run_dir / "state").is_dir() else None
+        if committed is None:
+            raise FileNotFoundError(f"{run_dir}: no summary.json and no committed state; is it a cdscale run?")
+        summary, lines = committed[1]["summary"], committed_lines(lines, committed[0].name)
+    return summary, [e for e in map(parse_event, lines) if e is not None]
 
 
 def _pct(metrics: dict[str, Any] | None) -> str:

@@ -146,3 +146,23 @@ def test_every_damaged_file_resumes_or_is_named_in_a_one_line_error(committed_ru
         if committed is not None:
             assert tree_digest(state) == committed, (name, how)  # the attempt changed no committed state
     assert outcomes["refused"] > 0 and outcomes["resumed"] > 0, outcomes
+
+
+def test_report_of_an_unfinished_run_reads_its_last_commit_only(committed_run, tmp_path, capsys):
+    """A run under way, stopped or crashed has no summary.json yet: `cdscale report` shows its
+    last commit, and skips what metrics.jsonl holds after it (a line being written, a
+    damaged one)."""
+    from cdscale.cli import main
+    from cdscale.report import load_run
+
+    run_dir = shutil.copytree(committed_run, tmp_path / "run")
+    (run_dir / "summary.json").unlink()
+    with open(run_dir / "metrics.jsonl", "ab") as f:
+        f.write(b'{"time": 1, "event": "train", "round": 1, "step": 0, "loss": 9.0}\n\xff\xfe{"time": 2, "ev')
+    summary, events = load_run(run_dir)
+    assert summary["student_after"]["addition"]["accuracy"] == 0.5
+    assert [e["event"] for e in events][-1] == "commit" and all(e.get("loss") != 9.0 for e in events)
+    assert main(["report", str(run_dir)]) == 0 and "50.0" in (run_dir / "report" / "report.md").read_text()
+    shutil.rmtree(run_dir / "state")
+    assert main(["report", str(run_dir)]) == 2
+    assert "no summary.json and no committed state" in capsys.readouterr().err

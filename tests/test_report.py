@@ -6,4 +6,4 @@ from cdscale.cli import main
 
 def test_report_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
-    assert "no summary.json and metrics.jsonl" in capsys.readouterr().err
+    assert "no summary.json and no committed state" in capsys.readouterr().err
