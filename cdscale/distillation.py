@@ -110,10 +110,11 @@ class Distillation:
         (self.run_dir / "eval").mkdir(exist_ok=True)
         if not resume:
             write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        committed = load_latest_state(self.run_dir) if resume else None  # checks the state's files
+        # The state `resume()` loads, read (and its files checked) once; a new run has none.
+        self.committed = load_latest_state(self.run_dir) if resume else None
         if resume:
-            check_run_files(self.run_dir, committed and committed[0])  # before any work, not when its round comes
-        self.log = MetricsLog(self.run_dir, append=resume, state=committed and committed[0].name)
+            check_run_files(self.run_dir, self.committed and self.committed[0])  # before any work
+        self.log = MetricsLog(self.run_dir, append=resume, state=self.committed and self.committed[0].name)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.student_max_len = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)
         with self.clock("sample_inputs"):
@@ -169,9 +170,9 @@ class Distillation:
         self.sync.restore(self.trainers.actors, new, held)
 
     def restart_trainers(self, attempt: int) -> None:
-        committed = load_latest_state(self.run_dir)
+        self.committed = load_latest_state(self.run_dir)
         # The dead attempt's events after the last commit describe undone training.
-        self.log.rollback(committed and committed[0].name)
+        self.log.rollback(self.committed and self.committed[0].name)
         self.log.write(event="restart", what="trainers", restart=attempt)
         log.info(
             "a trainer rank died; restarting the ranks from the last commit (%d of %d)",
@@ -184,7 +185,7 @@ class Distillation:
     def resume(self) -> None:
         """Load the last commit into the (fresh) trainer ranks, or begin: evaluate before.
         Either way the engines then hold what round `progress.round` generates with."""
-        state = load_latest_state(self.run_dir)
+        state = self.committed
         frozen = self.cfg.teacher.mode == "frozen"
         if self.engines.weights.version != 0 or (frozen and len(self.plan) > 1):
             # The ranks hold the model's own weights until a state is loaded: keep them for

@@ -25,7 +25,7 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if summary_file.is_file():
         summary = read_json(summary_file, "it is rewritten when the run finishes; resume the run to write it again")
     else:
-        committed = load_latest_state(run_dir) if (run_dir / "state").is_dir() else None
+        committed = load_latest_state(run_dir)
         if committed is None:
             raise FileNotFoundError(f"{run_dir}: no summary.json and no committed state; is it a cdscale run?")
         summary, lines = committed[1]["summary"], committed_lines(lines, committed[0].name)
