@@ -35,13 +35,16 @@ class Progress:
     step: int = 0  # optimizer steps of `round` done at the commit (a stop mid-round)
     losses: list[float] = field(default_factory=list)  # step losses of `round` so far
     summary: dict[str, Any] = field(default_factory=dict)  # what summary.json will hold
+    # Per open-ended operation, the held-out responses its KL measures are taken on (`eval.py`):
+    # sampled once before distillation, so every later measurement uses the same ones.
+    references: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> Progress:
-        return cls(saved["round"], saved["step"], saved["losses"], saved["summary"])
+        return cls(saved["round"], saved["step"], saved["losses"], saved["summary"], saved.get("references", {}))
 
 
 def read_json(path: Path, remedy: str) -> Any:

@@ -209,7 +209,11 @@ class SyncConfig:
 @dataclass
 class EvalConfig:
     max_new_tokens_student: int = _f(16, "cap on the student's direct-answer length")
-    before: bool = _f(True, "evaluate teacher and student before distillation")
+    before: bool = _f(
+        True,
+        "evaluate teacher and student before distillation (a chat task's context gap and drift are measured "
+        "before either way: they need the model before as their reference)",
+    )
 
 
 @dataclass

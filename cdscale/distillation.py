@@ -45,13 +45,13 @@ from cdscale.checkpoint import (
 )
 from cdscale.clock import PhaseClock
 from cdscale.config import Config, OperationConfig, RunFailed, StageConfig, resolve_stages
-from cdscale.eval import evaluate
+from cdscale.eval import eval_prompts, evaluate, kl_per_token, sample_reference, score_responses
 from cdscale.inputs import build_tasks, sample_splits
 from cdscale.metrics import MetricsLog
 from cdscale.models import resolve_model_path
 from cdscale.placement import bundle_nodes, init_ray, release, reserve
 from cdscale.preemption import Preempted, StopRequest
-from cdscale.report import results_table
+from cdscale.report import kl_table, results_table
 from cdscale.student.group import TrainerGroup
 from cdscale.student.loop import train_round
 from cdscale.sync import EngineWeights, make_weight_sync
@@ -116,6 +116,8 @@ class Distillation:
             check_run_files(self.run_dir, self.committed and self.committed[0])  # before any work
         self.log = MetricsLog(self.run_dir, append=resume, state=self.committed and self.committed[0].name)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        for task in self.tasks.values():  # a chat task renders with the model's template
+            task.use_tokenizer(self.tokenizer, cfg.teacher.max_model_len)
         self.student_max_len = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)
         with self.clock("sample_inputs"):
             self.eval_sets, self.train_inputs = sample_splits(cfg, self.stages, self.tasks)
@@ -222,6 +224,9 @@ class Distillation:
         if state is None and self.cfg.eval.before:
             self.progress.summary["teacher"] = self.evaluate(list(self.tasks), "teacher", "teacher")
             self.progress.summary["student_before"] = self.evaluate(list(self.tasks), "student", "student_before")
+        if state is None:  # the yardstick of evaluation without gold, which only the model before can set
+            self.sample_references()
+            self.measure_gaps(list(self.tasks), "student_before")
 
     def _engines_hold(self, version: int) -> None:
         """Make the engines hold weights `version`: 0 the model's own, n the trainers' after round n - 1."""
@@ -352,14 +357,73 @@ class Distillation:
                 results[op] = metrics
         for op, metrics in results.items():
             self.log.write(event="eval", operation=op, name=label, **metrics)
-            log.info("%s %s: accuracy %.1f%% on %d held-out inputs", op, label, 100 * metrics["accuracy"], metrics["n"])
+            log.info("%s %s on %d held-out inputs: %s", op, label, metrics["n"], _headline(metrics))
         return results
+
+    def _gap_prompts(self, op: str) -> dict[str, tuple[list[list[int]], list[list[int]]]]:
+        """For each KL an open-ended operation measures, (the reference's prompts, the student's):
+        "context_gap" the teacher's held-out prompts with the context and the same without it,
+        "drift" the drift prompts without any context on both sides."""
+        task, held_out = self.tasks[op], self.eval_sets[op]
+        student = eval_prompts(self.tokenizer, task, held_out, "student")
+        drift = eval_prompts(self.tokenizer, task, task.drift_examples[: self.cfg.data.num_eval], "student")
+        return {
+            "context_gap": (eval_prompts(self.tokenizer, task, held_out, "teacher"), student),
+            "drift": (drift, drift),
+        }
+
+    def sample_references(self) -> None:
+        """Before distillation, while the engines hold the model's own weights: the held-out
+        responses that every later context gap and drift is measured on (kept in the Progress)."""
+        jobs = [
+            (op, kind, prompts[0])
+            for op in self.tasks
+            if self.tasks[op].open_ended
+            for kind, prompts in self._gap_prompts(op).items()
+            if prompts[0]  # no drift prompts, no drift
+        ]
+        if not jobs:
+            return
+        with self.clock("eval"):
+            sampled = sample_reference(
+                self.engines, [p for _, _, ps in jobs for p in ps], self.cfg.teacher.max_new_tokens, "eval references"
+            )
+        start = 0
+        for op, kind, prompts in jobs:
+            self.progress.references.setdefault(op, {})[kind] = sampled[start : start + len(prompts)]
+            start += len(prompts)
+
+    def measure_gaps(self, ops: list[str], label: str) -> None:
+        """KL(reference || student) per token on each of `ops`' reference responses, into the
+        summary's "context_gap" (and "drift") with the fraction of the gap closed since before."""
+        jobs = [(op, kind) for op in ops for kind in self.progress.references.get(op, {})]
+        if not jobs:
+            return
+        prompts, responses = [], []
+        for op, kind in jobs:
+            references = self.progress.references[op][kind]
+            prompts += self._gap_prompts(op)[kind][1]
+            responses += [ref and ref["token_ids"] for ref in references]
+        with self.clock("eval"):
+            scored = score_responses(self.engines, prompts, responses, f"eval {label} KL")
+        start = 0
+        for op, kind in jobs:
+            references = self.progress.references[op][kind]
+            kl = kl_per_token([ref and ref["logprobs"] for ref in references], scored[start : start + len(references)])
+            start += len(references)
+            entry = self.progress.summary.setdefault(kind, {}).setdefault(op, {})
+            entry["before" if label == "student_before" else "after"] = kl
+            if kind == "context_gap" and entry.get("before") and entry.get("after") is not None:
+                entry["closed"] = 1 - entry["after"] / entry["before"]
+            self.log.write(event=kind, operation=op, name=label, kl=kl)
+            log.info("%s %s: %s KL %s per token", op, label, kind.replace("_", " "), "-" if kl is None else f"{kl:.4f}")
 
     def evaluate_round(self, r: int, k: int, stage: StageConfig, last_of_stage: bool) -> None:
         """The student on every operation seen so far; a recursive teacher on the stage's."""
         summary = self.progress.summary
         seen = [op.name for earlier in self.stages[: k + 1] for op in earlier.operations]
         summary["student_after"].update(self.evaluate(seen, "student", f"student_after_round_{r}"))
+        self.measure_gaps(seen, f"student_after_round_{r}")
         if last_of_stage:
             summary["after_stage"][stage.name] = {op: summary["student_after"][op] for op in seen}
         if self.cfg.teacher.mode == "recursive":
@@ -397,9 +461,18 @@ class Distillation:
         return summary
 
 
+def _headline(metrics: dict[str, Any]) -> str:
+    said = [] if metrics["accuracy"] is None else [f"accuracy {100 * metrics['accuracy']:.1f}%"]
+    said += [f"{name} {100 * rate:.1f}%" for name, rate in metrics.get("rules", {}).items()]
+    return ", ".join(said) or "no gold answers and no rules"
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The run's results as `cdscale report` tables them, then where the wall time went."""
-    lines = ["accuracy in % on held-out inputs", results_table({Path(summary["run_dir"]).name: summary})]
+    run = Path(summary["run_dir"]).name
+    lines = ["accuracy in % on held-out inputs", results_table({run: summary})]
+    if summary.get("context_gap") or summary.get("drift"):
+        lines += ["\nKL per token on held-out responses (evaluation without gold)", kl_table({run: summary})]
     if "timings" in summary:
         split = summary["timings"]
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in split.items() if k != "total")

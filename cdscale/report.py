@@ -32,12 +32,14 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return summary, [e for e in map(parse_event, lines) if e is not None]
 
 
-def _pct(metrics: dict[str, Any] | None) -> str:
-    return "-" if metrics is None else f"{100 * metrics['accuracy']:.1f}"
+def _pct(metrics: dict[str, Any] | None, rule: str | None = None) -> str:
+    value = None if metrics is None else metrics.get("rules", {}).get(rule) if rule else metrics["accuracy"]
+    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def results_table(runs: dict[str, dict[str, Any]]) -> str:
-    """Accuracy (%) per run and operation, the columns of the paper's tables."""
+    """Accuracy (%) per run and operation, the columns of the paper's tables; an operation
+    with rules (a chat task's checks) has a row per rule, its compliance (%)."""
     stage_names = list(dict.fromkeys(name for s in runs.values() for name in s.get("after_stage", {})))
     head = ["run", "operation", "teacher (with context)", "student before"]
     head += [f"after {name}" for name in stage_names] if len(stage_names) > 1 else ["student after"]
@@ -52,8 +54,33 @@ def results_table(runs: dict[str, dict[str, Any]]) -> str:
             if teacher and last:
                 tokens = f"{teacher['tokens_per_answer']:.1f} / {last['tokens_per_answer']:.1f}"
                 ratio = f"{teacher['tokens_per_answer'] / last['tokens_per_answer']:.1f}x"
-            row = [run, op, _pct(teacher), _pct(s.get("student_before", {}).get(op)), *map(_pct, afters), tokens, ratio]
-            lines.append("| " + " | ".join(row) + " |")
+            before = s.get("student_before", {}).get(op)
+            # A chat operation's rules get a row each (compliance in %); its gold accuracy a row when it has one.
+            rules = list(dict.fromkeys(name for m in (teacher, before, last) if m for name in m.get("rules", {})))
+            has_gold = any(m and m["accuracy"] is not None for m in (teacher, before, last))
+            for rule in ([None] if has_gold or not rules else []) + rules:
+                label = op if rule is None else f"{op} [rule: {rule}]"
+                cells = [_pct(m, rule) for m in (teacher, before, *afters)]
+                lines.append("| " + " | ".join([run, label, *cells, tokens, ratio]) + " |")
+    return "\n".join(lines)
+
+
+def kl_table(runs: dict[str, dict[str, Any]]) -> str:
+    """Per run and open-ended operation: the context gap, KL(teacher with the context || student
+    without) before and after and the fraction closed, and drift, KL(before || after) on prompts
+    unrelated to the context."""
+
+    def cell(value: float | None, pattern: str = "{:.4f}") -> str:
+        return "-" if value is None else pattern.format(value)
+
+    head = ["run", "operation", "context gap before", "context gap after", "gap closed", "drift after"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for run, s in runs.items():
+        gaps, drifts = s.get("context_gap", {}), s.get("drift", {})
+        for op in dict.fromkeys([*gaps, *drifts]):
+            gap, drift = gaps.get(op, {}), drifts.get(op, {})
+            row = [run, op, cell(gap.get("before")), cell(gap.get("after")), cell(gap.get("closed"), "{:.0%}")]
+            lines.append("| " + " | ".join([*row, cell(drift.get("after"))]) + " |")
     return "\n".join(lines)
 
 
@@ -89,6 +116,8 @@ def plot_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
         curves: dict[str, list[tuple[int, float]]] = {}
         for e in events:
             if e["event"] != "eval" or "operation" not in e:
+                continue
+            if e.get("accuracy") is None:  # no gold answers: the rules table has its results
                 continue
             if e["name"] == "student_before":
                 curves.setdefault(e["operation"], []).append((-1, e["accuracy"]))
@@ -130,9 +159,14 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
     plot_loss(events, out_dir / "loss.png")
     sources = "\n".join(f"- `{name}`: {run_dir}" for name, run_dir in zip(summaries, run_dirs))
     text = (
-        "# cdscale report\n\nAccuracy in % on each operation's held-out inputs (greedy).\n\n"
+        "# cdscale report\n\nAccuracy (a rule: its compliance) in % on each operation's held-out inputs (greedy).\n\n"
         f"{results_table(summaries)}\n\n"
-        f"![student accuracy](accuracy.png)\n\n![training loss](loss.png)\n\nRuns:\n{sources}\n"
+        + (
+            f"KL per token on held-out responses (evaluation without gold):\n\n{kl_table(summaries)}\n\n"
+            if any("context_gap" in s or "drift" in s for s in summaries.values())
+            else ""
+        )
+        + f"![student accuracy](accuracy.png)\n\n![training loss](loss.png)\n\nRuns:\n{sources}\n"
     )
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"

@@ -34,6 +34,16 @@ class Task(ABC):
 
     name: str = ""
     held_out_per_mille: int = HELD_OUT_PER_MILLE  # the share of the input space kept for evaluation (`is_held_out`)
+    checks: list = []  # rules scored on every evaluated response (`cdscale/tasks/checks.py`), as compliance rates
+    # Answers are whole responses, mostly without gold: evaluated by the context gap (and drift
+    # on `drift_examples`, prompts unrelated to the context), as well as by rules and gold.
+    open_ended: bool = False
+    drift_examples: list = []
+
+    def use_tokenizer(self, tokenizer: Any, max_model_len: int) -> None:
+        """Called once the model's tokenizer is loaded, before any prompt is written: a task whose
+        prompts the model's own chat template renders keeps it (and checks that its context fits)."""
+        return None  # the other tasks write their prompts as plain text
 
     @abstractmethod
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
@@ -63,8 +73,9 @@ class Task(ABC):
         return None if span is None else completion[span[0] : span[1]]
 
     @abstractmethod
-    def score(self, x: Example, answer: str | None) -> float:
-        """1.0 for a correct answer, 0.0 for a wrong or missing one (or a graded value)."""
+    def score(self, x: Example, answer: str | None) -> float | None:
+        """1.0 for a correct answer, 0.0 for a wrong or missing one (or a graded value); None
+        when the input has no gold to score against (a chat task's rules score it instead)."""
 
     def teacher_prompt_variant(self, x: Example, variant: int) -> str:
         """The teacher prompt with its `variant`-th choice of context (e.g. another k-of-n
@@ -140,6 +151,7 @@ _REGISTRY: dict[str, type[Task]] = {}
 _BUILTIN_MODULES = {
     "addition": "cdscale.tasks.addition",
     "arithmetic": "cdscale.tasks.arithmetic",
+    "chat": "cdscale.tasks.chat",
     "records": "cdscale.tasks.records",
     "text_to_sql": "cdscale.tasks.text_to_sql",
 }

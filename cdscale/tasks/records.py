@@ -208,10 +208,16 @@ class Records(Task):
     def score(self, x: Example, answer: str | None) -> float:
         if answer is None:
             return 0.0
-        if self.match == "words":  # "The capital of India is New Delhi." holds "new delhi"
-            said, gold = _words(answer), _words(x.gold)
-            return float(bool(gold) and any(said[i : i + len(gold)] == gold for i in range(len(said) - len(gold) + 1)))
+        if self.match == "words":
+            return float(words_match(answer, x.gold))
         return float(" ".join(answer.split()) == " ".join(x.gold.split()))
+
+
+def words_match(answer: str, gold: str) -> bool:
+    """The gold's words, in order, somewhere in the answer, ignoring case and punctuation:
+    "The capital of India is New Delhi." holds "new delhi"."""
+    said, wanted = _words(answer), _words(gold)
+    return bool(wanted) and any(said[i : i + len(wanted)] == wanted for i in range(len(said) - len(wanted) + 1))
 
 
 def _words(text: str) -> list[str]:
