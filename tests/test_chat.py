@@ -235,3 +235,22 @@ def test_kl_per_token_estimates_the_kl_of_the_response_distributions():
         for w, y in zip(weights, responses)
     )
     assert estimate == pytest.approx(exact)
+
+
+def test_a_users_own_dataset_with_another_column_name_is_two_override_lines(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from cdscale.config import load_config, resolve_stages
+    from cdscale.inputs import build_tasks
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)  # the config's data paths are relative to the repository root
+    mine = tmp_path / "my.parquet"
+    pd.DataFrame({"question": ["How do I boil an egg?", "What is a haiku?"]}).to_parquet(mine)
+    cfg = load_config(
+        "configs/system_prompt.yaml", [f"task.options.dataset.path={mine}", "task.options.columns.prompt=question"]
+    )
+    [task] = build_tasks(resolve_stages(cfg)).values()
+    assert [x.input for x in task.examples] == ["How do I boil an egg?", "What is a haiku?"]
+    with pytest.raises(ConfigError, match=r"my.parquet.*no column 'prompt'"):
+        build_tasks(resolve_stages(load_config("configs/system_prompt.yaml", [f"task.options.dataset.path={mine}"])))
