@@ -29,8 +29,10 @@ prompt longer than the engines' context is skipped and counted, and a context th
 does not fit stops the run before it starts.
 
 Evaluation needs no gold: `checks` (rules, `cdscale/tasks/checks.py`) are scored on every
-greedy response as compliance rates. With a gold column, `match` scores the response:
-`exact`, `words` (the gold's words in order), or `contains` (the gold as a substring).
+greedy response as compliance rates, and the context gap and drift (`drift: {dataset,
+columns}`, prompts answered without any context) are KLs measured in `cdscale/eval.py`. With a
+gold column, `match` scores the response: `exact`, `words` (the gold's words in order), or
+`contains` (the gold as a substring).
 """
 
 from __future__ import annotations
