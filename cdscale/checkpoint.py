@@ -80,13 +80,17 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -296,15 +300,23 @@ _MANIFEST_REMEDY = "remove data/ and state/ to regenerate the data and train aga
 
 
 def write_shard(run_dir: Path, round_index: int, records: list[dict[str, Any]], counts: dict[str, int]) -> None:
-    """A round's distillation data, then its entry in data/manifest.json (size, hash, counts)."""
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    name = f"round_{round_index}.jsonl"
-    write_text_atomic(run_dir / "data" / name, text)
+    """A round's distillation data as Parquet (`datasets.load_dataset("parquet", data_files=...)`,
+    pandas and pyarrow read it as it is), then its entry in data/manifest.json (size, hash, counts).
+    Records of several kinds share one table: a field one kind lacks is null in its rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = f"round_{round_index}.parquet"
+    fields = dict.fromkeys(key for record in records for key in record)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({key: [record.get(key) for record in records] for key in fields}), sink)
+    data = sink.getvalue().to_pybytes()
+    write_bytes_atomic(run_dir / "data" / name, data)
     manifest = _manifest(run_dir)
     manifest[str(round_index)] = {
         "file": name,
         "records": len(records),
-        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "sha256": hashlib.sha256(data).hexdigest(),
         "counts": counts,
     }
     write_json_atomic(run_dir / "data" / "manifest.json", manifest)
@@ -320,8 +332,8 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _shard_text(run_dir: Path, entry: dict[str, Any]) -> str:
-    """A shard's text, checked against its manifest entry."""
+def _shard_bytes(run_dir: Path, entry: dict[str, Any]) -> bytes:
+    """A shard's bytes, checked against its manifest entry."""
     path = run_dir / "data" / str(entry["file"])
     try:
         data = path.read_bytes() if path.is_file() else b""
@@ -332,7 +344,7 @@ def _shard_text(run_dir: Path, entry: dict[str, Any]) -> str:
             f"{path}: does not match data/manifest.json (changed or truncated since it was written); "
             "remove both to regenerate"
         )
-    return data.decode()
+    return data
 
 
 def check_run_files(run_dir: Path, state: Path | None) -> None:
@@ -355,12 +367,19 @@ def check_run_files(run_dir: Path, state: Path | None) -> None:
                     f"restore it from {state / 'manifest.json'}, or start a new run"
                 )
     for entry in live.values():
-        _shard_text(run_dir, entry)
+        _shard_bytes(run_dir, entry)
 
 
 def read_shard(run_dir: Path, round_index: int) -> tuple[list[dict[str, Any]], dict[str, int]] | None:
-    """A committed round's data and counts (checked against the manifest), or None."""
+    """A committed round's data and counts (checked against the manifest), or None. Runs
+    written before 2026-12-03 have JSON-lines shards (`round_<r>.jsonl`), read as such."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     entry = _manifest(run_dir).get(str(round_index))
     if entry is None:
         return None
-    return [json.loads(line) for line in _shard_text(run_dir, entry).splitlines()], entry["counts"]
+    data = _shard_bytes(run_dir, entry)
+    if str(entry["file"]).endswith(".jsonl"):
+        return [json.loads(line) for line in data.decode().splitlines()], entry["counts"]
+    return pq.read_table(pa.BufferReader(data)).to_pylist(), entry["counts"]

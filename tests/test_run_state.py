@@ -198,13 +198,24 @@ def test_a_damaged_progress_or_manifest_file_is_an_error_naming_it_and_what_to_d
 
 def test_shards_round_trip_and_a_changed_shard_is_refused(tmp_path):
     (tmp_path / "data").mkdir()
-    records = [{"index": i, "input_ids": [1, 2, i]} for i in range(5)]
+    # Two kinds of record in one round (teacher samples, gold answers as one-hot rows with -inf).
+    records = [{"index": i, "input_ids": [1, 2, i], "topk_logprobs": [[-0.5, -1.5]], "answer": "a"} for i in range(3)]
+    records += [
+        {"index": i, "input_ids": [3, i], "topk_logprobs": [[0.0, float("-inf")]], "target": "t"} for i in range(2)
+    ]
     write_shard(tmp_path, 0, records, {"kept": 5})
-    assert read_shard(tmp_path, 0) == (records, {"kept": 5})
+    back, counts = read_shard(tmp_path, 0)
+    assert counts == {"kept": 5}
+    assert back == [{"answer": None, "target": None, **r} for r in records]  # a field a kind lacks is null
     assert read_shard(tmp_path, 1) is None
-    path = tmp_path / "data" / "round_0.jsonl"
-    path.write_text("".join(path.read_text().splitlines(keepends=True)[:3]))  # truncated
-    with pytest.raises(ValueError, match="round_0.jsonl"):
+    # The data is a dataset as it is.
+    import datasets
+
+    path = tmp_path / "data" / "round_0.parquet"
+    loaded = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
+    assert loaded.to_list() == back
+    path.write_bytes(path.read_bytes()[:-10])  # truncated
+    with pytest.raises(ValueError, match="round_0.parquet"):
         read_shard(tmp_path, 0)
     assert json.loads((tmp_path / "data" / "manifest.json").read_text())["0"]["records"] == 5
 
@@ -273,3 +284,15 @@ def test_random_states_round_trip_through_json(tmp_path):
     assert draws() != expected  # the generators moved on
     set_rng_state(json.loads((tmp_path / "rng.json").read_text()))
     assert draws() == expected
+
+
+def test_a_run_written_with_json_lines_shards_still_resumes(tmp_path):
+    """Shards were JSON lines (round_<r>.jsonl) until 2026-12-03: read back as they are."""
+    import hashlib
+
+    (tmp_path / "data").mkdir()
+    text = '{"index": 0, "input_ids": [1, 2]}\n'
+    (tmp_path / "data" / "round_0.jsonl").write_text(text)
+    entry = {"file": "round_0.jsonl", "records": 1, "sha256": hashlib.sha256(text.encode()).hexdigest(), "counts": {}}
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({"0": entry}))
+    assert read_shard(tmp_path, 0) == ([{"index": 0, "input_ids": [1, 2]}], {})

@@ -11,6 +11,7 @@ import pytest
 import ray
 import torch
 
+from cdscale.checkpoint import read_shard
 from cdscale.config import load_config
 from cdscale.sync import EngineWeights
 from cdscale.sync.broadcast import BroadcastSync
@@ -258,7 +259,7 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
 
     # Round 0 trains one shuffled mixture of both operations; "long" drew inputs from both D
     # (1-digit operands from "short")
-    data = [json.loads(line) for line in (run_dir / "data" / "round_0.jsonl").read_text().splitlines()]
+    data = read_shard(run_dir, 0)[0]
     counts = on_disk["round_0"]
     assert len(data) == counts["kept"] == sum(c["kept"] for c in counts["by_operation"].values())
     assert {d["operation"] for d in data} == {"short", "long"}  # "probe" (num_train 0) is evaluated only
@@ -269,7 +270,7 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
     assert all(len(d["topk_ids"]) == len(d["input_ids"]) - d["answer_start"] for d in data)
 
     # Round 1 mixes distillation records with supervised ones (gold answers, one-hot rows).
-    data1 = [json.loads(line) for line in (run_dir / "data" / "round_1.jsonl").read_text().splitlines()]
+    data1 = read_shard(run_dir, 1)[0]
     direct = [d for d in data1 if d["operation"] == "direct"]
     assert len(direct) == 64 and all(d["target"] == d["gold"] and d["topk_logprobs"][0][0] == 0.0 for d in direct)
     assert on_disk["round_1"]["by_operation"]["direct"]["generated"] == 0  # no teacher generation for them

@@ -4,7 +4,7 @@ sampling the teacher again.
 
     python docs/results/replay_round.py runs/addition --lr 6e-4 --epochs 3
 
-It trains a fresh copy of the run's model on RUN_DIR/data/round_0.jsonl with cdscale's own
+It trains a fresh copy of the run's model on round 0's data (RUN_DIR/data/) with cdscale's own
 collate, loss and schedule (AdamW, gradient clip, global batch as in `student.batch_size`),
 and prints the exact-match accuracy on the run's held-out inputs (RUN_DIR/eval/OPERATION/teacher.jsonl)
 every 256 steps. Accuracy is teacher-forced: every answer token and the EOS must be the
@@ -23,6 +23,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from cdscale.checkpoint import read_shard
 from cdscale.models import resolve_model_path
 from cdscale.student.losses import distillation_loss
 from cdscale.student.schedule import warmup_cosine
@@ -44,7 +45,7 @@ model_path = resolve_model_path(cfg["model"]["path"])
 tokenizer = AutoTokenizer.from_pretrained(model_path)
 model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 task = build_task(cfg["task"]["name"], cfg["task"]["options"])
-records = [json.loads(line) for line in open(args.run_dir / "data" / "round_0.jsonl")]
+records = read_shard(args.run_dir, 0)[0]
 
 # Runs since 2026-11-27 keep evaluations per operation (eval/OPERATION/); earlier ones in eval/.
 eval_files = sorted(args.run_dir.glob("eval/*/teacher.jsonl")) or [args.run_dir / "eval" / "teacher.jsonl"]
