@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from cdscale.checkpoint import read_shard
+
 pytestmark = pytest.mark.stack
 
 SETTINGS = [
@@ -113,7 +115,7 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     kill_group(proc)
-    round0 = sha(faulty_dir / "data" / "round_0.jsonl")
+    round0 = sha(faulty_dir / "data" / "round_0.parquet")
 
     # 2. Resume; SIGTERM in the middle of round 1's training: a save at the next step, exit 0.
     mark = after_last_commit(faulty_dir)
@@ -152,10 +154,10 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     assert "a trainer rank died" in out
 
     # Committed data was never regenerated, and every shard is whole, without duplicates.
-    assert sha(faulty_dir / "data" / "round_0.jsonl") == round0
+    assert sha(faulty_dir / "data" / "round_0.parquet") == round0
     manifest = json.loads((faulty_dir / "data" / "manifest.json").read_text())
     for r in ("0", "1"):
-        rows = [json.loads(line) for line in (faulty_dir / "data" / f"round_{r}.jsonl").read_text().splitlines()]
+        rows = read_shard(faulty_dir, int(r))[0]
         assert len(rows) == manifest[r]["records"] == manifest[r]["counts"]["kept"]
         assert len({row["index"] for row in rows}) == len(rows)
 
@@ -175,7 +177,7 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     faulty = json.loads((faulty_dir / "summary.json").read_text())
     # Round 0 ran in both with the same seed and engine layout before any fault: the same
     # teacher samples and the same training, so the same statistics up to float noise.
-    assert sha(straight_dir / "data" / "round_0.jsonl") == round0
+    assert sha(straight_dir / "data" / "round_0.parquet") == round0
     for key in ("kept", "steps", "loss_first", "loss_last"):
         assert faulty["round_0"][key] == pytest.approx(straight["round_0"][key], rel=1e-4), key
     # Round 1's teacher samples come from a restarted engine (another random stream), so
