@@ -399,11 +399,11 @@ class Distillation:
         jobs = [(op, kind) for op in ops for kind in self.progress.references.get(op, {})]
         if not jobs:
             return
+        gap_prompts = {op: self._gap_prompts(op) for op, _ in jobs}  # tokenized once per operation
         prompts, responses = [], []
         for op, kind in jobs:
-            references = self.progress.references[op][kind]
-            prompts += self._gap_prompts(op)[kind][1]
-            responses += [ref and ref["token_ids"] for ref in references]
+            prompts += gap_prompts[op][kind][1]
+            responses += [ref and ref["token_ids"] for ref in self.progress.references[op][kind]]
         with self.clock("eval"):
             scored = score_responses(self.engines, prompts, responses, f"eval {label} KL")
         start = 0

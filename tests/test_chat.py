@@ -11,6 +11,7 @@ import pytest
 from cdscale.build_targets import TargetBuilder
 from cdscale.config import ConfigError
 from cdscale.eval import kl_per_token, score_outputs
+from cdscale.targets import flatten_topk
 from cdscale.tasks import build_task
 
 CONTEXT = "Always reply in French."
@@ -135,18 +136,10 @@ def _output(tokenizer, text: str, stop: bool) -> dict:
     """An engine output of `text`, ended by the end-of-turn token when `stop`, each position
     with its sampled token at logprob -0.5 and one other candidate."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if stop else [])
-    flat_ids, values, starts = [], [], []
-    for t in ids:
-        starts.append(len(flat_ids))
-        flat_ids += [t, 0]
-        values += [-0.5, -1.5]
-    starts.append(len(flat_ids))
     return {
         "token_ids": ids,
         "finish_reason": "stop" if stop else "length",
-        "logprob_ids": flat_ids,
-        "logprob_values": values,
-        "logprob_starts": starts,
+        **flatten_topk([{t: -0.5, 0: -1.5} for t in ids]),
     }
 
 

@@ -111,6 +111,13 @@ class Task(ABC):
         return None
 
 
+def held_out_option(value: Any) -> int:
+    """A task's `held_out_per_mille` option, checked (a ValueError naming it otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1000:
+        raise ValueError(f"held_out_per_mille: must be in [1, 999], got {value}")
+    return value
+
+
 def is_held_out(x: Example, per_mille: int) -> bool:
     """A fixed partition of every task's input space by a stable hash of the input.
 

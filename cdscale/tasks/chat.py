@@ -41,10 +41,10 @@ import random
 from typing import Any
 
 from cdscale.config import ConfigError
-from cdscale.tasks import Example, Task, register_task
+from cdscale.tasks import Example, Task, held_out_option, register_task
 from cdscale.tasks.chat_data import ChatRow, load_chat_rows
 from cdscale.tasks.checks import Check, parse_checks
-from cdscale.tasks.records import words_match
+from cdscale.tasks.records import gold_matches
 
 PLACEMENTS = ("system", "user_prefix", "user_suffix", "turns")
 MATCHES = ("exact", "words", "contains")
@@ -82,11 +82,7 @@ class Chat(Task):
         if not isinstance(keep_truncated, bool):
             raise ValueError(f"keep_truncated: must be true or false, got {keep_truncated!r}")
         if held_out_per_mille is not None:
-            if isinstance(held_out_per_mille, bool) or not isinstance(held_out_per_mille, int):
-                raise ValueError(f"held_out_per_mille: must be an integer, got {held_out_per_mille!r}")
-            if not 0 < held_out_per_mille < 1000:
-                raise ValueError(f"held_out_per_mille: must be in [1, 999], got {held_out_per_mille}")
-            self.held_out_per_mille = held_out_per_mille
+            self.held_out_per_mille = held_out_option(held_out_per_mille)
         self.placement, self.match, self.keep_truncated = placement, match, keep_truncated
         self.context = context
         self.chat_template = chat_template
@@ -203,13 +199,7 @@ class Chat(Task):
         """The gold match of a response; None where the input has no gold (rules score it instead)."""
         if x.gold is None:
             return None
-        if answer is None:
-            return 0.0
-        if self.match == "contains":
-            return float(" ".join(x.gold.split()).lower() in " ".join(answer.split()).lower())
-        if self.match == "words":
-            return float(words_match(answer, x.gold))
-        return float(" ".join(answer.split()) == " ".join(x.gold.split()))
+        return 0.0 if answer is None else float(gold_matches(answer, x.gold, self.match))
 
 
 def _load_part(name: str, part: Any) -> list[ChatRow]:

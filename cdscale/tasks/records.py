@@ -36,7 +36,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from cdscale.tasks import Example, Task, register_task
+from cdscale.tasks import Example, Task, held_out_option, register_task
 
 
 class RecordError(ValueError):
@@ -99,13 +99,9 @@ class Records(Task):
         match: str = "exact",
     ):
         if held_out_per_mille is not None:
-            if (
-                isinstance(held_out_per_mille, bool)
-                or not isinstance(held_out_per_mille, int)
-                or not 0 < held_out_per_mille < 1000
-            ):
-                raise RecordError(f"held_out_per_mille: must be in [1, 999], got {held_out_per_mille}")
-            self.held_out_per_mille = held_out_per_mille  # a small file keeps more of itself for evaluation
+            self.held_out_per_mille = held_out_option(
+                held_out_per_mille
+            )  # a small file keeps more of itself for evaluation
         if match not in ("exact", "words"):
             raise RecordError(f"match: must be 'exact' or 'words', got {match!r}")
         self.match = match
@@ -206,18 +202,19 @@ class Records(Task):
         return not self.answer_marker and bool(completion[span[1] :].strip())
 
     def score(self, x: Example, answer: str | None) -> float:
-        if answer is None:
-            return 0.0
-        if self.match == "words":
-            return float(words_match(answer, x.gold))
-        return float(" ".join(answer.split()) == " ".join(x.gold.split()))
+        return 0.0 if answer is None else float(gold_matches(answer, x.gold, self.match))
 
 
-def words_match(answer: str, gold: str) -> bool:
-    """The gold's words, in order, somewhere in the answer, ignoring case and punctuation:
-    "The capital of India is New Delhi." holds "new delhi"."""
-    said, wanted = _words(answer), _words(gold)
-    return bool(wanted) and any(said[i : i + len(wanted)] == wanted for i in range(len(said) - len(wanted) + 1))
+def gold_matches(answer: str, gold: str, match: str) -> bool:
+    """`exact`: equal once runs of whitespace are collapsed; `words`: the gold's words, in order,
+    somewhere in the answer, ignoring case and punctuation ("The capital of India is New Delhi."
+    holds "new delhi"); `contains`: the gold as a substring, ignoring case and runs of whitespace."""
+    if match == "words":
+        said, wanted = _words(answer), _words(gold)
+        return bool(wanted) and any(said[i : i + len(wanted)] == wanted for i in range(len(said) - len(wanted) + 1))
+    if match == "contains":
+        return " ".join(gold.split()).lower() in " ".join(answer.split()).lower()
+    return " ".join(answer.split()) == " ".join(gold.split())
 
 
 def _words(text: str) -> list[str]:
