@@ -35,9 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # Two inputs per operation with a batch of one: a run goes on when one input gives no answer (a
 # synthetic review the teacher answered with an empty turn, in CI; a SQL answer cut off), since
 # every operation must keep at least one batch.
+# `cpus_per_rank`: Ray gives an actor as many torch threads as the CPUs it reserves (it sets
+# OMP_NUM_THREADS), and the engine idles while the student trains, so SmolLM2's one rank takes
+# both cores (Ray is told of one CPU more than the machine has): its training is most of the run.
 SMALL = {
-    "tiny": {"num_train": 8, "num_eval": 2, "batch_size": 2, "addition_max_digits": 2},
-    "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 1},
+    "tiny": {"num_train": 8, "num_eval": 2, "batch_size": 2, "cpus_per_rank": 1, "addition_max_digits": 2},
+    "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 1, "cpus_per_rank": 2},
 }
 STUDENT_TOKENS = 24  # the student's answers in the smoke's evaluation: its accuracy is not what it checks
 
@@ -93,6 +96,7 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
         },
         "student": {
             "num_ranks": 1,
+            "cpus_per_rank": small["cpus_per_rank"],
             "loss": first.student.loss,
             "batch_size": small["batch_size"],
             "epochs": 1,
@@ -143,7 +147,7 @@ def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request)
     family = group.split("-")[0]
     model = prepare_smollm2() if family == "smollm2" else request.getfixturevalue("tiny_stand_in")
     cfg = merged_config(GROUPS[group], Path(model), tmp_path, SMALL[family])
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=1 + SMALL[family]["cpus_per_rank"], include_dashboard=False)
     try:
         summary = run(cfg)
     finally:
