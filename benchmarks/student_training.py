@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from cdscale.config import LoraConfig
 from cdscale.student.losses import distillation_loss
 from cdscale.student.trainer import StudentTrainer, TrainerSettings, answer_logits, collate, free_port
 
@@ -110,7 +111,11 @@ def bench_plain(model_dir: Path, batches: list[list[dict]], dtype: str, device: 
     }
 
 
-def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stage: int, device: torch.device) -> dict:
+def bench_deepspeed(
+    model_dir: Path, batches: list[list[dict]], dtype: str, stage: int, device: torch.device, lora_rank: int = 0
+) -> dict:
+    """One rank's step time, the full-weight export (merged, for a LoRA student), and with
+    `lora_rank` the adapter export too; peak GPU memory."""
     ds_config = {
         "train_batch_size": len(batches[0]),
         "train_micro_batch_size_per_gpu": len(batches[0]),
@@ -124,8 +129,11 @@ def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stag
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer = StudentTrainer(0, 1, TrainerSettings(str(model_dir), dtype, lr=1e-4, timeout_s=600.0), ds_config)
-    trainer.setup("127.0.0.1", free_port())
+    lora = LoraConfig(r=lora_rank, alpha=2.0 * lora_rank) if lora_rank else None
+    trainer = StudentTrainer(
+        0, 1, TrainerSettings(str(model_dir), dtype, lr=1e-4, timeout_s=600.0, lora=lora), ds_config
+    )
+    parameters = trainer.setup("127.0.0.1", free_port())
     times = []
     for records in batches:
         start = sync_time(device)
@@ -135,6 +143,11 @@ def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stag
     exported = trainer.export_weights()
     export_s = sync_time(device) - start
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    adapter = {}
+    if lora_rank:
+        start = sync_time(device)
+        packed, _ = trainer.export_adapter()
+        adapter = {"adapter_export_s": sync_time(device) - start, "adapter_bytes": packed.nbytes}
     trainer.engine.destroy()
     del trainer
     return {
@@ -142,6 +155,8 @@ def bench_deepspeed(model_dir: Path, batches: list[list[dict]], dtype: str, stag
         "export_s": export_s,
         "export_bytes": exported.nbytes,
         "peak_bytes": peak,
+        **parameters,
+        **adapter,
     }
 
 

@@ -159,6 +159,26 @@ class TeacherConfig:
 
 
 @dataclass
+class LoraConfig:
+    r: int = _f(0, "LoRA rank; 0: no adapter, every weight trains (full fine-tuning)")
+    alpha: float = _f(32.0, "LoRA scale numerator: the update added to a weight is (alpha / r) B A")
+    dropout: float = _f(0.0, "dropout on the adapters' input while training; in [0, 1)")
+    target_modules: list[str] = _f(
+        None,
+        "the modules that get an adapter, by name (q_proj, v_proj, ...); [all-linear]: every linear layer but the "
+        "output head",
+        factory=lambda: ["all-linear"],
+    )
+    sync: str = _f(
+        "adapter",
+        "what a sync moves into the engines: adapter, only the adapter (a few MB), which the engines apply per "
+        "request (vLLM LoRA) while the base weights stay the teacher's; merged, the base weights with the adapter "
+        "merged in, by sync.transport, for engines without LoRA support",
+        ("adapter", "merged"),
+    )
+
+
+@dataclass
 class StudentConfig:
     num_ranks: int = _f(2, "DeepSpeed ranks, one Ray actor each")
     cpus_per_rank: float = _f(1.0, "Ray CPUs reserved per rank")
@@ -191,6 +211,7 @@ class StudentConfig:
     steps_per_call: int = _f(
         25, "optimizer steps per call to the rank actors (fewer round trips; progress granularity)"
     )
+    lora: LoraConfig = _f(None, "a LoRA student (peft): only adapters train, the base weights stay", factory=LoraConfig)
 
 
 @dataclass
@@ -342,7 +363,12 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
             if not isinstance(value, list):
                 raise ConfigError(f"{prefix}{name}: expected a list, got {value!r}")
             item = typing.get_args(typ)[0]
-            kwargs[name] = [_build(item, v, f"{prefix}{name}[{i}].") for i, v in enumerate(value)]
+            kwargs[name] = [
+                _build(item, v, f"{prefix}{name}[{i}].")
+                if dataclasses.is_dataclass(item)
+                else _coerce(f"{prefix}{name}[{i}]", v, item, {})
+                for i, v in enumerate(value)
+            ]
         else:
             kwargs[name] = _coerce(f"{prefix}{name}", value, typ, dict(f.metadata))
     return cls(**kwargs)
@@ -404,6 +430,17 @@ def _check_actor_resources(cfg: Config) -> None:
         )
 
 
+def _check_lora(lora: LoraConfig) -> None:
+    if lora.r < 0:
+        raise ConfigError(f"student.lora.r: must not be negative (0: no adapter), got {lora.r}")
+    if not (lora.alpha > 0 and math.isfinite(lora.alpha)):
+        raise ConfigError(f"student.lora.alpha: must be positive, got {lora.alpha}")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"student.lora.dropout: must be in [0, 1), got {lora.dropout}")
+    if not lora.target_modules or not all(lora.target_modules):
+        raise ConfigError(f"student.lora.target_modules: name at least one module, got {lora.target_modules}")
+
+
 def validate(cfg: Config) -> Config:
     """Range checks and checks that involve more than one field."""
     _check_counts(cfg)
@@ -440,6 +477,7 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.student.lr <= 0:
         raise ConfigError(f"student.lr: must be positive, got {cfg.student.lr}")
+    _check_lora(cfg.student.lora)
     if cfg.run.max_trainer_restarts < 0:
         raise ConfigError(f"run.max_trainer_restarts: must not be negative, got {cfg.run.max_trainer_restarts}")
     if cfg.run.timeout_s <= 0 or (cfg.run.save_by_s is not None and cfg.run.save_by_s <= 0):
@@ -577,5 +615,11 @@ def describe(cfg: Config) -> str:
                 lines += [line(indent, f, getattr(cls(), f.name)) for f in fields(cls)]
             continue
         lines.append(f"{section.name}:")
-        lines += [line("  ", f, getattr(sub, f.name)) for f in fields(sub)]
+        for f in fields(sub):
+            value = getattr(sub, f.name)
+            if dataclasses.is_dataclass(value):  # a subsection (student.lora): a line per field
+                lines.append(f"  {f.name}:  # {f.metadata.get('help', '')}")
+                lines += [line("    ", g, getattr(value, g.name)) for g in fields(value)]
+            else:
+                lines.append(line("  ", f, value))
     return "\n".join(lines)

@@ -54,6 +54,7 @@ from cdscale.preemption import Preempted, StopRequest
 from cdscale.report import kl_table, results_table
 from cdscale.student.group import TrainerGroup
 from cdscale.student.loop import train_round
+from cdscale.student.lora import write_adapter
 from cdscale.sync import EngineWeights, make_weight_sync
 from cdscale.sync.object_store import export_weights
 from cdscale.tasks import Example
@@ -156,6 +157,11 @@ class Distillation:
                 self.engines = EngineGroup.from_config(cfg, self.model_path, groups[0]).launch(t.num_engines)
                 self.trainers = TrainerGroup.from_config(cfg, self.model_path, groups[1]).start()
                 self.engines.wait_ready()
+            self.log.write(
+                event="student",
+                parameters=self.trainers.parameters["total"],
+                trainable=self.trainers.parameters["trainable"],
+            )
             self.sync = make_weight_sync(cfg)
             self.engines.restore = self._restore_engine
             yield
@@ -193,9 +199,7 @@ class Distillation:
             # The ranks hold the model's own weights until a state is loaded: keep them for
             # the frozen teacher, and for engines that hold a student no commit knows of.
             with self.clock("sync"):
-                self.initial = self.initial or EngineWeights(
-                    0, export_weights(self.trainers.actors, self.cfg.run.timeout_s)
-                )
+                self.initial = self.initial or self.sync.initial(self.trainers.actors)
         if state is None:
             self.progress = Progress(
                 summary={
@@ -432,18 +436,25 @@ class Distillation:
 
     def commit(self) -> None:
         """Commit the ranks' DeepSpeed state, the progress and the student as safetensors (the
-        weights the engines took at the last sync when they went through the object store)."""
+        weights the engines took at the last sync when they went through the object store); a
+        LoRA student also as its adapter, in `student/adapter/`."""
 
         def save(tmp: Path) -> None:
             self.trainers.call("save_state", str(tmp))
-            held = self.engines.weights
+            held, timeout_s = self.engines.weights, self.cfg.run.timeout_s
             current = (
                 held.packed
-                if held.packed is not None and held.version == self.progress.round and self.progress.step == 0
+                if held.packed is not None
+                and not held.adapter
+                and held.version == self.progress.round
+                and self.progress.step == 0
                 else None
             )
-            student = current or export_weights(self.trainers.actors, self.cfg.run.timeout_s)
+            student = current or export_weights(self.trainers.actors, timeout_s)
             save_hf_checkpoint(ray.get(student).named_tensors(), self.model_path, tmp / "student")
+            if self.cfg.student.lora.r > 0:
+                adapter, config = ray.get(export_weights(self.trainers.actors, timeout_s, "export_adapter"))
+                write_adapter(tmp / "student" / "adapter", adapter, config)
 
         def record(name: str) -> None:
             # Before the state's rename: a resume rolls metrics.jsonl back to its state's event.

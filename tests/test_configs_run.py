@@ -3,7 +3,7 @@ sizes, so that no config can rot.
 
 A run starts Ray actors, vLLM engines and DeepSpeed ranks, tens of seconds each time; a run
 per config would cost more than the rest of the suite. So the configs that share a model
-family, a teacher mode and a loss run as one: each config's stages become stages of one run,
+family, a teacher mode, a loss and a LoRA rank run as one: each config's stages become stages of one run,
 its operations renamed `<config>.<operation>`, with small sizes (a few inputs per operation,
 one or two held-out problems, one epoch, a greedy teacher). Every stage and operation of
 every config then goes through its task (options and data files), inputs, targets,
@@ -50,7 +50,8 @@ def _groups() -> dict[str, list[Path]]:
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(str(path))
         family = "smollm2" if cfg.model.path.startswith("smollm2") else "tiny"
-        groups.setdefault(f"{family}-{cfg.teacher.mode}-{cfg.student.loss}", []).append(path)
+        lora = f"-lora{cfg.student.lora.r}" if cfg.student.lora.r else ""
+        groups.setdefault(f"{family}-{cfg.teacher.mode}-{cfg.student.loss}{lora}", []).append(path)
     return groups
 
 
@@ -101,6 +102,7 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
             "batch_size": small["batch_size"],
             "epochs": 1,
             "warmup_steps": 1,
+            "lora": dataclasses.asdict(first.student.lora),
         },
         "eval": {
             "max_new_tokens_student": min(STUDENT_TOKENS, max(cfg.eval.max_new_tokens_student for _, cfg in configs)),
@@ -179,6 +181,9 @@ def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request)
         gap = summary["context_gap"][name]
         assert gap["before"] > 0 and gap["after"] is not None
         assert gap["before"] == pytest.approx(_context_gap_by_transformers(cfg, Path(model), tmp_path, name), abs=2e-3)
+    if cfg.student.lora.r:  # the merged student, and its adapter in peft's format
+        assert (tmp_path / "smoke" / "student" / "adapter" / "adapter_config.json").is_file()
+        assert summary["round_0"]["sync_s"] > 0
     synthetic = {name for name, op in operations if op.inputs == "synthetic"}
     events = [json.loads(line) for line in (tmp_path / "smoke" / "metrics.jsonl").read_text().splitlines()]
     assert {e["operation"] for e in events if e["event"] == "synthetic_inputs" and e["kept"] > 0} == synthetic

@@ -64,7 +64,8 @@ class TrainerGroup:
             for rank in range(self.num_ranks)
         ]
         addr, port = ray.get(self.rank0.master_address.remote(), timeout=self.timeout_s)
-        self.call("setup", addr, port)
+        # {"total": ..., "trainable": ...} parameters: the adapters' alone train in a LoRA student
+        self.parameters = self.call("setup", addr, port)[0]
         self.actor_ids = set(self.call("actor_id"))
         return self
 

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import torch
 
 from cdscale.checkpoint import rng_state, set_rng_state, write_json_atomic
+from cdscale.student.lora import WeightEntry, adapter_config, adapter_parameters, add_adapters, weight_entries
 from cdscale.student.losses import LossSpec, distillation_loss
 from cdscale.sync.broadcast import BucketPlan, SyncGroup, close_group, open_group, pack_bucket, plan_entry
 from cdscale.sync.packing import PackedWeights, buckets, pack
 
 if TYPE_CHECKING:
-    from cdscale.config import Config
+    from cdscale.config import Config, LoraConfig
 
 
 _PORTS = random.Random()  # not the global generator: runs seed that one, and two runs must not pick alike
@@ -160,6 +161,7 @@ class TrainerSettings:
     weight_decay: float = 0.0
     timeout_s: float = 3600.0  # a collective whose peer died fails after this
     bucket_mb: int = 512  # full weights per ZeRO-3 gather and per broadcast bucket
+    lora: LoraConfig | None = None  # a LoRA student: only the adapters train
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> TrainerSettings:
@@ -174,6 +176,7 @@ class TrainerSettings:
             s.weight_decay,
             cfg.run.timeout_s,
             cfg.sync.bucket_mb,
+            s.lora if s.lora.r > 0 else None,
         )
 
 
@@ -194,8 +197,9 @@ class StudentTrainer:
 
         return ray.util.get_node_ip_address(), free_port()
 
-    def setup(self, master_addr: str, master_port: int) -> int:
-        """Join the process group and build the DeepSpeed engine. Returns the parameter count."""
+    def setup(self, master_addr: str, master_port: int) -> dict[str, int]:
+        """Join the process group and build the DeepSpeed engine. Returns the parameter
+        counts: "total" and "trainable" (the adapters', in a LoRA student)."""
         import deepspeed
         from deepspeed.accelerator import get_accelerator
         from transformers import AutoModelForCausalLM
@@ -224,13 +228,17 @@ class StudentTrainer:
             self.settings.model_path, dtype=getattr(torch, self.settings.dtype)
         )
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        if self.settings.lora is not None:
+            model = add_adapters(model, self.settings.lora)
+        trainable = [p for p in model.parameters() if p.requires_grad]
         # Plain torch AdamW: works on CPU and GPU alike, no op compilation at start-up.
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        optimizer = torch.optim.AdamW(trainable, lr=self.settings.lr, weight_decay=self.settings.weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config
         )
         self.device = self.engine.device
-        return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+        numel = lambda ps: sum(getattr(p, "ds_numel", p.numel()) for p in ps)  # noqa: E731 (ZeRO-3 holds a shard)
+        return {"total": numel(model.parameters()), "trainable": numel(trainable)}
 
     def set_records(self, records: list[dict[str, Any]]) -> int:
         """Hold this round's distillation records (sent once per round, not once per step)."""
@@ -315,55 +323,81 @@ class StudentTrainer:
     def save_state(self, folder: str) -> None:
         """This rank's part of the training state (weights, optimizer, step) under `folder`.
         Every rank must call this; the driver commits the folder once all have returned."""
-        self.engine.save_checkpoint(folder, tag="trainer", save_latest=False)
+        # A LoRA rank saves its adapters and their optimizer state: the base weights never change.
+        self.engine.save_checkpoint(
+            folder, tag="trainer", save_latest=False, exclude_frozen_parameters=self.settings.lora is not None
+        )
         # Nothing draws from the global generators yet (the sampled soft labels use a
         # generator seeded per step), but a model with dropout would: resume restores them.
         write_json_atomic(Path(folder) / f"rng_rank{self.rank}.json", rng_state())
 
     def load_state(self, folder: str) -> None:
         """Load what `save_state` wrote; every rank must call this."""
-        path, _ = self.engine.load_checkpoint(folder, tag="trainer", load_lr_scheduler_states=False)
+        path, _ = self.engine.load_checkpoint(
+            folder, tag="trainer", load_lr_scheduler_states=False, load_module_strict=self.settings.lora is None
+        )
         if path is None:
             raise FileNotFoundError(f"{folder}: no trainer state for rank {self.rank}")
         set_rng_state(json.loads((Path(folder) / f"rng_rank{self.rank}.json").read_text()))
 
-    def _buckets(self) -> list[list[tuple[str, torch.nn.Parameter]]]:
-        """The parameters in buckets of at most sync.bucket_mb of full weights, in order."""
-        full_bytes = lambda p: getattr(p, "ds_numel", p.numel()) * p.element_size()  # noqa: E731 (ZeRO-3 holds a shard)
-        return list(buckets(self.engine.module.named_parameters(), self.settings.bucket_mb * 2**20, full_bytes))
+    def _weights(self) -> list[WeightEntry]:
+        """The weights the engines load, each with the parameters it is made of."""
+        module = self.engine.module
+        if self.settings.lora is None:
+            return [WeightEntry(name, [p]) for name, p in module.named_parameters()]
+        return weight_entries(module)
 
-    def _full_buckets(self) -> Iterator[list[tuple[str, torch.nn.Parameter]]]:
-        """Each bucket with its parameters whole. Every rank must iterate: under ZeRO-3 each
-        bucket is gathered by one collective, and freed again before the next."""
+    def _buckets(self) -> list[list[WeightEntry]]:
+        """The weights in buckets of at most sync.bucket_mb, in order."""
+        full_bytes = lambda w: getattr(w.params[0], "ds_numel", w.params[0].numel()) * w.params[0].element_size()  # noqa: E731
+        named = [(w.name, w) for w in self._weights()]
+        return [[w for _, w in b] for b in buckets(named, self.settings.bucket_mb * 2**20, full_bytes)]
+
+    def _gathered(self, params: list[torch.nn.Parameter]) -> Any:
+        """A context in which `params` are whole: under ZeRO-3 one collective gathers them (and
+        frees them again after), so every rank must enter it."""
+        import contextlib
+
         import deepspeed
 
-        zero3 = self.engine.zero_optimization_stage() == 3
+        if self.engine.zero_optimization_stage() < 3:
+            return contextlib.nullcontext()
+        return deepspeed.zero.GatheredParameters(params)
+
+    def _full_buckets(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Each bucket's weights, whole (and merged with their adapters). Every rank must iterate."""
         for bucket in self._buckets():
-            if not zero3:
-                yield bucket
-                continue
-            with deepspeed.zero.GatheredParameters([p for _, p in bucket]):
-                yield bucket
+            with self._gathered([p for w in bucket for p in w.params]):
+                yield [(w.name, w.full()) for w in bucket]
 
     def weight_plan(self) -> list[BucketPlan]:
         """The buckets `broadcast_weights` sends: each tensor's name, dtype and full shape."""
         return [
-            [plan_entry(name, p.dtype, getattr(p, "ds_shape", p.shape)) for name, p in bucket]
+            [plan_entry(w.name, w.params[0].dtype, getattr(w.params[0], "ds_shape", w.params[0].shape)) for w in bucket]
             for bucket in self._buckets()
         ]
 
     def export_weights(self) -> PackedWeights | None:
-        """Full weights in Hugging Face names as numpy arrays, on rank 0 only. Every rank
-        must call this: under ZeRO-3 each bucket is gathered collectively."""
-        if self.engine.zero_optimization_stage() < 3:
+        """Full weights in Hugging Face names as numpy arrays (a LoRA student's merged), on
+        rank 0 only. Every rank must call this: under ZeRO-3 each bucket is gathered collectively."""
+        if self.engine.zero_optimization_stage() < 3 and self.settings.lora is None:
             # Full parameters on every rank: hand Ray views of them, and its out-of-band
             # serialization of the return value is the only copy.
             return pack(self.engine.module.named_parameters(), copy=False) if self.rank == 0 else None
-        named = []  # rank 0 keeps a CPU copy of each gathered bucket
+        named = []  # rank 0 keeps a CPU copy of each (gathered, merged) bucket
         for bucket in self._full_buckets():
             if self.rank == 0:
-                named += [(name, p.detach().to("cpu", copy=True)) for name, p in bucket]
+                named += [(name, t.detach().to("cpu", copy=True)) for name, t in bucket]
         return pack(named, copy=False) if self.rank == 0 else None
+
+    def export_adapter(self) -> tuple[PackedWeights, dict[str, Any]] | None:
+        """A LoRA student's adapter in peft's names, and its adapter_config.json, on rank 0
+        only. Every rank must call this (gathered under ZeRO-3)."""
+        named = adapter_parameters(self.engine.module)
+        with self._gathered([p for _, p in named]):
+            if self.rank != 0:
+                return None
+            return pack([(name, p.detach()) for name, p in named], copy=True), adapter_config(self.engine.module)
 
     def broadcast_weights(self, group: SyncGroup) -> None:
         """Send the full weights to the engines' sync group as rank 0 of it (`sync/broadcast.py`).
@@ -372,7 +406,7 @@ class StudentTrainer:
         try:
             for bucket in self._full_buckets():
                 if members is not None:
-                    members.broadcast(pack_bucket([p for _, p in bucket]), 0).wait()
+                    members.broadcast(pack_bucket([t for _, t in bucket]), 0).wait()
         finally:
             if members is not None:
                 close_group(members, group.backend)

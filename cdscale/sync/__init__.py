@@ -3,7 +3,8 @@
 `make_weight_sync(cfg)` picks the transport once, from the config (`config.weight_transport`);
 the driver only ever calls `push`, `load` and `restore` on what it returns.
 - object_store.py: rank 0's weights through Ray's object store (any placement);
-- broadcast.py: rank 0 broadcasts packed buckets over a process group of their own.
+- broadcast.py: rank 0 broadcasts packed buckets over a process group of their own;
+- adapter.py: a LoRA student's adapter alone, which the engines apply per request.
 
 What the engines hold is an explicit value, `EngineWeights`: the engine group keeps it, and
 an engine that replaces a dead one is given exactly that (`WeightSync.restore`).
@@ -29,6 +30,7 @@ class EngineWeights:
 
     version: int = 0
     packed: ray.ObjectRef | None = None
+    adapter: bool = False  # `packed` holds a LoRA adapter (and its config), not full weights
 
 
 @dataclass
@@ -58,6 +60,13 @@ class WeightSync:
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
 
+    def initial(self, trainers: list[Any]) -> EngineWeights:
+        """The model's own weights as the trainers hold them before any training, kept in the
+        object store for engines that must return to them (a frozen teacher)."""
+        from cdscale.sync.object_store import export_weights
+
+        return EngineWeights(0, export_weights(trainers, self.timeout_s))
+
     def push(self, trainers: list[Any], engines: list[Any], version: int) -> tuple[SyncStats, EngineWeights]:
         """The trainers' weights into every engine, as `version`; returns what the engines now hold."""
         raise NotImplementedError
@@ -77,11 +86,16 @@ class WeightSync:
 
 
 def make_weight_sync(cfg: Config) -> WeightSync:
-    """The transport `sync.transport` resolves to (`config.weight_transport`)."""
+    """The adapter transport for a LoRA student (`student.lora.sync: adapter`), else the
+    transport `sync.transport` resolves to (`config.weight_transport`)."""
     from cdscale.config import weight_transport
+    from cdscale.sync.adapter import AdapterSync
     from cdscale.sync.broadcast import BroadcastSync
     from cdscale.sync.object_store import ObjectStoreSync
 
+    lora = cfg.student.lora
+    if lora.r > 0 and lora.sync == "adapter":
+        return AdapterSync(cfg.run.timeout_s)
     transport, backend = weight_transport(cfg)
     if transport == "broadcast":
         return BroadcastSync(cfg.run.timeout_s, backend)

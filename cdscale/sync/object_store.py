@@ -16,13 +16,14 @@ import ray
 from cdscale.sync import EngineWeights, SyncStats, WeightSync
 
 
-def export_weights(trainers: list[Any], timeout_s: float) -> ray.ObjectRef:
-    """An ObjectRef of rank 0's full weights (`PackedWeights`); every rank must take part."""
-    refs = [t.export_weights.remote() for t in trainers]
+def export_weights(trainers: list[Any], timeout_s: float, method: str = "export_weights") -> ray.ObjectRef:
+    """An ObjectRef of rank 0's full weights (`PackedWeights`), or of what another export
+    `method` returns on rank 0 (`export_adapter`); every rank must take part."""
+    refs = [getattr(t, method).remote() for t in trainers]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s, fetch_local=False)
     if len(ready) < len(refs):
         raise TimeoutError(
-            f"weight export: {len(refs) - len(ready)} of {len(refs)} ranks did not finish within {timeout_s:.0f}s "
+            f"{method}: {len(refs) - len(ready)} of {len(refs)} ranks did not finish within {timeout_s:.0f}s "
             "(run.timeout_s)"
         )
     ray.get(refs[1:], timeout=timeout_s)  # raises a rank's error here rather than in the engines

@@ -10,8 +10,11 @@ tokenizes once, and the ids the teacher saw are exactly the ids the trainer alig
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cdscale.sync.broadcast import BucketPlan, SyncGroup
@@ -45,10 +48,11 @@ class EngineSettings:
     max_num_seqs: int | None = None
     tensor_parallel_size: int = 1
     enforce_eager: bool = False  # no torch.compile: a faster start, slower decoding
+    max_lora_rank: int = 0  # > 0: serve a student's LoRA adapter of up to this rank (adapter sync)
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> EngineSettings:
-        t = cfg.teacher
+        t, lora = cfg.teacher, cfg.student.lora
         return cls(
             model_path=model_path,
             dtype=cfg.model.dtype,
@@ -60,6 +64,7 @@ class EngineSettings:
             max_num_seqs=t.max_num_seqs,
             tensor_parallel_size=t.tensor_parallel_size,
             enforce_eager=t.enforce_eager,
+            max_lora_rank=lora.r if lora.r > 0 and lora.sync == "adapter" else 0,
         )
 
 
@@ -73,6 +78,11 @@ class TeacherEngine:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         from vllm import LLM
 
+        lora = {}
+        if settings.max_lora_rank:
+            # vLLM sizes its LoRA buffers by a rank from a fixed list: the smallest that fits.
+            rank = min(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= settings.max_lora_rank)
+            lora = {"enable_lora": True, "max_lora_rank": rank, "max_loras": 1}
         self.llm = LLM(
             model=settings.model_path,
             dtype=settings.dtype,
@@ -87,8 +97,11 @@ class TeacherEngine:
             # One worker runs in this actor's process; more run as processes of their own.
             distributed_executor_backend="uni" if tp == 1 else "mp",
             worker_extension_cls="cdscale.teacher.worker_extension.WeightReloadExtension",
+            **lora,
         )
         self.weight_version = 0
+        self.adapter: Any = None  # the LoRARequest every request carries, once a student adapter is held
+        self.adapter_dir, self.adapter_loads = Path(tempfile.mkdtemp(prefix="cdscale-adapters-")), 0
         self.num_workers = tp
 
     def generate_many(self, prompt_ids: list[list[int]], sampling: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -107,7 +120,8 @@ class TeacherEngine:
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(**s, detokenize=False, flat_logprobs=True) for s in sampling]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.adapter)
         results = []
         for out in outputs:
             completion = out.outputs[0]
@@ -146,6 +160,36 @@ class TeacherEngine:
             "seconds": time.perf_counter() - start,
             "version": version,
         }
+
+    def update_adapter(self, adapter: tuple[PackedWeights, dict[str, Any]] | None, version: int) -> dict[str, float]:
+        """Serve the base weights with a student's LoRA adapter (the adapter sync), or, with
+        None, the base weights alone (version 0). The base weights never change: the adapter
+        is applied per request, so going back to version 0 costs nothing."""
+        from vllm.lora.request import LoRARequest
+
+        from cdscale.student.lora import write_adapter
+
+        start = time.perf_counter()
+        if adapter is None:
+            self.adapter, nbytes = None, 0
+        else:
+            weights, config = adapter
+            # vLLM reads an adapter from a folder and caches it by its id: a new id per load (a
+            # version may be loaded again after a restart, with other weights).
+            self.adapter_loads += 1
+            folder = self.adapter_dir / str(self.adapter_loads)
+            write_adapter(folder, weights, config)
+            for loaded in self.llm.llm_engine.list_loras():
+                self.llm.llm_engine.remove_lora(loaded)  # requests carry only the newest
+            for old in self.adapter_dir.iterdir():
+                if old != folder:
+                    shutil.rmtree(old)
+            self.adapter = LoRARequest(f"student-{self.adapter_loads}", self.adapter_loads, str(folder))
+            # Loaded now rather than at the first request: the sync's time is the whole cost.
+            self.llm.llm_engine.add_lora(self.adapter)
+            nbytes = weights.nbytes
+        self.weight_version = version
+        return {"seconds": time.perf_counter() - start, "version": version, "bytes": nbytes}
 
     def _now_holds(self, version: int) -> None:
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights

@@ -1,0 +1,147 @@
+"""Full fine-tuning against a LoRA student, on the same model, ranks and engine: trainable
+parameters, a training step's time and each rank's peak memory, the weight sync (full
+weights through the object store against the adapter alone), and a commit's trainer state.
+
+    python -m benchmarks.lora [--model smollm2-135m] [--rank 16] [--out benchmarks/results]
+
+Writes lora.json and lora.md. Synthetic records (random tokens, 24 answer positions each,
+random top-k targets): what is timed is the work, not what is learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from benchmarks.common import Timer, machine
+from cdscale.config import load_config
+from cdscale.models import resolve_model_path
+from cdscale.student.group import TrainerGroup
+from cdscale.sync import make_weight_sync
+from cdscale.teacher.engine import EngineSettings
+from cdscale.teacher.group import EngineGroup
+
+SEQ, ANSWER, TOP_K, BATCH, STEPS, SYNCS = 128, 24, 20, 8, 4, 3
+
+
+def records(n: int, vocab: int, rng: random.Random) -> list[dict[str, Any]]:
+    out = []
+    for _ in range(n):
+        ids = [rng.randrange(vocab) for _ in range(SEQ)]
+        out.append(
+            {
+                "input_ids": ids,
+                "answer_start": SEQ - ANSWER,
+                "topk_ids": [[ids[j]] + [rng.randrange(vocab) for _ in range(TOP_K - 1)] for j in range(ANSWER)],
+                "topk_logprobs": [sorted((-rng.random() * 5 for _ in range(TOP_K)), reverse=True)] * ANSWER,
+            }
+        )
+    return out
+
+
+def measure(model: str, lora_rank: int, ranks: int) -> dict[str, Any]:
+    cfg = load_config(
+        None,
+        [
+            f"model.path={model}",
+            f"student.num_ranks={ranks}",
+            f"student.batch_size={BATCH}",
+            f"student.lora.r={lora_rank}",
+            f"student.lora.alpha={2 * max(lora_rank, 1)}",
+        ],
+    )
+    path = resolve_model_path(model)
+    engines = EngineGroup(EngineSettings.from_config(cfg, path), timeout_s=3600).start(1)
+    group = TrainerGroup.from_config(cfg, path).start()
+    sync = make_weight_sync(cfg)
+    try:
+        from transformers import AutoConfig
+
+        data = records(BATCH * STEPS, AutoConfig.from_pretrained(path).vocab_size, random.Random(0))
+        step_s = []
+        for step in range(STEPS):
+            batch = data[step * BATCH : (step + 1) * BATCH]
+            with Timer() as t:
+                ray.get([a.train_step.remote(batch[r::ranks], 1e-4) for r, a in enumerate(group.actors)])
+            step_s.append(t.seconds)
+        memory = group.call("memory_stats")
+        syncs = [sync.push(group.actors, engines.engines, version)[0] for version in range(1, SYNCS + 2)][1:]
+        with tempfile.TemporaryDirectory() as folder:
+            with Timer() as t:
+                group.call("save_state", folder)
+            state_bytes = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+    finally:
+        engines.kill()
+        group.kill()
+    return {
+        "parameters": group.parameters["total"],
+        "trainable": group.parameters["trainable"],
+        "step_s": statistics.median(step_s[1:]),  # the first step is a warm-up
+        "peak_rank_bytes": max(m["peak_bytes"] - m["base_bytes"] for m in memory),
+        "sync": syncs[0].transport,
+        "sync_s": statistics.median(s.seconds for s in syncs),
+        "sync_bytes": syncs[0].bytes,
+        "save_state_s": t.seconds,
+        "state_bytes": state_bytes,
+    }
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| student | trainable / all parameters | step s | peak per rank GB | sync | sync MB | sync s "
+        "| trainer state MB | save s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['trainable'] / 1e6:.2f}M / {r['parameters'] / 1e6:.1f}M | {r['step_s']:.2f} "
+            f"| {r['peak_rank_bytes'] / 1e9:.2f} | {r['sync']} | {r['sync_bytes'] / 1e6:.2f} | {r['sync_s']:.3f} "
+            f"| {r['state_bytes'] / 1e6:.1f} | {r['save_state_s']:.2f} |"
+        )
+    full, lora = results["full"], next(v for k, v in results.items() if k != "full")
+    lines.append(
+        f"\nsync {full['sync_s'] / lora['sync_s']:.0f}x shorter and {full['sync_bytes'] / lora['sync_bytes']:.0f}x "
+        f"fewer bytes with the adapter; trainer state {full['state_bytes'] / lora['state_bytes']:.0f}x smaller."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--ranks", type=int, default=2, help="DeepSpeed ranks (ZeRO-2)")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    ray.init(num_cpus=1 + args.ranks, include_dashboard=False, log_to_driver=False)
+    try:
+        results = {
+            "full": measure(args.model, 0, args.ranks),
+            f"lora r={args.rank}": measure(args.model, args.rank, args.ranks),
+        }
+    finally:
+        ray.shutdown()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lora.json").write_text(
+        json.dumps({"machine": machine(), "model": args.model, "results": results}, indent=2)
+    )
+    text = (
+        f"# Full fine-tuning against LoRA\n\n`python -m benchmarks.lora --model {args.model} --rank {args.rank}` on "
+        f"{machine()}: {args.ranks} ranks (ZeRO-2), one engine, {STEPS} steps of {BATCH} sequences of {SEQ} tokens "
+        f"({ANSWER} answer positions), median of {SYNCS} syncs after a warm-up.\n\n{table(results)}\n"
+    )
+    (out / "lora.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
