@@ -439,6 +439,13 @@ def _check_lora(lora: LoraConfig) -> None:
         raise ConfigError(f"student.lora.dropout: must be in [0, 1), got {lora.dropout}")
     if not lora.target_modules or not all(lora.target_modules):
         raise ConfigError(f"student.lora.target_modules: name at least one module, got {lora.target_modules}")
+    # The engines compute logits without vLLM's LoRA wrapper (teacher/worker_extension.py).
+    untrainable = [m for m in lora.target_modules if m.split(".")[-1] in ("lm_head", "embed_tokens")]
+    if untrainable:
+        raise ConfigError(
+            f"student.lora.target_modules: {untrainable[0]}: adapters on the output head or the embeddings are "
+            "not supported (the engines score prompts without vLLM's LoRA on the head)"
+        )
 
 
 def validate(cfg: Config) -> Config:

@@ -3,7 +3,7 @@ sizes, so that no config can rot.
 
 A run starts Ray actors, vLLM engines and DeepSpeed ranks, tens of seconds each time; a run
 per config would cost more than the rest of the suite. So the configs that share a model
-family, a teacher mode, a loss and a LoRA rank run as one: each config's stages become stages of one run,
+family, a teacher mode and a loss run as one: each config's stages become stages of one run,
 its operations renamed `<config>.<operation>`, with small sizes (a few inputs per operation,
 one or two held-out problems, one epoch, a greedy teacher). Every stage and operation of
 every config then goes through its task (options and data files), inputs, targets,
@@ -12,10 +12,12 @@ teacher's token cap and context length are the largest in the group, the student
 are cut at STUDENT_TOKENS, an addition task's operands have at most 2 digits (what the tiny
 stand-in learned: one that writes 8-digit scratchpads costs a minute more to bootstrap), the
 teacher is not evaluated (`eval.before: false`), and the other settings (learning rate,
-top-k, ...) are the first config's; tests/test_config.py loads each config as it is. The
-models are stand-ins of each family: a tiny Llama bootstrapped for a few hundred steps on the
-tiny configs' tasks (answers in each task's format, and inputs for synthetic D), and the real
-SmolLM2-135M-Instruct.
+top-k, ...) are the first config's, except that the student is a LoRA student when a config
+of the group has one (the SmolLM2 group: its training takes half the time, and full
+fine-tuning runs in the tiny groups and the stack tests); tests/test_config.py loads each
+config as it is. The models are stand-ins of each family: a tiny Llama bootstrapped for a few
+hundred steps on the tiny configs' tasks (answers in each task's format, and inputs for
+synthetic D), and the real SmolLM2-135M-Instruct.
 """
 
 import dataclasses
@@ -50,8 +52,7 @@ def _groups() -> dict[str, list[Path]]:
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(str(path))
         family = "smollm2" if cfg.model.path.startswith("smollm2") else "tiny"
-        lora = f"-lora{cfg.student.lora.r}" if cfg.student.lora.r else ""
-        groups.setdefault(f"{family}-{cfg.teacher.mode}-{cfg.student.loss}{lora}", []).append(path)
+        groups.setdefault(f"{family}-{cfg.teacher.mode}-{cfg.student.loss}", []).append(path)
     return groups
 
 
@@ -102,7 +103,10 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
             "batch_size": small["batch_size"],
             "epochs": 1,
             "warmup_steps": 1,
-            "lora": dataclasses.asdict(first.student.lora),
+            "lora": next(
+                (dataclasses.asdict(cfg.student.lora) for _, cfg in configs if cfg.student.lora.r),
+                dataclasses.asdict(first.student.lora),
+            ),
         },
         "eval": {
             "max_new_tokens_student": min(STUDENT_TOKENS, max(cfg.eval.max_new_tokens_student for _, cfg in configs)),

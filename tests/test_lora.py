@@ -9,6 +9,7 @@ import ray
 import torch
 
 from cdscale.config import load_config
+from cdscale.eval import score_responses
 from cdscale.sync import EngineWeights
 from cdscale.sync.adapter import AdapterSync
 from cdscale.sync.object_store import export_weights
@@ -90,6 +91,16 @@ def test_lora_ranks_sync_their_adapter_and_the_teachers_path_stays_the_base_mode
                         pad_token_id=tokenizer.pad_token_id,
                     )[0, len(prompt) :].tolist()
                     assert out["token_ids"] == hf_ids
+
+            # Scoring with the adapter (prompt logprobs: the context gap, an ensemble teacher)
+            # equals the base model plus the adapter in Hugging Face.
+            scored = score_responses(engines, prompts, [o["token_ids"] for o in student], "score")
+            for prompt, out, engine_lps in zip(prompts, student, scored):
+                ids = torch.tensor([prompt + out["token_ids"]])
+                with torch.no_grad():
+                    logprobs = torch.log_softmax(with_adapter(input_ids=ids).logits[0, len(prompt) - 1 : -1], -1)
+                expected = logprobs.gather(1, ids[0, len(prompt) :, None])[:, 0]
+                torch.testing.assert_close(torch.tensor(engine_lps), expected, rtol=0, atol=2e-4)
 
             # Back to version 0 (a frozen teacher): the adapter is dropped, nothing reloads, and
             # the teacher's answers and logprobs are the base model's bit for bit.

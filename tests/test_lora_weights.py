@@ -73,3 +73,15 @@ def test_the_adapter_folder_is_what_peft_saves_and_loads(adapted, tmp_path):
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), ours).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("sync, transport, engine_rank", [("adapter", "adapter", 16), ("merged", "object_store", 0)])
+def test_the_lora_sync_mode_picks_the_transport_and_the_engines_lora_support(sync, transport, engine_rank):
+    from cdscale.config import load_config
+    from cdscale.sync import make_weight_sync
+    from cdscale.teacher.engine import EngineSettings
+
+    cfg = load_config(None, ["student.lora.r=16", f"student.lora.sync={sync}"])
+    assert make_weight_sync(cfg).transport == transport
+    assert EngineSettings.from_config(cfg, "m").max_lora_rank == engine_rank
+    assert EngineSettings.from_config(load_config(None, []), "m").max_lora_rank == 0  # full fine-tuning

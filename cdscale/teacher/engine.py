@@ -99,6 +99,8 @@ class TeacherEngine:
             worker_extension_cls="cdscale.teacher.worker_extension.WeightReloadExtension",
             **lora,
         )
+        if lora:
+            self.llm.collective_rpc("unwrap_lora_logits")
         self.weight_version = 0
         self.adapter: Any = None  # the LoRARequest every request carries, once a student adapter is held
         self.adapter_dir, self.adapter_loads = Path(tempfile.mkdtemp(prefix="cdscale-adapters-")), 0

@@ -43,6 +43,21 @@ class WeightReloadExtension:
             "reload_s": time.perf_counter() - received,
         }
 
+    def unwrap_lora_logits(self) -> None:
+        """Compute logits with the plain lm_head in an engine started with LoRA support.
+
+        vLLM 0.32 wraps the logits processor for adapters that train the output head, and on
+        the CPU backend that wrapper fails on every `prompt_logprobs` request (it indexes the
+        prompt's positions with the sampled rows' adapter mapping: "einsum(): subscript b has
+        size 32 ... 137"; vLLM issues #16668, #29955). cdscale's adapters never train the head
+        or the embeddings (`config._check_lora`), so the wrapper only adds zeros: without it,
+        prompt logprobs with an adapter equal Hugging Face on the base model plus the adapter
+        (measured on the tiny model, 2026-12-04)."""
+        model = self.model_runner.get_model()
+        wrapped = getattr(model, "logits_processor", None)
+        if wrapped is not None and hasattr(wrapped, "base_layer"):
+            model.logits_processor = wrapped.base_layer
+
     def weight_checksum(self) -> float:
         """Sum of the parameters the model exposes, a quick sign that a sync arrived. Not a
         full check: on the CPU backend the linear layers' weights live in packed oneDNN
