@@ -211,6 +211,11 @@ class StudentConfig:
     steps_per_call: int = _f(
         25, "optimizer steps per call to the rank actors (fewer round trips; progress granularity)"
     )
+    gradient_checkpointing: bool = _f(
+        False,
+        "recompute each layer's activations in the backward pass instead of keeping them: less memory, "
+        "one more forward's compute",
+    )
     lora: LoraConfig = _f(None, "a LoRA student (peft): only adapters train, the base weights stay", factory=LoraConfig)
 
 

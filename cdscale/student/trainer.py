@@ -162,6 +162,7 @@ class TrainerSettings:
     timeout_s: float = 3600.0  # a collective whose peer died fails after this
     bucket_mb: int = 512  # full weights per ZeRO-3 gather and per broadcast bucket
     lora: LoraConfig | None = None  # a LoRA student: only the adapters train
+    gradient_checkpointing: bool = False
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> TrainerSettings:
@@ -177,6 +178,7 @@ class TrainerSettings:
             cfg.run.timeout_s,
             cfg.sync.bucket_mb,
             s.lora if s.lora.r > 0 else None,
+            s.gradient_checkpointing,
         )
 
 
@@ -228,6 +230,9 @@ class StudentTrainer:
             self.settings.model_path, dtype=getattr(torch, self.settings.dtype)
         )
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        if self.settings.gradient_checkpointing:
+            # Non-reentrant: correct with frozen inputs (a LoRA student's embeddings) and no-op outside training.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.settings.lora is not None:
             model = add_adapters(model, self.settings.lora)
         trainable = [p for p in model.parameters() if p.requires_grad]
