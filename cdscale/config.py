@@ -181,7 +181,11 @@ class LoraConfig:
 @dataclass
 class StudentConfig:
     num_ranks: int = _f(2, "DeepSpeed ranks, one Ray actor each")
-    cpus_per_rank: float = _f(1.0, "Ray CPUs reserved per rank")
+    cpus_per_rank: float = _f(
+        1.0,
+        "Ray CPUs reserved per rank; Ray gives the rank as many torch threads (OMP_NUM_THREADS), so one rank on a "
+        "laptop trains on one core unless given more",
+    )
     gpus_per_rank: float = _f(0.0, "Ray GPUs reserved per rank (0 on CPU)")
     placement: str = _f(
         "PACK",
