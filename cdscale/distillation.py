@@ -280,11 +280,10 @@ class Distillation:
             return shard
         builder = TargetBuilder(self.cfg, self.tokenizer, self.engines, self.clock, self.stop, self.student_max_len)
         training = [op for op in stage.operations if op.num_train > 0]
-        inputs, synthetic = {}, {}
-        for op in training:
-            inputs[op.name] = self.train_inputs[r].get(op.name)
-            if op.inputs == "synthetic":
-                inputs[op.name], synthetic[op.name] = self.synthetic_inputs(r, op)
+        inputs = {op.name: self.train_inputs[r].get(op.name) for op in training}
+        synthetic = self.synthetic_inputs(r, [op for op in training if op.inputs == "synthetic"])
+        for name, (made, _) in synthetic.items():
+            inputs[name] = made
         from_teacher = [op for op in training if op.targets == "teacher"]
         teacher_results, generate_s = builder.teacher(
             [(self.tasks[op.name], inputs[op.name], op.ensemble) for op in from_teacher], r
@@ -300,7 +299,7 @@ class Distillation:
             **total.as_dict(),
             "generate_s": generate_s,
             "by_operation": by_operation,
-            "synthetic_inputs": synthetic,
+            "synthetic_inputs": {name: counts for name, (_, counts) in synthetic.items()},
         }
         with self.clock("checkpoint"):
             write_shard(self.run_dir, r, records, counts)
@@ -319,23 +318,24 @@ class Distillation:
         )
         return records, counts
 
-    def synthetic_inputs(self, r: int, op: OperationConfig) -> tuple[list[Example], dict[str, int]]:
+    def synthetic_inputs(self, r: int, ops: list[OperationConfig]) -> dict[str, tuple[list[Example], dict[str, int]]]:
         """x sampled from the engines (which hold the teacher), few-shot prompted with inputs
-        from D. Fails when too few come out usable."""
-        rng = random.Random(f"{self.cfg.data.seed}-synthetic-{r}-{op.name}")
+        from D, for every operation of `ops` at once. Fails when too few come out usable."""
+        if not ops:
+            return {}
+        jobs = [(self.tasks[op.name], op, random.Random(f"{self.cfg.data.seed}-synthetic-{r}-{op.name}")) for op in ops]
         with self.clock("sample_inputs"):
-            inputs, counts = synthesize_inputs(
-                self.engines, self.tokenizer, self.tasks[op.name], op, rng, f"round {r} {op.name} inputs", self.stop
-            )
-        log.info("round %d %s: %d synthetic inputs; counts %s", r, op.name, len(inputs), counts)
-        self.log.write(event="synthetic_inputs", round=r, operation=op.name, **counts)
-        if len(inputs) < (1 - self.cfg.teacher.max_answer_skip_fraction) * op.num_train:
-            raise RunFailed(
-                f"round {r}, {op.name}: only {len(inputs)} usable synthetic inputs of num_train={op.num_train} "
-                f"after {op.synthetic_max_passes} passes ({counts}); the model does not continue the few-shot prompt "
-                f"with new inputs (raise synthetic_max_passes or synthetic_temperature, or use inputs: own)"
-            )
-        return inputs, counts
+            made = synthesize_inputs(self.engines, self.tokenizer, jobs, f"round {r} synthetic inputs", self.stop)
+        for op, (inputs, counts) in zip(ops, made):
+            log.info("round %d %s: %d synthetic inputs; counts %s", r, op.name, len(inputs), counts)
+            self.log.write(event="synthetic_inputs", round=r, operation=op.name, **counts)
+            if len(inputs) < (1 - self.cfg.teacher.max_answer_skip_fraction) * op.num_train:
+                raise RunFailed(
+                    f"round {r}, {op.name}: only {len(inputs)} usable synthetic inputs of num_train={op.num_train} "
+                    f"after {op.synthetic_max_passes} passes ({counts}); the model does not continue the few-shot "
+                    "prompt with new inputs (raise synthetic_max_passes or synthetic_temperature, or use inputs: own)"
+                )
+        return {op.name: result for op, result in zip(ops, made)}
 
     def push(self, version: int) -> dict[str, Any]:
         """The trainers' weights into the engines as `version`; returns the sync's event."""

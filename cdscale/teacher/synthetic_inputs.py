@@ -52,42 +52,66 @@ def keep_inputs(task: Task, lines: list[str | None], seen: set[str]) -> tuple[li
     return kept, counts
 
 
+class _Synthesis:
+    """One operation's synthetic inputs, gathered pass by pass."""
+
+    def __init__(self, tokenizer: Any, task: Task, op: OperationConfig, rng: random.Random, desc: str) -> None:
+        self.tokenizer, self.task, self.op, self.rng = tokenizer, task, op, rng
+        self.sampling = {"temperature": op.synthetic_temperature, "max_tokens": op.synthetic_max_new_tokens}
+        self.pool = sample_where(task, 16 * op.synthetic_shots, rng, held_out=False, what=f"{desc} shots")
+        self.examples: list[Example] = []
+        self.seen: set[str] = set()
+        self.counts: Counter = Counter()
+
+    def prompts(self, pass_index: int) -> list[list[int]]:
+        """This pass's requests: what is still missing, scaled by the share of candidates kept
+        so far (a quarter more at first); none once done or out of passes."""
+        need = self.op.num_train - len(self.examples)
+        if need <= 0 or pass_index >= self.op.synthetic_max_passes:
+            return []
+        asked = self.counts["generated"]
+        kept_share = max(len(self.examples) / asked, 0.05) if asked else 0.8
+        return [
+            self.tokenizer(self.task.input_generation_prompt(self.rng.sample(self.pool, self.op.synthetic_shots)))[
+                "input_ids"
+            ]
+            for _ in range(math.ceil(1.1 * need / kept_share))
+        ]
+
+    def take(self, outputs: list[dict[str, Any]]) -> None:
+        lines = [
+            first_line(self.tokenizer.decode(o["token_ids"], skip_special_tokens=True), o["finish_reason"] == "stop")
+            for o in outputs
+        ]
+        kept, pass_counts = keep_inputs(self.task, lines, self.seen)
+        self.examples += kept
+        self.counts.update(pass_counts)
+
+    def result(self) -> tuple[list[Example], dict[str, int]]:
+        n = self.op.num_train
+        counts = {**self.counts, "kept": min(n, len(self.examples)), "unused": max(len(self.examples) - n, 0)}
+        return self.examples[:n], counts
+
+
 def synthesize_inputs(
     engines: EngineGroup,
     tokenizer: Any,
-    task: Task,
-    op: OperationConfig,
-    rng: random.Random,
+    jobs: list[tuple[Task, OperationConfig, random.Random]],
     desc: str,
     stop: Callable[[], bool] | None = None,
-) -> tuple[list[Example], dict[str, int]]:
-    """Up to op.num_train distinct new inputs in at most `op.synthetic_max_passes` generations.
-    Each asks for what is still missing, scaled by the share of candidates kept so far (a
-    quarter more at first). Returns them and the counts."""
-    shots, n = op.synthetic_shots, op.num_train
-    sampling = {"temperature": op.synthetic_temperature, "max_tokens": op.synthetic_max_new_tokens}
-    pool = sample_where(task, 16 * shots, rng, held_out=False, what=f"{desc} shots")
-    examples: list[Example] = []
-    seen: set[str] = set()
-    counts: Counter = Counter()
-    for _ in range(op.synthetic_max_passes):
-        need = n - len(examples)
-        if need <= 0:
+) -> list[tuple[list[Example], dict[str, int]]]:
+    """For each (task, operation, rng): up to op.num_train distinct new inputs in at most
+    `op.synthetic_max_passes` generations, and the counts. Each pass of every operation goes
+    to the engines in one call (one batch, instead of a short call per operation)."""
+    jobs_state = [_Synthesis(tokenizer, task, op, rng, f"{desc}, {op.name}") for task, op, rng in jobs]
+    for pass_index in range(max(op.synthetic_max_passes for _, op, _ in jobs)):
+        asked = [(job, job.prompts(pass_index)) for job in jobs_state]
+        prompts = [p for _, ps in asked for p in ps]
+        if not prompts:
             break
-        asked = counts["generated"]
-        kept_share = max(len(examples) / asked, 0.05) if asked else 0.8
-        prompts = [
-            tokenizer(task.input_generation_prompt(rng.sample(pool, shots)))["input_ids"]
-            for _ in range(math.ceil(1.1 * need / kept_share))
-        ]
-        outputs = engines.generate(prompts, [sampling] * len(prompts), desc, stop)
-        lines = [
-            first_line(tokenizer.decode(o["token_ids"], skip_special_tokens=True), o["finish_reason"] == "stop")
-            for o in outputs
-        ]
-        kept, pass_counts = keep_inputs(task, lines, seen)
-        examples += kept
-        counts.update(pass_counts)
-    counts["kept"] = min(n, len(examples))
-    counts["unused"] = len(examples) - counts["kept"]
-    return examples[:n], dict(counts)
+        outputs = engines.generate(prompts, [job.sampling for job, ps in asked for _ in ps], desc, stop)
+        start = 0
+        for job, ps in asked:
+            job.take(outputs[start : start + len(ps)])
+            start += len(ps)
+    return [job.result() for job in jobs_state]
