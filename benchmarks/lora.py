@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import ray
 
 from benchmarks.common import Timer, machine
+from benchmarks.student_training import make_records
 from cdscale.config import load_config
 from cdscale.models import resolve_model_path
 from cdscale.student.group import TrainerGroup
@@ -29,21 +29,6 @@ from cdscale.teacher.engine import EngineSettings
 from cdscale.teacher.group import EngineGroup
 
 SEQ, ANSWER, TOP_K, BATCH, STEPS, SYNCS = 128, 24, 20, 8, 4, 3
-
-
-def records(n: int, vocab: int, rng: random.Random) -> list[dict[str, Any]]:
-    out = []
-    for _ in range(n):
-        ids = [rng.randrange(vocab) for _ in range(SEQ)]
-        out.append(
-            {
-                "input_ids": ids,
-                "answer_start": SEQ - ANSWER,
-                "topk_ids": [[ids[j]] + [rng.randrange(vocab) for _ in range(TOP_K - 1)] for j in range(ANSWER)],
-                "topk_logprobs": [sorted((-rng.random() * 5 for _ in range(TOP_K)), reverse=True)] * ANSWER,
-            }
-        )
-    return out
 
 
 def measure(model: str, lora_rank: int, ranks: int, checkpointing: bool = False) -> dict[str, Any]:
@@ -65,7 +50,8 @@ def measure(model: str, lora_rank: int, ranks: int, checkpointing: bool = False)
     try:
         from transformers import AutoConfig
 
-        data = records(BATCH * STEPS, AutoConfig.from_pretrained(path).vocab_size, random.Random(0))
+        vocab = AutoConfig.from_pretrained(path).vocab_size
+        data = make_records(BATCH * STEPS, vocab, SEQ - ANSWER, ANSWER, TOP_K, seed=0)
         step_s = []
         for step in range(STEPS):
             batch = data[step * BATCH : (step + 1) * BATCH]

@@ -177,6 +177,11 @@ class LoraConfig:
         ("adapter", "merged"),
     )
 
+    @property
+    def adapter_sync(self) -> bool:
+        """A LoRA student whose syncs move the adapter alone (the engines serve it with vLLM LoRA)."""
+        return self.r > 0 and self.sync == "adapter"
+
 
 @dataclass
 class StudentConfig:

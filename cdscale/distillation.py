@@ -442,19 +442,14 @@ class Distillation:
         def save(tmp: Path) -> None:
             self.trainers.call("save_state", str(tmp))
             held, timeout_s = self.engines.weights, self.cfg.run.timeout_s
-            current = (
-                held.packed
-                if held.packed is not None
-                and not held.adapter
-                and held.version == self.progress.round
-                and self.progress.step == 0
-                else None
-            )
-            student = current or export_weights(self.trainers.actors, timeout_s)
+            # What the engines took at the last sync, when that is what the trainers hold now.
+            synced = held.packed is not None and held.version == self.progress.round and self.progress.step == 0
+            student = held.packed if synced and not held.adapter else export_weights(self.trainers.actors, timeout_s)
             save_hf_checkpoint(ray.get(student).named_tensors(), self.model_path, tmp / "student")
             if self.cfg.student.lora.r > 0:
-                adapter, config = ray.get(export_weights(self.trainers.actors, timeout_s, "export_adapter"))
-                write_adapter(tmp / "student" / "adapter", adapter, config)
+                adapter = held.packed if synced and held.adapter else None
+                adapter = adapter or export_weights(self.trainers.actors, timeout_s, "export_adapter")
+                write_adapter(tmp / "student" / "adapter", *ray.get(adapter))
 
         def record(name: str) -> None:
             # Before the state's rename: a resume rolls metrics.jsonl back to its state's event.

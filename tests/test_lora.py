@@ -61,8 +61,7 @@ def test_lora_ranks_sync_their_adapter_and_the_teachers_path_stays_the_base_mode
             builder = TargetBuilder(cfg, tokenizer, engines)
             [(records, _)], _ = builder.teacher([(task, task.sample_inputs(32, random.Random(5 + zero)), 1)], 0)
             for step in range(4):
-                batch = records[step * 8 : (step + 1) * 8]
-                ray.get([t.train_step.remote(batch[r::2], 2e-2) for r, t in enumerate(group.actors)])
+                _train_step(group, records[step * 8 : (step + 1) * 8])
             full_bytes = ray.get(export_weights(group.actors, 300)).nbytes
             stats, held = sync.push(group.actors, engines.engines, version)
             assert held == EngineWeights(version, held.packed, adapter=True) and held.packed is not None
@@ -124,13 +123,16 @@ def _check_a_saved_adapter_resumes(group, records, folder):
     """save_state keeps the adapters and their optimizer state (not the frozen base): new
     ranks that load it take the same next step as the ranks that saved it."""
     group.call("save_state", str(folder))
-    batch = records[:8]
-    step = lambda: ray.get([t.train_step.remote(batch[r::2], 2e-2) for r, t in enumerate(group.actors)])  # noqa: E731
-    step()
+    _train_step(group, records[:8])
     expected = ray.get(export_weights(group.actors, 300, "export_adapter"))[0]
     group.restart()
     group.call("load_state", str(folder))
-    step()
+    _train_step(group, records[:8])
     resumed = ray.get(export_weights(group.actors, 300, "export_adapter"))[0]
     assert expected.names == resumed.names
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(expected.named_tensors(), resumed.named_tensors()))
+
+
+def _train_step(group, batch):
+    """One optimizer step of the two ranks, each on its half of `batch`."""
+    ray.get([t.train_step.remote(batch[r::2], 2e-2) for r, t in enumerate(group.actors)])

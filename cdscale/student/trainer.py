@@ -8,6 +8,7 @@ DeepSpeed's average of the ranks' gradients is the gradient of the global per-to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -361,8 +362,6 @@ class StudentTrainer:
     def _gathered(self, params: list[torch.nn.Parameter]) -> Any:
         """A context in which `params` are whole: under ZeRO-3 one collective gathers them (and
         frees them again after), so every rank must enter it."""
-        import contextlib
-
         import deepspeed
 
         if self.engine.zero_optimization_stage() < 3:
@@ -389,10 +388,10 @@ class StudentTrainer:
             # Full parameters on every rank: hand Ray views of them, and its out-of-band
             # serialization of the return value is the only copy.
             return pack(self.engine.module.named_parameters(), copy=False) if self.rank == 0 else None
-        named = []  # rank 0 keeps a CPU copy of each (gathered, merged) bucket
+        named = []  # rank 0 keeps a CPU copy of each gathered parameter (a merged weight is one already)
         for bucket in self._full_buckets():
             if self.rank == 0:
-                named += [(name, t.detach().to("cpu", copy=True)) for name, t in bucket]
+                named += [(name, t.detach().to("cpu", copy=isinstance(t, torch.nn.Parameter))) for name, t in bucket]
         return pack(named, copy=False) if self.rank == 0 else None
 
     def export_adapter(self) -> tuple[PackedWeights, dict[str, Any]] | None:

@@ -93,8 +93,7 @@ def make_weight_sync(cfg: Config) -> WeightSync:
     from cdscale.sync.broadcast import BroadcastSync
     from cdscale.sync.object_store import ObjectStoreSync
 
-    lora = cfg.student.lora
-    if lora.r > 0 and lora.sync == "adapter":
+    if cfg.student.lora.adapter_sync:
         return AdapterSync(cfg.run.timeout_s)
     transport, backend = weight_transport(cfg)
     if transport == "broadcast":

@@ -99,9 +99,8 @@ class Records(Task):
         match: str = "exact",
     ):
         if held_out_per_mille is not None:
-            self.held_out_per_mille = held_out_option(
-                held_out_per_mille
-            )  # a small file keeps more of itself for evaluation
+            # a small file keeps more of itself for evaluation
+            self.held_out_per_mille = held_out_option(held_out_per_mille)
         if match not in ("exact", "words"):
             raise RecordError(f"match: must be 'exact' or 'words', got {match!r}")
         self.match = match

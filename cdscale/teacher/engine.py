@@ -64,7 +64,7 @@ class EngineSettings:
             max_num_seqs=t.max_num_seqs,
             tensor_parallel_size=t.tensor_parallel_size,
             enforce_eager=t.enforce_eager,
-            max_lora_rank=lora.r if lora.r > 0 and lora.sync == "adapter" else 0,
+            max_lora_rank=lora.r if lora.adapter_sync else 0,
         )
 
 
