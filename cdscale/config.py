@@ -75,6 +75,12 @@ class OperationConfig:
         "itself as plain language-modelling data (replay mixing against forgetting, H7)",
         ("teacher", "gold", "gold_demonstration", "text"),
     )
+    source: str | None = _f(
+        None,
+        "where the responses y come from (default: data.source): teacher, student or mixed",
+        (None, "teacher", "student", "mixed"),
+    )
+    student_fraction: float | None = _f(None, "mixed: the share of inputs the student answers (default: data's)")
     ensemble: int = _f(
         1,
         "teacher prompts per input (H5): each teacher sample is scored under this many prompt variants (e.g. other "
@@ -106,6 +112,21 @@ class DataConfig:
     num_train: int = _f(65536, "raw inputs x ~ D drawn per round for distillation")
     num_eval: int = _f(500, "held-out inputs for evaluation (disjoint from training inputs)")
     seed: int = _f(0, "seed for inputs, sampling and initialisation")
+    source: str = _f(
+        "teacher",
+        "where the responses y that targets are built on come from. teacher: sampled from the teacher with the "
+        "context (the paper, off-policy); student: sampled from the student without it, and the teacher, reading "
+        "the same y after the context, gives its distribution at every position (on-policy, GKD); mixed: each "
+        "input goes to the student with probability student_fraction, else to the teacher",
+        ("teacher", "student", "mixed"),
+    )
+    student_fraction: float = _f(0.5, "mixed: the probability that an input's response is the student's (GKD lambda)")
+    refresh_every_steps: int = _f(
+        0,
+        "split each round into refreshes of this many optimizer steps: before each, the engines take the "
+        "trainers' weights and generate that refresh's responses (on-policy means the current student's); a stop "
+        "commits mid-refresh as mid-round. 0: one generation per round",
+    )
 
 
 @dataclass
@@ -203,14 +224,21 @@ class StudentConfig:
         "forward_kl_topk",
         "forward_kl_topk: KL(teacher || student) on the teacher's top-k plus a tail bucket; sampled_soft: the paper's "
         "label, the empirical distribution of soft_label_samples teacher draws per position; jsd: generalized "
-        "Jensen-Shannon with weight jsd_beta on the teacher; hard: NLL of the teacher's tokens f(y)",
-        ("forward_kl_topk", "sampled_soft", "jsd", "hard"),
+        "Jensen-Shannon with weight jsd_beta on the teacher; hard: NLL of the teacher's tokens f(y); "
+        "reverse_kl_sampled: KL(student || teacher) estimated on the student's own sampled tokens (data source: "
+        "student only), with importance ratios clipped by ratio_clip",
+        ("forward_kl_topk", "sampled_soft", "jsd", "hard", "reverse_kl_sampled"),
     )
     temperature: float = _f(
         1.0, "softens teacher and student in the soft losses (loss scaled by T^2); not used by hard"
     )
     jsd_beta: float = _f(0.5, "jsd: weight of the teacher in the mixture m = beta p + (1 - beta) q; in (0, 1)")
     soft_label_samples: int = _f(100, "sampled_soft: teacher draws per position (paper: 100)")
+    ratio_clip: float = _f(
+        0.2,
+        "reverse_kl_sampled: the importance ratio p_now(y) / p_sampled(y) of a stale sample is clipped to "
+        "[1 - ratio_clip, 1 + ratio_clip] (PPO-style)",
+    )
     lr: float = _f(6e-4, "peak learning rate (AdamW); the demo's, chosen in docs/results.md#learning-rate-of-the-demo")
     weight_decay: float = _f(0.0, "AdamW weight decay (paper: 0)")
     warmup_steps: int = _f(50, "linear warm-up steps, then cosine decay to 10% of lr")
@@ -498,6 +526,12 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.student.lr <= 0:
         raise ConfigError(f"student.lr: must be positive, got {cfg.student.lr}")
+    if not 0 < cfg.student.ratio_clip < 1:
+        raise ConfigError(f"student.ratio_clip: must be in (0, 1), got {cfg.student.ratio_clip}")
+    if cfg.data.refresh_every_steps < 0:
+        raise ConfigError(
+            f"data.refresh_every_steps: must not be negative (0: once per round), got {cfg.data.refresh_every_steps}"
+        )
     _check_lora(cfg.student.lora)
     if cfg.run.max_trainer_restarts < 0:
         raise ConfigError(f"run.max_trainer_restarts: must not be negative, got {cfg.run.max_trainer_restarts}")
@@ -509,7 +543,16 @@ def validate(cfg: Config) -> Config:
         for name, value in values.items() if isinstance(values, dict) else ():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{section}.{name}: must be a finite number, got {value}")
-    resolve_stages(cfg)
+    stages = resolve_stages(cfg)
+    if cfg.student.loss == "reverse_kl_sampled":
+        sampled_elsewhere = [
+            op.name for stage in stages for op in stage.operations if op.num_train and op.source != "student"
+        ]
+        if sampled_elsewhere:
+            raise ConfigError(
+                f"student.loss: reverse_kl_sampled is an estimate on the student's own samples; operation "
+                f"{sampled_elsewhere[0]!r} trains on other responses (its source, or targets, is not the student's)"
+            )
     return cfg
 
 
@@ -539,7 +582,14 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
     """The run's stages with every default filled in: `stages` as given, or one stage of
     one operation (`task`, data.num_train) for run.rounds rounds."""
     if not cfg.stages:
-        operation = OperationConfig(name=cfg.task.name, task=cfg.task, num_train=cfg.data.num_train)
+        operation = OperationConfig(
+            name=cfg.task.name,
+            task=cfg.task,
+            num_train=cfg.data.num_train,
+            source=cfg.data.source,
+            student_fraction=cfg.data.student_fraction,
+        )
+        _check_source(cfg, operation, "data")
         return [StageConfig(name="main", rounds=cfg.run.rounds, operations=[operation])]
     if cfg.run.rounds != 1:
         raise ConfigError("run.rounds: with stages given, set stages[k].rounds instead")
@@ -554,7 +604,15 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
             where = f"stages[{k}].operations[{i}]"
             task = op.task or cfg.task
             num_train = cfg.data.num_train if op.num_train is None else op.num_train
-            op = dataclasses.replace(op, name=op.name or task.name, task=task, num_train=num_train)
+            op = dataclasses.replace(
+                op,
+                name=op.name or task.name,
+                task=task,
+                num_train=num_train,
+                source=op.source or cfg.data.source,
+                student_fraction=cfg.data.student_fraction if op.student_fraction is None else op.student_fraction,
+            )
+            _check_source(cfg, op, where)
             if op.name in names:
                 raise ConfigError(f"{where}.name: {op.name!r} is used twice; operation names are unique in a run")
             if 0 < op.num_train < cfg.student.batch_size or op.num_train < 0:
@@ -575,6 +633,26 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
             raise ConfigError(f"stages[{k}].operations: every operation has num_train 0; a stage needs one to train")
         stages.append(dataclasses.replace(stage, name=stage.name or f"stage{k}", operations=operations))
     return stages
+
+
+def _check_source(cfg: Config, op: OperationConfig, where: str) -> None:
+    """Whether an operation's responses can come from where its `source` says."""
+    if not 0 <= op.student_fraction <= 1:
+        raise ConfigError(f"{where}.student_fraction: must be in [0, 1], got {op.student_fraction}")
+    if op.source == "teacher" or op.num_train == 0:
+        return
+    if op.targets != "teacher":
+        raise ConfigError(
+            f"{where}.source: {op.source} needs targets: teacher (the teacher scores the student's responses); "
+            f"targets: {op.targets} has no responses to sample"
+        )
+    if op.ensemble > 1:
+        raise ConfigError(f"{where}.source: {op.source} with ensemble > 1 is not supported; use source: teacher")
+    if op.inputs == "synthetic" and cfg.data.refresh_every_steps:
+        raise ConfigError(
+            f"{where}.inputs: synthetic inputs are drawn once per round and not kept apart from its data; with "
+            "data.refresh_every_steps they cannot be split into refreshes (use inputs: own)"
+        )
 
 
 def _yaml_problem(err: Exception) -> str:

@@ -187,3 +187,67 @@ def test_sum_reduction_is_the_mean_times_the_positions(name):
     assert torch.allclose(loss("sum"), loss("mean") * teacher.shape[0], rtol=1e-5)
     with pytest.raises(ValueError, match="reduction"):
         loss("none")
+
+
+def test_reverse_kl_sampled_expected_gradient_is_the_reverse_kl_gradient():
+    """Over every token y the student could draw, weighted by its probability, the
+    estimator's gradient (on fresh samples: ratio 1) is autograd's gradient of
+    KL(student || teacher) over the full vocabulary, position by position."""
+    teacher, _ = _random_dists(n=3, vocab=7, seed=3)
+    logits = torch.randn(3, 7, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    vocab = teacher.shape[1]
+    ids = torch.arange(vocab).expand(3, vocab)  # full support: the teacher's row holds every token
+
+    student = torch.log_softmax(logits, -1)
+    exact = (student.exp() * (student - teacher)).sum()
+    (expected,) = torch.autograd.grad(exact, logits)
+
+    estimate = torch.zeros_like(logits)
+    for y in range(vocab):
+        targets = torch.full((3,), y)
+        behaviour = torch.log_softmax(logits, -1).detach()[:, y]
+        loss = distillation_loss(
+            "reverse_kl_sampled", logits, targets, ids, teacher, reduction="sum", sample_logprobs=behaviour
+        )
+        (grad,) = torch.autograd.grad(loss, logits)
+        estimate += student.detach().exp()[:, y : y + 1] * grad
+    assert torch.allclose(estimate, expected, atol=1e-5)
+
+
+def test_reverse_kl_sampled_clips_the_ratio_of_stale_samples():
+    """A token the student now favours far more than when it was sampled (ratio above
+    1 + clip) and whose advantage is positive gets no further push: zero gradient; below the
+    clip the loss is the ratio times minus the advantage."""
+    teacher = torch.log_softmax(torch.tensor([[3.0, 0.0, 0.0]]), -1)
+    ids, target = torch.arange(3)[None], torch.tensor([0])
+    logits = torch.tensor([[1.0, 0.0, 0.0]], requires_grad=True)
+    now = torch.log_softmax(logits, -1)[0, 0].detach()
+    for behaviour, clipped in ((now - 1.0, True), (now - 0.1, False)):
+        loss = distillation_loss(
+            LossSpec("reverse_kl_sampled", ratio_clip=0.2),
+            logits,
+            target,
+            ids,
+            teacher,
+            sample_logprobs=behaviour[None],
+        )
+        (grad,) = torch.autograd.grad(loss, logits)
+        advantage = teacher[0, 0] - now
+        assert advantage > 0
+        if clipped:
+            assert torch.all(grad == 0)
+        else:
+            assert torch.allclose(loss, -(now - behaviour).exp() * advantage)
+            assert grad.abs().sum() > 0
+
+
+def test_reverse_kl_sampled_needs_the_samples_logprobs_and_their_teacher_logprob():
+    teacher, student = _random_dists(seed=5)
+    top = teacher.topk(3, -1)
+    with pytest.raises(ValueError, match="data source: student"):
+        distillation_loss("reverse_kl_sampled", student, top.indices[:, 0], top.indices, top.values)
+    outside = teacher.topk(4, -1).indices[:, 3]  # not in any row of the top 3
+    loss = distillation_loss(
+        "reverse_kl_sampled", student, outside, top.indices, top.values, sample_logprobs=torch.zeros(len(outside))
+    )
+    assert torch.isnan(loss)  # a row without the sampled token is a broken record, not a zero

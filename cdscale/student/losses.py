@@ -13,6 +13,13 @@ on those buckets:
 - `jsd`: generalized Jensen-Shannon divergence with weight beta on the teacher,
   beta KL(p || m) + (1 - beta) KL(q || m) with m = beta p + (1 - beta) q.
 - `hard`: negative log-likelihood of the teacher's own tokens f(y).
+- `reverse_kl_sampled` (on-policy data only): the sampled-token estimate of KL(student ||
+  teacher) on the student's own samples y, token by token: the teacher's and the student's
+  logprob of the token the student drew give the advantage A = log p_T(y_t) - log p_S(y_t)
+  (no gradient through it), and the loss is -A times the importance ratio
+  rho = p_S(y_t) / p_behaviour(y_t) of the weights now to those that sampled, PPO-clipped to
+  [1 - clip, 1 + clip] (GKD; on-policy distillation). Its expected gradient under y ~ student
+  is that of KL(student || teacher) at each position.
 
 A temperature T (soft losses only) softens both sides (the teacher by renormalizing p^(1/T) over the buckets,
 the student exactly through its logits) and scales the loss by T^2. With a non-empty tail
@@ -27,7 +34,8 @@ from typing import Literal
 
 import torch
 
-LOSSES = ("forward_kl_topk", "sampled_soft", "jsd", "hard")
+LOSSES = ("forward_kl_topk", "sampled_soft", "jsd", "hard", "reverse_kl_sampled")
+ON_POLICY_LOSSES = ("reverse_kl_sampled",)  # need the student's own samples and their logprobs
 REDUCTIONS = ("mean", "sum")  # over the answer positions
 TAIL_EPS = 1e-6  # teacher tail mass below this is float noise from sum(top-k) ~= 1
 
@@ -99,6 +107,30 @@ def hard_label_nll(student_logprobs: torch.Tensor, target_ids: torch.Tensor) -> 
     return -torch.gather(student_logprobs.float(), 1, target_ids[:, None]).squeeze(1)
 
 
+def reverse_kl_sampled(
+    student_logprobs: torch.Tensor,
+    target_ids: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    behaviour_logprobs: torch.Tensor,
+    clip: float,
+) -> torch.Tensor:
+    """The sampled-token reverse-KL loss per position (see the module docstring): the
+    student's sampled tokens `target_ids`, the teacher's logprob of each, and the logprob the
+    sampling weights gave it."""
+    student = torch.gather(student_logprobs.float(), 1, target_ids[:, None]).squeeze(1)
+    advantage = (teacher_logprobs.float() - student).detach()
+    ratio = (student - behaviour_logprobs.float()).exp()
+    return -torch.minimum(ratio * advantage, ratio.clamp(1.0 - clip, 1.0 + clip) * advantage)
+
+
+def sampled_token_logprob(target_ids: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """The teacher's logprob of each position's target token, read from its top-k rows
+    (which always hold the sampled token); NaN where a row lacks it, so the loss shows it."""
+    hit = ids == target_ids[:, None]
+    found = torch.where(hit, logprobs.float(), torch.full_like(logprobs, -math.inf, dtype=torch.float32)).amax(-1)
+    return torch.where(hit.any(-1), found, torch.full_like(found, math.nan))
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """Which loss, with its options (`student.loss`, `student.temperature`, ...)."""
@@ -107,6 +139,7 @@ class LossSpec:
     temperature: float = 1.0  # softens both sides of the soft losses (the loss is scaled by T^2)
     jsd_beta: float = 0.5  # jsd: the teacher's weight in the mixture
     soft_label_samples: int = 100  # sampled_soft: teacher draws per position
+    ratio_clip: float = 0.2  # reverse_kl_sampled: the importance ratio's clip
 
 
 def distillation_loss(
@@ -117,8 +150,11 @@ def distillation_loss(
     topk_logprobs: torch.Tensor,
     generator: torch.Generator | None = None,
     reduction: Literal["mean", "sum"] = "mean",
+    sample_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss over the answer positions in the batch; `student_logits`: [N, V] at those positions.
+    `sample_logprobs`: for `reverse_kl_sampled`, the logprob of each target token under the
+    weights that sampled it.
 
     `reduction`: "mean" over the positions, or "sum" of the per-position losses, for a caller
     that divides by a count of its own (the trainer divides by the global batch's answer
@@ -133,6 +169,12 @@ def distillation_loss(
     reduce = torch.sum if reduction == "sum" else torch.mean
     if name == "hard":  # a label, not a distribution: no temperature
         return reduce(hard_label_nll(torch.log_softmax(student_logits.float(), -1), target_ids))
+    if name == "reverse_kl_sampled":
+        if sample_logprobs is None:
+            raise ValueError("student.loss: reverse_kl_sampled needs the student's own samples (data source: student)")
+        teacher = sampled_token_logprob(target_ids, topk_ids, topk_logprobs)
+        student_logprobs = torch.log_softmax(student_logits.float(), -1)
+        return reduce(reverse_kl_sampled(student_logprobs, target_ids, teacher, sample_logprobs, spec.ratio_clip))
     student_logprobs = torch.log_softmax(student_logits.float() / temperature, -1)
     p_log, q_log = bucket_logprobs(student_logprobs, topk_ids, topk_logprobs)
     p_log = temper(p_log, temperature)

@@ -76,7 +76,11 @@ def collate(records: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tenso
         topk_lps.extend(r["topk_logprobs"])
     keep = sorted(set(cols))
     kept_index = {c: i for i, c in enumerate(keep)}
+    # The student's own samples carry the logprob the sampling weights gave each answer token.
+    sampled = [r.get("sample_logprobs") for r in records]
+    behaviour = {"sample_logprobs": torch.tensor([x for s in sampled for x in s])} if all(sampled) else {}
     return {
+        **behaviour,
         "input_ids": input_ids,
         "attention_mask": attention,
         "keep": torch.tensor(keep),
@@ -132,7 +136,14 @@ def rank_loss(
     (verl's `global_token_num` and TRL's `num_items_in_batch` do the same.)
     """
     per_token_sum = distillation_loss(
-        loss, logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"], generator, reduction="sum"
+        loss,
+        logits,
+        batch["target_ids"],
+        batch["topk_ids"],
+        batch["topk_logprobs"],
+        generator,
+        reduction="sum",
+        sample_logprobs=batch.get("sample_logprobs"),
     )
     return per_token_sum * (world_size / global_answer_tokens)
 
@@ -168,7 +179,7 @@ class TrainerSettings:
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> TrainerSettings:
         s = cfg.student
-        loss = LossSpec(s.loss, s.temperature, s.jsd_beta, s.soft_label_samples)
+        loss = LossSpec(s.loss, s.temperature, s.jsd_beta, s.soft_label_samples, s.ratio_clip)
         return cls(
             model_path,
             cfg.model.dtype,

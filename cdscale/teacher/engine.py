@@ -106,8 +106,12 @@ class TeacherEngine:
         self.adapter_dir, self.adapter_loads = Path(tempfile.mkdtemp(prefix="cdscale-adapters-")), 0
         self.num_workers = tp
 
-    def generate_many(self, prompt_ids: list[list[int]], sampling: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Generate for each prompt with its own sampling parameters.
+    def generate_many(
+        self, prompt_ids: list[list[int]], sampling: list[dict[str, Any]], base_weights: bool = False
+    ) -> list[dict[str, Any]]:
+        """Generate for each prompt with its own sampling parameters; with `base_weights`, from
+        the model's own weights even while a student's adapter is held (a frozen teacher
+        beside an on-policy LoRA student).
 
         Outputs are token ids only: the driver decodes, so the engine skips detokenizing
         (and decoding every top-k candidate, which dominated the cost of `logprobs=k`).
@@ -123,7 +127,8 @@ class TeacherEngine:
 
         params = [SamplingParams(**s, detokenize=False, flat_logprobs=True) for s in sampling]
         prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.adapter)
+        adapter = None if base_weights else self.adapter
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=adapter)
         results = []
         for out in outputs:
             completion = out.outputs[0]

@@ -97,8 +97,10 @@ class EngineGroup:
         sampling: list[dict[str, Any]],
         desc: str,
         stop: Callable[[], bool] | None = None,
+        base_weights: bool = False,
     ) -> list[dict[str, Any]]:
-        """Outputs in prompt order, one SamplingParams per prompt (`TeacherEngine.generate_many`).
+        """Outputs in prompt order, one SamplingParams per prompt (`TeacherEngine.generate_many`,
+        which says what `base_weights` does).
 
         When `stop()` turns true, raise `Preempted` (the outputs so far are not kept). When
         an engine dies, a new one takes its place and only its unfinished chunk is sent again.
@@ -115,7 +117,9 @@ class EngineGroup:
                 for engine in self.engines:
                     if pending and engine not in busy:
                         chunk = pending.pop()
-                        ref = engine.generate_many.remote([prompt_ids[i] for i in chunk], [sampling[i] for i in chunk])
+                        ref = engine.generate_many.remote(
+                            [prompt_ids[i] for i in chunk], [sampling[i] for i in chunk], base_weights
+                        )
                         in_flight[ref] = (engine, chunk)
                 done = self._wait_for_one(list(in_flight), stop, f"{desc}: stopped after {bar.n} of {n} prompts", desc)
                 engine, chunk = in_flight.pop(done)
@@ -132,13 +136,19 @@ class EngineGroup:
         return results  # type: ignore[return-value]
 
     def generate_fitting(
-        self, prompt_ids: list[list[int]], sampling: dict[str, Any], desc: str, stop: Callable[[], bool] | None = None
+        self,
+        prompt_ids: list[list[int]],
+        sampling: dict[str, Any],
+        desc: str,
+        stop: Callable[[], bool] | None = None,
+        base_weights: bool = False,
     ) -> list[dict[str, Any] | None]:
         """`generate` with one sampling for every prompt that `fitting` the engines' context,
         and None in the place of each one that does not (it is not sent)."""
         sent = fitting(prompt_ids, self.settings.max_model_len)
         outputs: list[dict[str, Any] | None] = [None] * len(prompt_ids)
-        for i, out in zip(sent, self.generate([prompt_ids[i] for i in sent], [sampling] * len(sent), desc, stop)):
+        sent_outputs = self.generate([prompt_ids[i] for i in sent], [sampling] * len(sent), desc, stop, base_weights)
+        for i, out in zip(sent, sent_outputs):
             outputs[i] = out
         return outputs
 
