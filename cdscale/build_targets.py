@@ -14,7 +14,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable
 
 from cdscale.config import RunFailed
-from cdscale.targets import FlatTopk, average_topk, build_student_record, flatten_topk, gold_record
+from cdscale.targets import (
+    FlatTopk,
+    answer_token_range,
+    average_topk,
+    build_student_record,
+    flatten_topk,
+    gold_record,
+)
 from cdscale.tasks import Example, Task
 
 if TYPE_CHECKING:
@@ -62,13 +69,18 @@ class TargetBuilder:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def teacher(
-        self, operations: list[tuple[Task, list[Example], int]], round_index: int
+        self,
+        operations: list[tuple[Task, list[Example], int]],
+        round_index: int,
+        hold: Callable[[str], bool] | None = None,
+        check: bool = True,
     ) -> tuple[list[tuple[list[dict[str, Any]], TargetCounts]], float]:
         """Sample the teacher on T_teacher(x) for each operation `(task, inputs, ensemble K)` and
         keep its signal on f(y): each operation's records and counts, and the seconds that
         generation took. With K > 1 the signal is the mean over K prompt variants
         (`ensemble_signal`). Every operation's prompts go to the engines in one call, so they
-        decode together: a call per operation would decode them one after the other."""
+        decode together: a call per operation would decode them one after the other. `hold`:
+        as in `student`; without it the engines answer with what they hold."""
         t = self.cfg.teacher
         prompts = [
             [self.tokenizer(task.teacher_prompt(x))["input_ids"] for x in inputs] for task, inputs, _ in operations
@@ -79,10 +91,12 @@ class TargetBuilder:
         # A prompt that leaves no room to generate in the engine's context is skipped and
         # counted as too long (the round fails if too many are).
         sampling = {"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": t.top_k}
+        every_prompt = [p for op_prompts in prompts for p in op_prompts]
         with self.clock("generate"):
             start = time.perf_counter()
+            base = hold("teacher") if hold is not None and every_prompt else False
             every_output = self.engines.generate_fitting(
-                [p for op_prompts in prompts for p in op_prompts], sampling, f"round {round_index} teacher", self.stop
+                every_prompt, sampling, f"round {round_index} teacher", self.stop, base
             )
             generate_s = time.perf_counter() - start
         results, offset = [], 0
@@ -91,15 +105,75 @@ class TargetBuilder:
             generated_tokens = sum(len(o["token_ids"]) for o in outputs if o is not None)
             if ensemble > 1:
                 with self.clock("generate"):
-                    self.ensemble_signal(task, inputs, outputs, ensemble, f"round {round_index} ensemble")
+                    self.ensemble_signal(task, inputs, outputs, ensemble, f"round {round_index} ensemble", base)
             with self.clock("targets"):
-                records, counts = self.from_outputs(task, inputs, outputs, round_index)
+                records, counts = self.from_outputs(task, inputs, outputs, round_index, check=check)
             counts.generated_tokens = generated_tokens
             results.append((records, counts))
         return results, generate_s
 
+    def student(
+        self,
+        operations: list[tuple[Task, list[Example]]],
+        round_index: int,
+        hold: Callable[[str], bool],
+        check: bool = True,
+    ) -> tuple[list[tuple[list[dict[str, Any]], TargetCounts]], float]:
+        """On-policy targets for each operation `(task, inputs)`: the student samples y on
+        T_student(x) (with the logprob of each token it drew), then the teacher reads
+        T_teacher(x) + y and gives its top-k at every position of y (`prompt_logprobs`). The
+        records are the student's prompt and y's answer tokens, as from the teacher. `hold(role)`
+        makes the engines answer as "student" or "teacher" and says whether the teacher's
+        requests must ask for the base weights (an adapter held beside them)."""
+        t = self.cfg.teacher
+        student_prompts = [self.tokenizer(task.student_prompt(x))["input_ids"] for task, xs in operations for x in xs]
+        sampling = {"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": 0}
+        with self.clock("generate"):
+            start = time.perf_counter()
+            base = hold("student")
+            samples = self.engines.generate_fitting(
+                student_prompts, sampling, f"round {round_index} student", self.stop, base
+            )
+            jobs, prompts = [], []  # (sample index, length of its teacher prompt)
+            tasks = [task for task, xs in operations for _ in xs]
+            examples = [x for _, xs in operations for x in xs]
+            for i, (task, x, out) in enumerate(zip(tasks, examples, samples)):
+                if out is None or not out["token_ids"] or self._lost_to_the_cut(task, out):
+                    continue  # skipped below, without the teacher's reading
+                teacher_prompt = self.tokenizer(task.teacher_prompt(x))["input_ids"]
+                jobs.append((i, len(teacher_prompt)))
+                prompts.append(teacher_prompt + out["token_ids"])
+            base = hold("teacher")
+            scoring = {"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": t.top_k}
+            scored = self.engines.generate_fitting(
+                prompts, scoring, f"round {round_index} teacher reads", self.stop, base
+            )
+            generate_s = time.perf_counter() - start
+        readings: list[Any] = [None] * len(samples)
+        for (i, prompt_len), out in zip(jobs, scored):
+            if out is not None:  # the teacher's rows at y's positions
+                rows = FlatTopk(out, prefix="prompt_")
+                readings[i] = [rows[prompt_len + j] for j in range(len(samples[i]["token_ids"]))]
+        results, offset = [], 0
+        for task, inputs in operations:
+            part = slice(offset, offset + len(inputs))
+            offset += len(inputs)
+            with self.clock("targets"):
+                records, counts = self.from_outputs(
+                    task, inputs, samples[part], round_index, readings[part], self._student_record, check
+                )
+            counts.generated_tokens = sum(len(o["token_ids"]) for o in samples[part] if o is not None)
+            results.append((records, counts))
+        return results, generate_s
+
     def ensemble_signal(
-        self, task: Task, examples: list[Example], outputs: list[dict[str, Any] | None], k: int, desc: str
+        self,
+        task: Task,
+        examples: list[Example],
+        outputs: list[dict[str, Any] | None],
+        k: int,
+        desc: str,
+        base_weights: bool = False,
     ) -> None:
         """Replace each output's logprobs with the ensemble teacher's (paper H5, App. B.5): the
         sampled y is scored under K prompt variants (`prompt_logprobs`, one prefill each) and
@@ -121,7 +195,7 @@ class TargetBuilder:
             jobs += [(i, len(p) - len(out["token_ids"])) for p in variants]
             prompts += variants
         scoring = [{"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": t.top_k}] * len(prompts)
-        scored = self.engines.generate(prompts, scoring, desc, self.stop)
+        scored = self.engines.generate(prompts, scoring, desc, self.stop, base_weights)
         for start in range(0, len(jobs), k):
             i = jobs[start][0]
             rows = [FlatTopk(scored[start + v], prefix="prompt_") for v in range(k)]
@@ -141,25 +215,45 @@ class TargetBuilder:
         return span is None or not task.answer_survives_cut(completion, span)
 
     def from_outputs(
-        self, task: Task, examples: list[Example], outputs: list[dict[str, Any] | None], round_index: int
+        self,
+        task: Task,
+        examples: list[Example],
+        outputs: list[dict[str, Any] | None],
+        round_index: int,
+        readings: list[Any] | None = None,
+        make_record: Callable[..., tuple[str | None, dict[str, Any]]] | None = None,
+        check: bool = True,
     ) -> tuple[list[dict[str, Any]], TargetCounts]:
-        """Records from the teacher's outputs; `outputs[i]` is None where the prompt was too long."""
+        """Records from the teacher's outputs; `outputs[i]` is None where the prompt was too
+        long. On-policy: the student's outputs, `readings[i]` the teacher's rows at their
+        positions, and `make_record` the student's record maker. `check`: `check_kept` the result
+        (a caller that merges parts of one operation checks the whole)."""
         records, counts = [], TargetCounts(generated=sum(o is not None for o in outputs))
-        for i, (x, out) in enumerate(zip(examples, outputs)):
-            skipped, record = self._teacher_record(task, x, out)
+        readings = readings or [None] * len(outputs)
+        for i, (x, out, reading) in enumerate(zip(examples, outputs, readings)):
+            if make_record is None:
+                skipped, record = self._teacher_record(task, x, out)
+            else:
+                skipped, record = make_record(task, x, out, reading)
             if skipped:
                 setattr(counts, skipped, getattr(counts, skipped) + 1)
             else:
                 records.append({"index": i, **record})
         counts.kept = len(records)
-        t, skipped = self.cfg.teacher, len(outputs) - len(records)
-        if skipped > t.max_answer_skip_fraction * len(outputs) or len(records) < self.cfg.student.batch_size:
+        if check:
+            self.check_kept(counts, len(outputs), round_index)
+        return records, counts
+
+    def check_kept(self, counts: TargetCounts, inputs: int, round_index: int) -> None:
+        """Fail the round when too many of an operation's inputs were skipped, or fewer than a
+        batch are left (checked on the whole operation, its teacher's and student's parts together)."""
+        t, skipped = self.cfg.teacher, inputs - counts.kept
+        if skipped > t.max_answer_skip_fraction * inputs or counts.kept < self.cfg.student.batch_size:
             raise RunFailed(
-                f"round {round_index}: {skipped} of {len(outputs)} inputs skipped ({counts.as_dict()}); above "
+                f"round {round_index}: {skipped} of {inputs} inputs skipped ({counts.as_dict()}); above "
                 f"teacher.max_answer_skip_fraction={t.max_answer_skip_fraction} or fewer left than one batch "
                 f"(too_long: prompts of teacher.max_model_len={t.max_model_len} tokens or more)"
             )
-        return records, counts
 
     def _teacher_record(self, task: Task, x: Example, out: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
         """(the TargetCounts field it is skipped as, or None) and the record of one teacher output."""
@@ -190,10 +284,55 @@ class TargetBuilder:
         return None, {
             "input": x.input,
             "gold": x.gold,
+            "source": "teacher",
             "teacher_completion": completion,
             "answer": answer,
             # A synthetic input of a records task has no gold to score against.
             "teacher_correct": None if x.gold is None else task.score(x, answer),
+            **vars(rec),
+        }
+
+    def _student_record(
+        self, task: Task, x: Example, out: dict[str, Any] | None, reading: list[dict[str, float]] | None
+    ) -> tuple[str | None, dict[str, Any]]:
+        """(the TargetCounts field it is skipped as, or None) and the record of one student
+        sample `out` with the teacher's rows `reading` at its positions."""
+        if out is None:
+            return "too_long", {}
+        if self._lost_to_the_cut(task, out):
+            return "truncated", {}
+        completion = self.decode(out["token_ids"])
+        span = task.answer_span(completion)
+        if span is None:
+            return "no_answer", {}
+        if reading is None:  # the student's prompt fit, the teacher's prompt plus y did not
+            return "too_long", {}
+        student_ids = self.tokenizer(task.student_prompt(x))["input_ids"]
+        try:
+            first, _ = answer_token_range(out["token_ids"], span, self.decode)
+            rec = build_student_record(
+                student_ids,
+                out["token_ids"],
+                reading,
+                span,
+                self.decode,
+                self.tokenizer.eos_token_id,
+                self.cfg.teacher.top_k,
+            )
+        except ValueError:
+            return "unaligned", {}
+        if self.student_max_len is not None and len(rec.input_ids) > self.student_max_len:
+            return "too_long", {}
+        sampled = FlatTopk(out)
+        answer = completion[span[0] : span[1]]
+        return None, {
+            "input": x.input,
+            "gold": x.gold,
+            "source": "student",
+            "student_completion": completion,
+            "answer": answer,
+            "sample_correct": None if x.gold is None else task.score(x, answer),
+            "sample_logprobs": [sampled[first + j][token] for j, token in enumerate(rec.answer_ids)],
             **vars(rec),
         }
 

@@ -299,21 +299,29 @@ def load_latest_state(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
 _MANIFEST_REMEDY = "remove data/ and state/ to regenerate the data and train again, or start a new run"
 
 
-def write_shard(run_dir: Path, round_index: int, records: list[dict[str, Any]], counts: dict[str, int]) -> None:
-    """A round's distillation data as Parquet (`datasets.load_dataset("parquet", data_files=...)`,
-    pandas and pyarrow read it as it is), then its entry in data/manifest.json (size, hash, counts).
-    Records of several kinds share one table: a field one kind lacks is null in its rows."""
+def _shard_key(round_index: int, refresh: int | None) -> str:
+    """A shard's key in data/manifest.json: "r" for a round's data, "r.j" for refresh j of round r."""
+    return str(round_index) if refresh is None else f"{round_index}.{refresh}"
+
+
+def write_shard(
+    run_dir: Path, round_index: int, records: list[dict[str, Any]], counts: dict[str, int], refresh: int | None = None
+) -> None:
+    """A round's distillation data (or one refresh's: `data.refresh_every_steps`) as Parquet
+    (`datasets.load_dataset("parquet", data_files=...)`, pandas and pyarrow read it as it is),
+    then its entry in data/manifest.json (size, hash, counts). Records of several kinds share
+    one table: a field one kind lacks is null in its rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    name = f"round_{round_index}.parquet"
+    name = f"round_{round_index}.parquet" if refresh is None else f"round_{round_index}_refresh_{refresh}.parquet"
     fields = dict.fromkeys(key for record in records for key in record)
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table({key: [record.get(key) for record in records] for key in fields}), sink)
     data = sink.getvalue().to_pybytes()
     write_bytes_atomic(run_dir / "data" / name, data)
     manifest = _manifest(run_dir)
-    manifest[str(round_index)] = {
+    manifest[_shard_key(round_index, refresh)] = {
         "file": name,
         "records": len(records),
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -370,13 +378,15 @@ def check_run_files(run_dir: Path, state: Path | None) -> None:
         _shard_bytes(run_dir, entry)
 
 
-def read_shard(run_dir: Path, round_index: int) -> tuple[list[dict[str, Any]], dict[str, int]] | None:
-    """A committed round's data and counts (checked against the manifest), or None. Runs
-    written before 2026-12-03 have JSON-lines shards (`round_<r>.jsonl`), read as such."""
+def read_shard(
+    run_dir: Path, round_index: int, refresh: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, int]] | None:
+    """A committed round's (or refresh's) data and counts (checked against the manifest), or
+    None. Runs written before 2026-12-03 have JSON-lines shards (`round_<r>.jsonl`), read as such."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    entry = _manifest(run_dir).get(str(round_index))
+    entry = _manifest(run_dir).get(_shard_key(round_index, refresh))
     if entry is None:
         return None
     data = _shard_bytes(run_dir, entry)

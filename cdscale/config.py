@@ -517,17 +517,7 @@ def validate(cfg: Config) -> Config:
     _check_actor_resources(cfg)
     if cfg.teacher.kv_cache_gib <= 0:
         raise ConfigError(f"teacher.kv_cache_gib: must be positive, got {cfg.teacher.kv_cache_gib}")
-    if not 0 < cfg.student.jsd_beta < 1:
-        raise ConfigError(f"student.jsd_beta: must be in (0, 1), got {cfg.student.jsd_beta}")
-    if cfg.student.temperature <= 0 or cfg.student.soft_label_samples < 1:
-        raise ConfigError(
-            f"student.temperature and student.soft_label_samples: must be positive, got "
-            f"{cfg.student.temperature} and {cfg.student.soft_label_samples}"
-        )
-    if cfg.student.lr <= 0:
-        raise ConfigError(f"student.lr: must be positive, got {cfg.student.lr}")
-    if not 0 < cfg.student.ratio_clip < 1:
-        raise ConfigError(f"student.ratio_clip: must be in (0, 1), got {cfg.student.ratio_clip}")
+    _check_loss(cfg.student)
     if cfg.data.refresh_every_steps < 0:
         raise ConfigError(
             f"data.refresh_every_steps: must not be negative (0: once per round), got {cfg.data.refresh_every_steps}"
@@ -543,8 +533,26 @@ def validate(cfg: Config) -> Config:
         for name, value in values.items() if isinstance(values, dict) else ():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{section}.{name}: must be a finite number, got {value}")
-    stages = resolve_stages(cfg)
-    if cfg.student.loss == "reverse_kl_sampled":
+    _check_loss_source(cfg.student, resolve_stages(cfg))
+    return cfg
+
+
+def _check_loss(s: StudentConfig) -> None:
+    if not 0 < s.jsd_beta < 1:
+        raise ConfigError(f"student.jsd_beta: must be in (0, 1), got {s.jsd_beta}")
+    if s.temperature <= 0 or s.soft_label_samples < 1:
+        raise ConfigError(
+            f"student.temperature and student.soft_label_samples: must be positive, got "
+            f"{s.temperature} and {s.soft_label_samples}"
+        )
+    if s.lr <= 0:
+        raise ConfigError(f"student.lr: must be positive, got {s.lr}")
+    if not 0 < s.ratio_clip < 1:
+        raise ConfigError(f"student.ratio_clip: must be in (0, 1), got {s.ratio_clip}")
+
+
+def _check_loss_source(s: StudentConfig, stages: list[StageConfig]) -> None:
+    if s.loss == "reverse_kl_sampled":
         sampled_elsewhere = [
             op.name for stage in stages for op in stage.operations if op.num_train and op.source != "student"
         ]
@@ -553,7 +561,6 @@ def validate(cfg: Config) -> Config:
                 f"student.loss: reverse_kl_sampled is an estimate on the student's own samples; operation "
                 f"{sampled_elsewhere[0]!r} trains on other responses (its source, or targets, is not the student's)"
             )
-    return cfg
 
 
 def weight_transport(cfg: Config) -> tuple[str, str | None]:

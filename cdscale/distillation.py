@@ -18,8 +18,10 @@ the sync after training run to the round's commit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import random
 import time
 from contextlib import contextmanager
@@ -53,7 +55,7 @@ from cdscale.placement import bundle_nodes, init_ray, release, reserve
 from cdscale.preemption import Preempted, StopRequest
 from cdscale.report import kl_table, results_table
 from cdscale.student.group import TrainerGroup
-from cdscale.student.loop import train_round
+from cdscale.student.loop import TrainStats, train_round
 from cdscale.student.lora import write_adapter
 from cdscale.sync import EngineWeights, make_weight_sync
 from cdscale.sync.object_store import export_weights
@@ -124,6 +126,8 @@ class Distillation:
             self.eval_sets, self.train_inputs = sample_splits(cfg, self.stages, self.tasks)
         self.progress = Progress()
         self.initial: EngineWeights | None = None  # the model's own weights, kept when engines must return to them
+        self.pushed: EngineWeights | None = None  # what the last push gave the engines
+        self.on_policy = any(op.source != "teacher" for stage in self.stages for op in stage.operations if op.num_train)
 
     @contextmanager
     def cluster(self) -> Iterator[None]:
@@ -195,7 +199,9 @@ class Distillation:
         Either way the engines then hold what round `progress.round` generates with."""
         state = self.committed
         frozen = self.cfg.teacher.mode == "frozen"
-        if self.engines.weights.version != 0 or (frozen and len(self.plan) > 1):
+        # Frozen teachers beside on-policy students swap the engines between both within a round.
+        swaps = frozen and (len(self.plan) > 1 or self.on_policy)
+        if self.engines.weights.version != 0 or swaps:
             # The ranks hold the model's own weights until a state is loaded: keep them for
             # the frozen teacher, and for engines that hold a student no commit knows of.
             with self.clock("sync"):
@@ -224,7 +230,10 @@ class Distillation:
             )
             with self.clock("checkpoint"):
                 self.trainers.call("load_state", str(folder))
-        self._engines_hold(0 if frozen else self.progress.round)
+        if frozen:
+            self._engines_hold(0)
+        else:
+            self._engines_hold(*self.student_now())
         if state is None and self.cfg.eval.before:
             self.progress.summary["teacher"] = self.evaluate(list(self.tasks), "teacher", "teacher")
             self.progress.summary["student_before"] = self.evaluate(list(self.tasks), "student", "student_before")
@@ -232,25 +241,49 @@ class Distillation:
             self.sample_references()
             self.measure_gaps(list(self.tasks), "student_before")
 
-    def _engines_hold(self, version: int) -> None:
-        """Make the engines hold weights `version`: 0 the model's own, n the trainers' after round n - 1."""
-        if self.engines.weights.version == version:
+    def student_now(self) -> tuple[int, int]:
+        """The trainers' weights now as an engine (version, step), see `EngineWeights`."""
+        r, step = self.progress.round, self.progress.step
+        return (r + 1, step) if step else (r, 0)
+
+    def _engines_hold(self, version: int, step: int = 0) -> None:
+        """Make the engines hold weights `version`: 0 the model's own, n the trainers' after round
+        n - 1 (with `step`: the trainers' at that step of round n - 1). Weights the last push left in
+        the object store are loaded again rather than exported again."""
+        held, pushed = self.engines.weights, self.pushed
+        if (held.version, held.step) == (version, step):
             return
         if version == 0:
-            with self.clock("sync"):
-                self.sync.load(self.engines.engines, self.initial)
-            self.engines.weights = self.initial
+            weights = self.initial
+        elif pushed is not None and pushed.packed is not None and (pushed.version, pushed.step) == (version, step):
+            weights = pushed
         else:
-            self.push(version)
+            self.push(version, step)
+            return
+        with self.clock("sync"):
+            stats = self.sync.load(self.engines.engines, weights)
+        self.engines.weights = weights
+        self.log.write(event="reload", round=self.progress.round, step=self.progress.step, **stats.as_event())
+
+    def hold(self, role: str) -> bool:
+        """Make the engines answer as `role` at this point of the round: "student" the trainers'
+        weights now, "teacher" the frozen model's own weights, or in recursive mode the
+        student's (the student teaches itself, refreshed with it). True when the teacher's
+        requests must ask for the base weights beside a student's adapter (no reload)."""
+        if role == "teacher" and self.cfg.teacher.mode == "frozen":
+            if self.sync.transport == "adapter":
+                return True
+            self._engines_hold(0)
+        else:
+            self._engines_hold(*self.student_now())
+        return False
 
     def rounds(self) -> None:
         for r in range(self.progress.round, len(self.plan)):
             k, stage, last_of_stage = self.plan[r]
             self.log.write(event="round_start", round=r, stage=stage.name, stage_index=k)
             self._engines_hold(0 if self.cfg.teacher.mode == "frozen" else r)
-            records, counts = self.build_targets(r, stage)
-            with self.clock("train"):
-                stats = train_round(self.cfg, self.trainers, records, self.progress, self.log, self.stop)
+            stats, counts = self.train(r, stage)
             if stats is None:
                 self.commit()
                 raise Preempted(
@@ -271,24 +304,59 @@ class Distillation:
             # The last commit (this run's, or the one a resumed run started from) holds the final student.
             copy_dir_atomic(load_latest_state(self.run_dir)[0] / "student", self.run_dir / "student")
 
-    def build_targets(self, r: int, stage: StageConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Round r's records of every operation of its stage (one mixture), committed as its
-        data shard before training; a resumed round reuses its shard."""
-        shard = read_shard(self.run_dir, r)
+    def train(self, r: int, stage: StageConfig) -> tuple[TrainStats | None, dict[str, Any]]:
+        """Round r's targets and training: at once, or (`data.refresh_every_steps`) refresh by
+        refresh, each generating with the weights the previous one left. The round's stats
+        (None when a stop came) and its target counts."""
+        cfg, training = self.cfg, [op for op in stage.operations if op.num_train > 0]
+        every = cfg.data.refresh_every_steps
+        if not every:
+            records, counts = self.build_targets(r, stage, self.train_inputs[r])
+            with self.clock("train"):
+                return train_round(cfg, self.trainers, records, self.progress, self.log, self.stop), counts
+        # The round's steps as its inputs make them (skips aside), cut into refreshes of `every`.
+        inputs = {op.name: self.train_inputs[r][op.name] for op in training}
+        total = max(1, sum(map(len, inputs.values())) // cfg.student.batch_size) * cfg.student.epochs
+        refreshes = math.ceil(total / every)
+        seconds, tokens, counts = 0.0, 0, {}
+        stats = TrainStats(total, math.nan, math.nan, 0.0, 0.0)  # when every refresh was trained before a resume
+        for j in range(refreshes):
+            steps = range(j * every, min((j + 1) * every, total))
+            if self.progress.step >= steps.stop:  # trained before this run resumed
+                counts[j] = (read_shard(self.run_dir, r, j) or ([], {}))[1]
+                continue
+            part = {name: xs[j * len(xs) // refreshes : (j + 1) * len(xs) // refreshes] for name, xs in inputs.items()}
+            records, counts[j] = self.build_targets(r, stage, part, refresh=j)
+            with self.clock("train"):
+                trained = train_round(
+                    cfg, self.trainers, records, self.progress, self.log, self.stop, (j, steps, total)
+                )
+            if trained is None:
+                return None, counts
+            stats, seconds, tokens = trained, seconds + trained.train_seconds, tokens + trained.train_tokens
+        stats = dataclasses.replace(
+            stats, train_seconds=seconds, train_tokens=tokens, train_tokens_per_s=tokens / seconds if seconds else 0.0
+        )
+        return stats, {"refreshes": refreshes, **_added(list(counts.values()))}
+
+    def build_targets(
+        self, r: int, stage: StageConfig, inputs: dict[str, list[Example]], refresh: int | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The records of every operation of round r's stage (one mixture) on `inputs`, committed
+        as the round's (or refresh's) data shard before training; a resumed round reuses it.
+        Each operation's responses come from its `source`: the teacher, the student, or both."""
+        shard = read_shard(self.run_dir, r, refresh)
         if shard is not None:
             log.info("round %d: reusing the %d committed distillation examples", r, len(shard[0]))
             return shard
         builder = TargetBuilder(self.cfg, self.tokenizer, self.engines, self.clock, self.stop, self.student_max_len)
         training = [op for op in stage.operations if op.num_train > 0]
-        inputs = {op.name: self.train_inputs[r].get(op.name) for op in training}
+        inputs = {op.name: inputs.get(op.name) for op in training}
         synthetic = self.synthetic_inputs(r, [op for op in training if op.inputs == "synthetic"])
         for name, (made, _) in synthetic.items():
             inputs[name] = made
-        from_teacher = [op for op in training if op.targets == "teacher"]
-        teacher_results, generate_s = builder.teacher(
-            [(self.tasks[op.name], inputs[op.name], op.ensemble) for op in from_teacher], r
-        )
-        built = dict(zip((op.name for op in from_teacher), teacher_results))
+        sampled = [op for op in training if op.targets == "teacher"]
+        built, generate_s = self._sampled_targets(builder, r, sampled, inputs, refresh)
         for op in training:
             if op.targets != "teacher":
                 built[op.name] = builder.gold(self.tasks[op.name], inputs[op.name], op.targets)
@@ -302,14 +370,18 @@ class Distillation:
             "synthetic_inputs": {name: counts for name, (_, counts) in synthetic.items()},
         }
         with self.clock("checkpoint"):
-            write_shard(self.run_dir, r, records, counts)
+            write_shard(self.run_dir, r, records, counts, refresh)
         tokens_per_s = total.generated_tokens / generate_s if generate_s else None
-        self.log.write(event="targets", round=r, stage=stage.name, generate_tokens_per_s=tokens_per_s, **counts)
+        where = {} if refresh is None else {"refresh": refresh}
+        self.log.write(
+            event="targets", round=r, **where, stage=stage.name, generate_tokens_per_s=tokens_per_s, **counts
+        )
         log.info(
-            "%s round %d: %d distillation examples; "
+            "%s round %d%s: %d distillation examples; "
             "skipped: %d without an answer, %d truncated, %d unaligned, %d too long",
             stage.name,
             r,
+            "" if refresh is None else f" refresh {refresh}",
             total.kept,
             total.no_answer,
             total.truncated,
@@ -317,6 +389,53 @@ class Distillation:
             total.too_long,
         )
         return records, counts
+
+    def _sampled_targets(
+        self,
+        builder: TargetBuilder,
+        r: int,
+        sampled: list[OperationConfig],
+        inputs: dict[str, list[Example]],
+        refresh: int | None,
+    ) -> tuple[dict[str, tuple[list[dict[str, Any]], TargetCounts]], float]:
+        """The records and counts of each operation whose responses are sampled, and the
+        seconds generation took: the teacher answers its part of the inputs, then the student
+        its part (which inputs, by `_student_answers`)."""
+        to_student = {op.name: self._student_answers(op, inputs[op.name], r, refresh) for op in sampled}
+        parts = {
+            who: [
+                [x for x, s in zip(inputs[op.name], to_student[op.name]) if s == (who == "student")] for op in sampled
+            ]
+            for who in ("teacher", "student")
+        }
+        teacher_results, generate_s = builder.teacher(
+            [(self.tasks[op.name], xs, op.ensemble) for op, xs in zip(sampled, parts["teacher"])],
+            r,
+            self.hold,
+            check=False,
+        )
+        student_results, student_s = ([], 0.0)
+        if any(parts["student"]):
+            student_results, student_s = builder.student(
+                [(self.tasks[op.name], xs) for op, xs in zip(sampled, parts["student"])], r, self.hold, check=False
+            )
+        built = {}
+        for i, op in enumerate(sampled):
+            made = [teacher_results[i]] + ([student_results[i]] if student_results else [])
+            # Each record's index is its input's place among the operation's inputs.
+            places = {who: [k for k, s in enumerate(to_student[op.name]) if s == (who == "student")] for who in parts}
+            records = [{**rec, "index": places[rec["source"]][rec["index"]]} for recs, _ in made for rec in recs]
+            counts = sum((c for _, c in made), TargetCounts())
+            builder.check_kept(counts, len(inputs[op.name]), r)
+            built[op.name] = (records, counts)
+        return built, generate_s + student_s
+
+    def _student_answers(self, op: OperationConfig, xs: list[Example], r: int, refresh: int | None) -> list[bool]:
+        """For each input of `op`, whether the student answers it (its `source`; mixed: a seeded draw)."""
+        if op.source != "mixed":
+            return [op.source == "student"] * len(xs)
+        rng = random.Random(f"{self.cfg.data.seed}-source-{r}-{refresh}-{op.name}")
+        return [rng.random() < op.student_fraction for _ in xs]
 
     def synthetic_inputs(self, r: int, ops: list[OperationConfig]) -> dict[str, tuple[list[Example], dict[str, int]]]:
         """x sampled from the engines (which hold the teacher), few-shot prompted with inputs
@@ -337,12 +456,15 @@ class Distillation:
                 )
         return {op.name: result for op, result in zip(ops, made)}
 
-    def push(self, version: int) -> dict[str, Any]:
-        """The trainers' weights into the engines as `version`; returns the sync's event."""
+    def push(self, version: int, step: int = 0) -> dict[str, Any]:
+        """The trainers' weights into the engines as `version` (and `step`: mid-round, see
+        `EngineWeights`); returns the sync's event."""
         with self.clock("sync"):
-            stats, self.engines.weights = self.sync.push(self.trainers.actors, self.engines.engines, version)
+            stats, held = self.sync.push(self.trainers.actors, self.engines.engines, version)
+        self.engines.weights = self.pushed = dataclasses.replace(held, step=step)
         event = stats.as_event()
-        self.log.write(event="sync", round=version - 1, **event)
+        # After round version - 1, or at `step` of it.
+        self.log.write(event="sync", round=version - 1, **({"step": step} if step else {}), **event)
         return event
 
     def evaluate(self, ops: list[str], role: str, label: str) -> dict[str, dict[str, float]]:
@@ -443,7 +565,8 @@ class Distillation:
             self.trainers.call("save_state", str(tmp))
             held, timeout_s = self.engines.weights, self.cfg.run.timeout_s
             # What the engines took at the last sync, when that is what the trainers hold now.
-            synced = held.packed is not None and held.version == self.progress.round and self.progress.step == 0
+            now = self.student_now()
+            synced = held.packed is not None and (held.version, held.step) == now
             student = held.packed if synced and not held.adapter else export_weights(self.trainers.actors, timeout_s)
             save_hf_checkpoint(ray.get(student).named_tensors(), self.model_path, tmp / "student")
             if self.cfg.student.lora.r > 0:
@@ -465,6 +588,19 @@ class Distillation:
         write_json_atomic(self.run_dir / "summary.json", summary)
         print(format_table(summary))
         return summary
+
+
+def _added(counts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The target counts of a round's refreshes as one: numbers summed, each refresh's
+    per-operation counts summed per operation."""
+    total: dict[str, Any] = {}
+    for part in counts:
+        for key, value in part.items():
+            if isinstance(value, dict):
+                total[key] = _added([total.get(key, {}), value]) if value else total.get(key, {})
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total
 
 
 def _headline(metrics: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from cdscale.student.losses import (
     forward_kl_topk,
     hard_label_nll,
     jsd,
+    sampled_reverse_kl_loss,
 )
 
 
@@ -206,9 +207,7 @@ def test_reverse_kl_sampled_expected_gradient_is_the_reverse_kl_gradient():
     for y in range(vocab):
         targets = torch.full((3,), y)
         behaviour = torch.log_softmax(logits, -1).detach()[:, y]
-        loss = distillation_loss(
-            "reverse_kl_sampled", logits, targets, ids, teacher, reduction="sum", sample_logprobs=behaviour
-        )
+        loss = sampled_reverse_kl_loss(LossSpec("reverse_kl_sampled"), logits, targets, ids, teacher, behaviour, "sum")
         (grad,) = torch.autograd.grad(loss, logits)
         estimate += student.detach().exp()[:, y : y + 1] * grad
     assert torch.allclose(estimate, expected, atol=1e-5)
@@ -223,13 +222,8 @@ def test_reverse_kl_sampled_clips_the_ratio_of_stale_samples():
     logits = torch.tensor([[1.0, 0.0, 0.0]], requires_grad=True)
     now = torch.log_softmax(logits, -1)[0, 0].detach()
     for behaviour, clipped in ((now - 1.0, True), (now - 0.1, False)):
-        loss = distillation_loss(
-            LossSpec("reverse_kl_sampled", ratio_clip=0.2),
-            logits,
-            target,
-            ids,
-            teacher,
-            sample_logprobs=behaviour[None],
+        loss = sampled_reverse_kl_loss(
+            LossSpec("reverse_kl_sampled", ratio_clip=0.2), logits, target, ids, teacher, behaviour[None]
         )
         (grad,) = torch.autograd.grad(loss, logits)
         advantage = teacher[0, 0] - now
@@ -247,7 +241,7 @@ def test_reverse_kl_sampled_needs_the_samples_logprobs_and_their_teacher_logprob
     with pytest.raises(ValueError, match="data source: student"):
         distillation_loss("reverse_kl_sampled", student, top.indices[:, 0], top.indices, top.values)
     outside = teacher.topk(4, -1).indices[:, 3]  # not in any row of the top 3
-    loss = distillation_loss(
-        "reverse_kl_sampled", student, outside, top.indices, top.values, sample_logprobs=torch.zeros(len(outside))
+    loss = sampled_reverse_kl_loss(
+        LossSpec("reverse_kl_sampled"), student, outside, top.indices, top.values, torch.zeros(len(outside))
     )
     assert torch.isnan(loss)  # a row without the sampled token is a broken record, not a zero

@@ -8,6 +8,7 @@ is used twice.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class TrainStats:
     loss_last: float  # mean of the last 10
     train_tokens_per_s: float
     train_seconds: float
+    train_tokens: int = 0
 
 
 def batch_plan(num_records: int, batch_size: int, epochs: int, rng: random.Random) -> list[tuple[int, list[int]]]:
@@ -51,25 +53,30 @@ def train_round(
     progress: Progress,
     log: MetricsLog,
     stop: Callable[[], bool],
+    refresh: tuple[int, range, int] | None = None,
 ) -> TrainStats | None:
     """Train `progress.round` from step `progress.step` on, appending each step's loss to
     `progress.losses`. Returns None when `stop()` turned true between calls (the caller
-    commits the state), else the round's statistics."""
+    commits the state), else the statistics of the steps trained (the losses: the round's).
+
+    `refresh` (index j, its steps, the round's steps): train only that range of the round's
+    steps on `records`, as many passes over them as the range takes, with the learning-rate
+    schedule of the whole round."""
     from tqdm import tqdm
 
     s, r = cfg.student, progress.round
-    plan = batch_plan(len(records), s.batch_size, s.epochs, random.Random(f"{cfg.data.seed}-shuffle-{r}"))
+    plan, steps, total, desc = _round_plan(cfg, len(records), r, refresh)
     trainers.call("set_records", ray.put(records))
-    total, tokens, start = len(plan), 0, time.perf_counter()
-    with tqdm(total=total, initial=progress.step, desc=f"round {r} train", unit="step", leave=False) as bar:
-        for first in range(progress.step, total, s.steps_per_call):
+    tokens, start = 0, time.perf_counter()
+    first_step = max(progress.step, steps.start)
+    with tqdm(total=len(steps), initial=first_step - steps.start, desc=desc, unit="step", leave=False) as bar:
+        for first in range(first_step, steps.stop, s.steps_per_call):
             if stop():
                 return None
-            chunk = range(first, min(first + s.steps_per_call, total))
+            chunk = range(first, min(first + s.steps_per_call, steps.stop))
             lrs = [s.lr * warmup_cosine(step, total, s.warmup_steps) for step in chunk]
-            per_rank = _train_steps(
-                cfg, trainers, [plan[step][1] for step in chunk], lrs, f"round {r}, steps {first}-{chunk.stop - 1}"
-            )
+            batches = [plan[step - steps.start][1] for step in chunk]
+            per_rank = _train_steps(cfg, trainers, batches, lrs, f"round {r}, steps {first}-{chunk.stop - 1}")
             for k, step in enumerate(chunk):
                 stats = combine_rank_stats([rank_stats[k] for rank_stats in per_rank])
                 tokens += stats["tokens"]
@@ -77,7 +84,7 @@ def train_round(
                 log.write(
                     event="train",
                     round=r,
-                    epoch=plan[step][0],
+                    epoch=plan[step - steps.start][0],
                     step=step,
                     loss=stats["loss"],
                     lr=lrs[k],
@@ -87,10 +94,32 @@ def train_round(
             bar.set_postfix(loss=f"{progress.losses[-1]:.4f}")
             bar.update(len(chunk))
     seconds = time.perf_counter() - start
-    head, tail = progress.losses[: min(10, total)], progress.losses[-min(10, total) :]
+    done = progress.losses or [math.nan]
+    head, tail = done[:10], done[-10:]
     return TrainStats(
-        total, sum(head) / len(head), sum(tail) / len(tail), tokens / seconds if seconds > 0 else 0.0, seconds
+        total,
+        sum(head) / len(head),
+        sum(tail) / len(tail),
+        tokens / seconds if seconds > 0 else 0.0,
+        seconds,
+        tokens,
     )
+
+
+def _round_plan(
+    cfg: Config, num_records: int, r: int, refresh: tuple[int, range, int] | None
+) -> tuple[list[tuple[int, list[int]]], range, int, str]:
+    """`train_round`'s batch plan (indexed from its first step), its steps, the round's total
+    steps and the progress bar's label."""
+    s = cfg.student
+    if refresh is None:
+        plan = batch_plan(num_records, s.batch_size, s.epochs, random.Random(f"{cfg.data.seed}-shuffle-{r}"))
+        return plan, range(len(plan)), len(plan), f"round {r} train"
+    j, steps, total = refresh
+    passes = math.ceil(len(steps) / (num_records // s.batch_size))  # a pass drops its partial batch
+    rng = random.Random(f"{cfg.data.seed}-shuffle-{r}-refresh-{j}")
+    plan = batch_plan(num_records, s.batch_size, passes, rng)[: len(steps)]
+    return plan, steps, total, f"round {r} refresh {j} train"
 
 
 def _train_steps(

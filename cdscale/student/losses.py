@@ -150,11 +150,9 @@ def distillation_loss(
     topk_logprobs: torch.Tensor,
     generator: torch.Generator | None = None,
     reduction: Literal["mean", "sum"] = "mean",
-    sample_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The loss over the answer positions in the batch; `student_logits`: [N, V] at those positions.
-    `sample_logprobs`: for `reverse_kl_sampled`, the logprob of each target token under the
-    weights that sampled it.
+    """The loss over the answer positions in the batch; `student_logits`: [N, V] at those
+    positions. `reverse_kl_sampled` needs the samples' own logprobs: `sampled_reverse_kl_loss`.
 
     `reduction`: "mean" over the positions, or "sum" of the per-position losses, for a caller
     that divides by a count of its own (the trainer divides by the global batch's answer
@@ -170,11 +168,7 @@ def distillation_loss(
     if name == "hard":  # a label, not a distribution: no temperature
         return reduce(hard_label_nll(torch.log_softmax(student_logits.float(), -1), target_ids))
     if name == "reverse_kl_sampled":
-        if sample_logprobs is None:
-            raise ValueError("student.loss: reverse_kl_sampled needs the student's own samples (data source: student)")
-        teacher = sampled_token_logprob(target_ids, topk_ids, topk_logprobs)
-        student_logprobs = torch.log_softmax(student_logits.float(), -1)
-        return reduce(reverse_kl_sampled(student_logprobs, target_ids, teacher, sample_logprobs, spec.ratio_clip))
+        raise ValueError("student.loss: reverse_kl_sampled needs the student's own samples (data source: student)")
     student_logprobs = torch.log_softmax(student_logits.float() / temperature, -1)
     p_log, q_log = bucket_logprobs(student_logprobs, topk_ids, topk_logprobs)
     p_log = temper(p_log, temperature)
@@ -185,3 +179,22 @@ def distillation_loss(
     else:
         per_position = jsd(p_log, q_log, spec.jsd_beta)
     return reduce(per_position) * temperature**2
+
+
+def sampled_reverse_kl_loss(
+    spec: LossSpec,
+    student_logits: torch.Tensor,
+    target_ids: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    sample_logprobs: torch.Tensor,
+    reduction: Literal["mean", "sum"] = "mean",
+) -> torch.Tensor:
+    """`reverse_kl_sampled` over the answer positions (arguments as in `distillation_loss`);
+    `sample_logprobs`: the logprob of each target token under the weights that sampled it."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: unknown {reduction!r}; allowed: {list(REDUCTIONS)}")
+    teacher = sampled_token_logprob(target_ids, topk_ids, topk_logprobs)
+    student_logprobs = torch.log_softmax(student_logits.float(), -1)
+    per_token = reverse_kl_sampled(student_logprobs, target_ids, teacher, sample_logprobs, spec.ratio_clip)
+    return per_token.sum() if reduction == "sum" else per_token.mean()

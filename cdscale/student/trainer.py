@@ -22,7 +22,7 @@ import torch
 
 from cdscale.checkpoint import rng_state, set_rng_state, write_json_atomic
 from cdscale.student.lora import WeightEntry, adapter_config, adapter_parameters, add_adapters, weight_entries
-from cdscale.student.losses import LossSpec, distillation_loss
+from cdscale.student.losses import LossSpec, distillation_loss, sampled_reverse_kl_loss
 from cdscale.sync.broadcast import BucketPlan, SyncGroup, close_group, open_group, pack_bucket, plan_entry
 from cdscale.sync.packing import PackedWeights, buckets, pack
 
@@ -135,16 +135,12 @@ def rank_loss(
     per-rank mean would give, weighs the tokens of a rank with fewer of them more.
     (verl's `global_token_num` and TRL's `num_items_in_batch` do the same.)
     """
-    per_token_sum = distillation_loss(
-        loss,
-        logits,
-        batch["target_ids"],
-        batch["topk_ids"],
-        batch["topk_logprobs"],
-        generator,
-        reduction="sum",
-        sample_logprobs=batch.get("sample_logprobs"),
-    )
+    teacher = batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
+    spec = LossSpec(loss) if isinstance(loss, str) else loss
+    if spec.name == "reverse_kl_sampled" and "sample_logprobs" in batch:
+        per_token_sum = sampled_reverse_kl_loss(spec, logits, *teacher, batch["sample_logprobs"], reduction="sum")
+    else:
+        per_token_sum = distillation_loss(spec, logits, *teacher, generator, reduction="sum")
     return per_token_sum * (world_size / global_answer_tokens)
 
 

@@ -26,11 +26,14 @@ class EngineWeights:
     """The weights the engines hold. Version 0 without `packed`: the model as the engines
     loaded it at start. `packed`: an ObjectRef of `PackedWeights` in the object store, when
     the weights went that way. Version n > 0 without `packed`: the trainers' weights as
-    they were at sync n (broadcast), which the trainers keep until training starts again."""
+    they were at sync n (broadcast), which the trainers keep until training starts again.
+    `step` > 0: the trainers' weights at that step of round `version - 1`, mid-round
+    (`data.refresh_every_steps`), so version 0 is always the untrained model."""
 
     version: int = 0
     packed: ray.ObjectRef | None = None
     adapter: bool = False  # `packed` holds a LoRA adapter (and its config), not full weights
+    step: int = 0
 
 
 @dataclass
