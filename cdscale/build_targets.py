@@ -333,6 +333,8 @@ class TargetBuilder:
             "answer": answer,
             "sample_correct": None if x.gold is None else task.score(x, answer),
             "sample_logprobs": [sampled[first + j][token] for j, token in enumerate(rec.answer_ids)],
+            "sample_token_ids": out["token_ids"],  # all of y, which the teacher read
+            "sample_answer_start": first,  # where in y the answer (the record's targets) starts
             **vars(rec),
         }
 
