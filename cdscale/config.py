@@ -646,6 +646,11 @@ def _check_source(cfg: Config, op: OperationConfig, where: str) -> None:
     """Whether an operation's responses can come from where its `source` says."""
     if not 0 <= op.student_fraction <= 1:
         raise ConfigError(f"{where}.student_fraction: must be in [0, 1], got {op.student_fraction}")
+    if op.num_train and op.inputs == "synthetic" and cfg.data.refresh_every_steps:
+        raise ConfigError(
+            f"{where}.inputs: synthetic inputs are drawn once per round and not kept apart from its data; with "
+            "data.refresh_every_steps they cannot be split into refreshes (use inputs: own)"
+        )
     if op.source == "teacher" or op.num_train == 0:
         return
     if op.targets != "teacher":
@@ -655,11 +660,6 @@ def _check_source(cfg: Config, op: OperationConfig, where: str) -> None:
         )
     if op.ensemble > 1:
         raise ConfigError(f"{where}.source: {op.source} with ensemble > 1 is not supported; use source: teacher")
-    if op.inputs == "synthetic" and cfg.data.refresh_every_steps:
-        raise ConfigError(
-            f"{where}.inputs: synthetic inputs are drawn once per round and not kept apart from its data; with "
-            "data.refresh_every_steps they cannot be split into refreshes (use inputs: own)"
-        )
 
 
 def _yaml_problem(err: Exception) -> str:

@@ -263,3 +263,35 @@ def test_a_config_saved_before_sync_bucket_mb_existed_still_loads(tmp_path):
     saved.write_text("student:\n  zero_stage: 3\n  export_bucket_mb: 64\n")
     cfg = load_config(saved)
     assert cfg.sync.bucket_mb == 64 and cfg.student.zero_stage == 3
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["student.loss=reverse_kl_sampled"], "student.loss: reverse_kl_sampled is an estimate on the student's own"),
+        (["data.source=mixed", "student.loss=reverse_kl_sampled"], "trains on other responses"),
+        (["data.source=student", "data.student_fraction=1.5"], "student_fraction: must be in [0, 1]"),
+        (["data.refresh_every_steps=-1"], "data.refresh_every_steps: must not be negative"),
+        (["student.ratio_clip=0"], "student.ratio_clip: must be in (0, 1)"),
+        (["data.source=elsewhere"], "data.source: 'elsewhere' is not allowed"),
+    ],
+)
+def test_on_policy_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_on_policy_settings_resolve_per_operation():
+    from cdscale.config import resolve_stages
+
+    cfg = load_config(None, ["data.source=mixed", "data.student_fraction=0.25", "student.loss=forward_kl_topk"])
+    (op,) = resolve_stages(cfg)[0].operations
+    assert (op.source, op.student_fraction) == ("mixed", 0.25)
+    load_config(None, ["data.source=student", "student.loss=reverse_kl_sampled"])  # allowed together
+
+
+def test_synthetic_inputs_cannot_be_split_into_refreshes():
+    config = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+    with pytest.raises(ConfigError, match="synthetic inputs are drawn once per round"):
+        load_config(config, ["data.refresh_every_steps=4"])
