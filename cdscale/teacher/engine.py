@@ -103,7 +103,9 @@ class TeacherEngine:
             self.llm.collective_rpc("unwrap_lora_logits")
         self.weight_version = 0
         self.adapter: Any = None  # the LoRARequest every request carries, once a student adapter is held
-        self.adapter_dir, self.adapter_loads = Path(tempfile.mkdtemp(prefix="cdscale-adapters-")), 0
+        # Made at the first adapter load only, and removed when the actor exits cleanly.
+        self.adapter_tmp: tempfile.TemporaryDirectory | None = None
+        self.adapter_loads = 0
         self.num_workers = tp
 
     def generate_many(
@@ -184,11 +186,14 @@ class TeacherEngine:
             # vLLM reads an adapter from a folder and caches it by its id: a new id per load (a
             # version may be loaded again after a restart, with other weights).
             self.adapter_loads += 1
-            folder = self.adapter_dir / str(self.adapter_loads)
+            if self.adapter_tmp is None:
+                self.adapter_tmp = tempfile.TemporaryDirectory(prefix="cdscale-adapters-")
+            adapter_dir = Path(self.adapter_tmp.name)
+            folder = adapter_dir / str(self.adapter_loads)
             write_adapter(folder, weights, config)
             for loaded in self.llm.llm_engine.list_loras():
                 self.llm.llm_engine.remove_lora(loaded)  # requests carry only the newest
-            for old in self.adapter_dir.iterdir():
+            for old in adapter_dir.iterdir():
                 if old != folder:
                     shutil.rmtree(old)
             self.adapter = LoRARequest(f"student-{self.adapter_loads}", self.adapter_loads, str(folder))
