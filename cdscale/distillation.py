@@ -311,7 +311,7 @@ class Distillation:
         cfg, training = self.cfg, [op for op in stage.operations if op.num_train > 0]
         every = cfg.data.refresh_every_steps
         if not every:
-            records, counts = self.build_targets(r, stage, self.train_inputs[r])
+            records, counts = self.build_targets(r, stage)
             with self.clock("train"):
                 return train_round(cfg, self.trainers, records, self.progress, self.log, self.stop), counts
         # The round's steps as its inputs make them (skips aside), cut into refreshes of `every`.
@@ -340,9 +340,10 @@ class Distillation:
         return stats, {"refreshes": refreshes, **_added(list(counts.values()))}
 
     def build_targets(
-        self, r: int, stage: StageConfig, inputs: dict[str, list[Example]], refresh: int | None = None
+        self, r: int, stage: StageConfig, inputs: dict[str, list[Example]] | None = None, refresh: int | None = None
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The records of every operation of round r's stage (one mixture) on `inputs`, committed
+        """The records of every operation of round r's stage (one mixture) on `inputs` (a
+        refresh's share; None: the round's), committed
         as the round's (or refresh's) data shard before training; a resumed round reuses it.
         Each operation's responses come from its `source`: the teacher, the student, or both."""
         shard = read_shard(self.run_dir, r, refresh)
@@ -351,7 +352,8 @@ class Distillation:
             return shard
         builder = TargetBuilder(self.cfg, self.tokenizer, self.engines, self.clock, self.stop, self.student_max_len)
         training = [op for op in stage.operations if op.num_train > 0]
-        inputs = {op.name: inputs.get(op.name) for op in training}
+        given = self.train_inputs[r] if inputs is None else inputs  # None: the whole round's
+        inputs = {op.name: given.get(op.name) for op in training}
         synthetic = self.synthetic_inputs(r, [op for op in training if op.inputs == "synthetic"])
         for name, (made, _) in synthetic.items():
             inputs[name] = made
