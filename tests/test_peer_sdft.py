@@ -5,7 +5,6 @@ torch until its main() runs.
 """
 
 import importlib.util
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from cdscale.config import Config
-from cdscale.student.schedule import warmup_cosine
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "trl_sdft.py"
 
@@ -128,12 +126,6 @@ def test_teacher_template_has_both_placeholders_and_reproduces_the_teacher_text(
     assert "{prompt}" in template and "{privileged_context}" in template  # TRL requires both
     text = template.format(prompt="Input:\n1 + 2\nAnswer:\n", privileged_context="<scratch>\n...\n</scratch>")
     assert text == "Input:\n1 + 2\nAnswer:\n<scratch>\n...\n</scratch>\n"
-
-
-def test_the_copied_schedule_is_cdscales():
-    for total, warmup in ((100, 50), (1536, 50), (3, 2)):
-        for step in range(total + 2):
-            assert math.isclose(peer.warmup_cosine(step, total, warmup), warmup_cosine(step, total, warmup))
 
 
 def test_cli_defaults_are_cdscales_defaults():

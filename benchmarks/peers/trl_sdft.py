@@ -14,7 +14,8 @@ wall time and examples/s can be set beside cdscale's. It does NOT run in the pro
 `sdft_config_kwargs` / `from_cdscale_config` (pure, no trl import) translate cdscale's settings
 into SDFTConfig kwargs; tests/test_peer_sdft.py checks them against cdscale's Config defaults.
 
-It imports only `cdscale.tasks` from this checkout (pure Python + PyYAML), so the prompts, the
+It imports only `cdscale.tasks`, `cdscale.student.schedule` and `benchmarks.common` from this
+checkout (pure Python, PyYAML and torch), so the prompts, the
 scoring and the held-out partition are the project's own.
 
 How the task is mapped (SDFT's teacher is the student prompt plus a privileged context):
@@ -42,9 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
 import random
 import statistics
 import sys
@@ -168,27 +166,6 @@ def from_cdscale_config(cfg, *, steps: int, output_dir: str, use_cpu: bool = Tru
     )
 
 
-def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
-    """cdscale.student.schedule.warmup_cosine (copied so that this module imports no cdscale
-    package beyond cdscale.tasks; tests/test_peer_sdft.py checks the two agree)."""
-    warm = min(1.0, (step + 1) / max(1, warmup))
-    progress = min(1.0, step / max(1, total))
-    return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{os.cpu_count()} CPUs ({cpu}){gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
 def greedy(model, tok, prompts: list[str], max_new_tokens: int, batch: int = 128) -> list[str]:
     import torch
 
@@ -275,6 +252,8 @@ def main() -> None:
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
     from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder
 
+    from benchmarks.common import machine
+    from cdscale.student.schedule import warmup_cosine
     from cdscale.tasks import sample_where
     from cdscale.tasks.addition import Addition, scratchpad
 
@@ -309,7 +288,7 @@ def main() -> None:
     results: dict = {
         "peer": "trl.experimental.sdft.SDFTTrainer",
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
-        "machine": machine(),
+        "machine": f"{machine()}, {torch.get_num_threads()} threads",
         "args": vars(a),
         "num_prompts": num_prompts,
         "mapping": {
