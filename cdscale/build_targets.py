@@ -255,31 +255,45 @@ class TargetBuilder:
                 f"(too_long: prompts of teacher.max_model_len={t.max_model_len} tokens or more)"
             )
 
-    def _teacher_record(self, task: Task, x: Example, out: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
-        """(the TargetCounts field it is skipped as, or None) and the record of one teacher output."""
+    def _aligned(
+        self, task: Task, x: Example, out: dict[str, Any] | None, rows: Any
+    ) -> tuple[str | None, tuple[Any, str, tuple[int, int]] | None]:
+        """(the TargetCounts field an output `out` is skipped as, or None) and, when kept, its
+        `StudentRecord` (the teacher's `rows` at the generated positions, aligned to the
+        student's prompt), its decoded completion and its answer span."""
         if out is None:
-            return "too_long", {}
+            return "too_long", None
         if self._lost_to_the_cut(task, out):
-            return "truncated", {}
+            return "truncated", None
         completion = self.decode(out["token_ids"])
         span = task.answer_span(completion)
         if span is None:
-            return "no_answer", {}
+            return "no_answer", None
+        if rows is None:  # on-policy: the student's prompt fit, the teacher's prompt plus y did not
+            return "too_long", None
         student_ids = self.tokenizer(task.student_prompt(x))["input_ids"]
         try:
             rec = build_student_record(
                 student_ids,
                 out["token_ids"],
-                FlatTopk(out),
+                rows,
                 span,
                 self.decode,
                 self.tokenizer.eos_token_id,
                 self.cfg.teacher.top_k,
             )
         except ValueError:
-            return "unaligned", {}  # the answer's characters do not map onto whole generated tokens
+            return "unaligned", None  # the answer's characters do not map onto whole generated tokens
         if self.student_max_len is not None and len(rec.input_ids) > self.student_max_len:
-            return "too_long", {}
+            return "too_long", None
+        return None, (rec, completion, span)
+
+    def _teacher_record(self, task: Task, x: Example, out: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
+        """(the TargetCounts field it is skipped as, or None) and the record of one teacher output."""
+        skipped, kept = self._aligned(task, x, out, None if out is None else FlatTopk(out))
+        if kept is None:
+            return skipped, {}
+        rec, completion, span = kept
         answer = completion[span[0] : span[1]]
         return None, {
             "input": x.input,
@@ -297,32 +311,11 @@ class TargetBuilder:
     ) -> tuple[str | None, dict[str, Any]]:
         """(the TargetCounts field it is skipped as, or None) and the record of one student
         sample `out` with the teacher's rows `reading` at its positions."""
-        if out is None:
-            return "too_long", {}
-        if self._lost_to_the_cut(task, out):
-            return "truncated", {}
-        completion = self.decode(out["token_ids"])
-        span = task.answer_span(completion)
-        if span is None:
-            return "no_answer", {}
-        if reading is None:  # the student's prompt fit, the teacher's prompt plus y did not
-            return "too_long", {}
-        student_ids = self.tokenizer(task.student_prompt(x))["input_ids"]
-        try:
-            first, _ = answer_token_range(out["token_ids"], span, self.decode)
-            rec = build_student_record(
-                student_ids,
-                out["token_ids"],
-                reading,
-                span,
-                self.decode,
-                self.tokenizer.eos_token_id,
-                self.cfg.teacher.top_k,
-            )
-        except ValueError:
-            return "unaligned", {}
-        if self.student_max_len is not None and len(rec.input_ids) > self.student_max_len:
-            return "too_long", {}
+        skipped, kept = self._aligned(task, x, out, reading)
+        if kept is None:
+            return skipped, {}
+        rec, completion, span = kept
+        first, _ = answer_token_range(out["token_ids"], span, self.decode)  # aligned above, so it cannot fail
         sampled = FlatTopk(out)
         answer = completion[span[0] : span[1]]
         return None, {
