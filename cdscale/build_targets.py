@@ -40,6 +40,7 @@ class TargetCounts:
     no_answer: int = 0
     truncated: int = 0
     unaligned: int = 0
+    no_reasoning: int = 0  # on-policy: the teacher's own reasoning, to read the student's answer after, had no answer
     kept: int = 0
     generated_tokens: int = 0
 
@@ -121,12 +122,16 @@ class TargetBuilder:
     ) -> tuple[list[tuple[list[dict[str, Any]], TargetCounts]], float]:
         """On-policy targets for each operation `(task, inputs)`: the student samples y on
         T_student(x) (with the logprob of each token it drew), then the teacher reads
-        T_teacher(x) + y and gives its top-k at every position of y (`prompt_logprobs`). The
-        records are the student's prompt and y's answer tokens, as from the teacher. `hold(role)`
-        makes the engines answer as "student" or "teacher" and says whether the teacher's
-        requests must ask for the base weights (an adapter held beside them)."""
+        T_teacher(x) + y and gives its top-k at every position of y (`prompt_logprobs`). For a
+        task whose teacher reasons first, it reads T_teacher(x) + its own reasoning + y's answer
+        (`teacher_reasoning`). The records are the student's prompt and y's answer tokens, as
+        from the teacher. `hold(role)` makes the engines answer as "student" or "teacher" and
+        says whether the teacher's requests must ask for the base weights (an adapter held
+        beside them)."""
         t = self.cfg.teacher
-        student_prompts = [self.tokenizer(task.student_prompt(x))["input_ids"] for task, xs in operations for x in xs]
+        tasks = [task for task, xs in operations for _ in xs]
+        examples = [x for _, xs in operations for x in xs]
+        student_prompts = [self.tokenizer(task.student_prompt(x))["input_ids"] for task, x in zip(tasks, examples)]
         sampling = {"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": 0}
         with self.clock("generate"):
             start = time.perf_counter()
@@ -134,26 +139,29 @@ class TargetBuilder:
             samples = self.engines.generate_fitting(
                 student_prompts, sampling, f"round {round_index} student", self.stop, base
             )
-            jobs, prompts = [], []  # (sample index, length of its teacher prompt)
-            tasks = [task for task, xs in operations for _ in xs]
-            examples = [x for _, xs in operations for x in xs]
-            for i, (task, x, out) in enumerate(zip(tasks, examples, samples)):
-                if out is None or not out["token_ids"] or self._lost_to_the_cut(task, out):
-                    continue  # skipped below, without the teacher's reading
-                teacher_prompt = self.tokenizer(task.teacher_prompt(x))["input_ids"]
-                jobs.append((i, len(teacher_prompt)))
-                prompts.append(teacher_prompt + out["token_ids"])
             base = hold("teacher")
+            reasoning = self.teacher_reasoning(tasks, examples, samples, round_index, base)
+            jobs, prompts = [], []  # (sample index, the teacher's text before y, y's first token read)
+            for i, (task, x, out) in enumerate(zip(tasks, examples, samples)):
+                first = self._answer_start(task, out)
+                if first is None or isinstance(reasoning[i], str):
+                    continue  # skipped below, without the teacher's reading
+                read_from = first if task.teacher_reasons_first else 0  # after reasoning, only the answer
+                context = self.tokenizer(task.teacher_prompt(x))["input_ids"] + reasoning[i]
+                jobs.append((i, len(context), read_from))
+                prompts.append(context + out["token_ids"][read_from:])
             scoring = {"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": t.top_k}
             scored = self.engines.generate_fitting(
                 prompts, scoring, f"round {round_index} teacher reads", self.stop, base
             )
             generate_s = time.perf_counter() - start
-        readings: list[Any] = [None] * len(samples)
-        for (i, prompt_len), out in zip(jobs, scored):
-            if out is not None:  # the teacher's rows at y's positions
+        # Per sample: the teacher's rows at y's positions (empty before what it read), or why not.
+        readings: list[Any] = [r if isinstance(r, str) else None for r in reasoning]
+        for (i, at, read_from), out in zip(jobs, scored):
+            if out is not None:  # the row at prompt position p predicts the token at p
                 rows = FlatTopk(out, prefix="prompt_")
-                readings[i] = [rows[prompt_len + j] for j in range(len(samples[i]["token_ids"]))]
+                y = samples[i]["token_ids"]
+                readings[i] = [rows[at + j - read_from] if j >= read_from else {} for j in range(len(y))]
         results, offset = [], 0
         for task, inputs in operations:
             part = slice(offset, offset + len(inputs))
@@ -162,9 +170,54 @@ class TargetBuilder:
                 records, counts = self.from_outputs(
                     task, inputs, samples[part], round_index, readings[part], self._student_record, check
                 )
+            if task.teacher_reasons_first:  # what the teacher read before y's answer, for inspection
+                for record in records:
+                    ids = reasoning[part.start + record["index"]]
+                    record.update(teacher_reasoning=self.decode(ids), teacher_reasoning_ids=ids)
             counts.generated_tokens = sum(len(o["token_ids"]) for o in samples[part] if o is not None)
+            # and the teacher's reasoning (not the answer it wrote after it)
+            counts.generated_tokens += sum(len(r) for r in reasoning[part] if isinstance(r, list))
             results.append((records, counts))
         return results, generate_s
+
+    def teacher_reasoning(
+        self,
+        tasks: list[Task],
+        examples: list[Example],
+        samples: list[dict[str, Any] | None],
+        round_index: int,
+        base_weights: bool,
+    ) -> list[list[int] | str]:
+        """For each student sample whose task's teacher reasons before it answers
+        (`Task.teacher_reasons_first`: a scratchpad), the teacher's own reasoning: it samples
+        T_teacher(x) and keeps its tokens before its answer, and reads the student's answer
+        after them, where it would have written its own. Other samples: no tokens. Where the
+        teacher's sample has no whole answer, the skip reason "no_reasoning"."""
+        reasoning: list[list[int] | str] = [[] for _ in samples]
+        wanted = [i for i, out in enumerate(samples) if out is not None and tasks[i].teacher_reasons_first]
+        if not wanted:
+            return reasoning
+        t = self.cfg.teacher
+        prompts = [self.tokenizer(tasks[i].teacher_prompt(examples[i]))["input_ids"] for i in wanted]
+        sampling = {"temperature": t.temperature, "max_tokens": t.max_new_tokens, "logprobs": 0}
+        outs = self.engines.generate_fitting(
+            prompts, sampling, f"round {round_index} teacher reasons", self.stop, base_weights
+        )
+        for i, out in zip(wanted, outs):
+            first = self._answer_start(tasks[i], out)
+            reasoning[i] = "no_reasoning" if first is None else list(out["token_ids"][:first])
+        return reasoning
+
+    def _answer_start(self, task: Task, out: dict[str, Any] | None) -> int | None:
+        """The first token of the answer in a generation, or None where it has no whole,
+        aligned answer (the record maker counts why)."""
+        if out is None or not out["token_ids"] or self._lost_to_the_cut(task, out):
+            return None
+        span = task.answer_span(self.decode(out["token_ids"]))
+        try:
+            return None if span is None else answer_token_range(out["token_ids"], span, self.decode)[0]
+        except ValueError:
+            return None
 
     def ensemble_signal(
         self,
@@ -269,8 +322,10 @@ class TargetBuilder:
         span = task.answer_span(completion)
         if span is None:
             return "no_answer", None
-        if rows is None:  # on-policy: the student's prompt fit, the teacher's prompt plus y did not
-            return "too_long", None
+        if rows is None or isinstance(rows, str):  # on-policy: the teacher did not read y (`student`)
+            if self._answer_start(task, out) is None:
+                return "unaligned", None  # not read because its answer is not whole tokens
+            return rows or "too_long", None  # its reasoning failed, or reasoning + y did not fit
         student_ids = self.tokenizer(task.student_prompt(x))["input_ids"]
         try:
             rec = build_student_record(

@@ -4,7 +4,8 @@ with SIGKILL after a refresh's data is committed and resumed: nothing committed 
 again, every step is trained once in what is kept, and the one engine group swaps between
 the student (sampling) and the frozen teacher (reading). The student's records are checked
 against Hugging Face on the same weights: their targets are the tokens the student drew, and
-their rows are the teacher's logprobs with the context, at those tokens' positions.
+their rows are the teacher's logprobs with the context and its own scratchpad, at those
+tokens' positions.
 """
 
 import hashlib
@@ -105,16 +106,18 @@ def _check_student_records_against_hf(model_path, rows) -> None:
         # The targets are the student's own tokens, after its prompt without the context.
         assert list(r["input_ids"][: r["answer_start"]]) == tokenizer(task.student_prompt(x))["input_ids"]
         assert answer == y[first : first + len(answer)]
-        teacher_prompt = tokenizer(task.teacher_prompt(x))["input_ids"]
+        # The teacher reads its own scratchpad, then the student's answer where its own would be.
+        reasoning = list(r["teacher_reasoning_ids"])
+        assert "</scratch>" in tokenizer.decode(reasoning) and task.answer_span(tokenizer.decode(reasoning)) is None
+        teacher_prompt = tokenizer(task.teacher_prompt(x))["input_ids"] + reasoning
         student_prompt = list(r["input_ids"][: r["answer_start"]])
         with torch.no_grad():
-            teacher = torch.log_softmax(hf(torch.tensor([teacher_prompt + y])).logits[0].float(), -1)
+            teacher = torch.log_softmax(hf(torch.tensor([teacher_prompt + y[first:]])).logits[0].float(), -1)
             student = torch.log_softmax(hf(torch.tensor([student_prompt + y])).logits[0].float(), -1)
-        for j, token in enumerate(answer):
-            at = first + j - 1  # the logits at a position predict the next token
+        for j, token in enumerate(answer):  # the logits at a position predict the next token
             ids, logprobs = torch.tensor(r["topk_ids"][j]), torch.tensor(r["topk_logprobs"][j])
             real = torch.isfinite(logprobs)
             assert token in ids[real].tolist()
-            gaps.append((teacher[len(teacher_prompt) + at][ids[real]] - logprobs[real]).abs().max())
-            gaps.append((student[len(student_prompt) + at][token] - r["sample_logprobs"][j]).abs())
+            gaps.append((teacher[len(teacher_prompt) + j - 1][ids[real]] - logprobs[real]).abs().max())
+            gaps.append((student[len(student_prompt) + first + j - 1][token] - r["sample_logprobs"][j]).abs())
     assert max(gaps) < 2e-4, max(gaps)

@@ -66,6 +66,7 @@ def _config(model, tmp_path, *extra):
             "student.epochs=3",
             "student.warmup_steps=2",
             "teacher.max_new_tokens=64",
+            "run.timeout_s=300",  # a hung call (an actor waiting for CPUs a leaked one holds) fails, not CI
             EAGER,
             *extra,
         ],

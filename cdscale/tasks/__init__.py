@@ -39,6 +39,10 @@ class Task(ABC):
     # on `drift_examples`, prompts unrelated to the context), as well as by rules and gold.
     open_ended: bool = False
     drift_examples: list = []
+    # The teacher writes reasoning (a scratchpad) before its answer, and the student answers
+    # directly. On-policy the teacher then reads its own reasoning before the student's answer:
+    # after T_teacher(x) alone it would open a scratchpad, not judge an answer.
+    teacher_reasons_first: bool = False
 
     def use_tokenizer(self, tokenizer: Any, max_model_len: int) -> None:
         """Called once the model's tokenizer is loaded, before any prompt is written: a task whose

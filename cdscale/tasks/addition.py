@@ -65,6 +65,8 @@ class Addition(Task):
     """D: each operand's digit count uniform in [min_digits, max_digits], then digits uniform
     (the paper's "uniform over all 1 through 8 digit addition questions")."""
 
+    teacher_reasons_first = True
+
     def __init__(self, min_digits: int = 1, max_digits: int = 8):
         if not 1 <= min_digits <= max_digits:
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")

@@ -107,6 +107,7 @@ class Records(Task):
         lines = load_records(path)
         self.examples = [x for _, x in lines]
         self.context, self.answer_marker = context, answer_marker
+        self.teacher_reasons_first = bool(answer_marker)
         self.teacher_template, self.student_template = teacher_template, student_template
         # In-context examples for {demonstrations}: each prompt variant shows its own
         # k-of-n subset, in its own order (an ensemble teacher beyond the window, H5).
