@@ -191,11 +191,19 @@ class TargetBuilder:
         """For each student sample whose task's teacher reasons before it answers
         (`Task.teacher_reasons_first`: a scratchpad), the teacher's own reasoning: it samples
         T_teacher(x) and keeps its tokens before its answer, and reads the student's answer
-        after them, where it would have written its own. Other samples: no tokens. Where the
-        teacher's sample has no whole answer, the skip reason "no_reasoning"."""
+        after them, where it would have written its own (with `data.teacher_reasoning: gold`,
+        the task's gold demonstration's instead, without generating). Other samples: no tokens.
+        Where the teacher's sample (or the gold) has no whole answer, the skip reason "no_reasoning"."""
         reasoning: list[list[int] | str] = [[] for _ in samples]
         wanted = [i for i, out in enumerate(samples) if out is not None and tasks[i].teacher_reasons_first]
         if not wanted:
+            return reasoning
+        if self.cfg.data.teacher_reasoning == "gold":
+            for i in wanted:
+                demo = tasks[i].teacher_demonstration(examples[i])
+                ids = [] if demo is None else self.tokenizer(demo, add_special_tokens=False)["input_ids"]
+                first = self._answer_start(tasks[i], {"token_ids": ids, "finish_reason": "stop"})
+                reasoning[i] = "no_reasoning" if first is None else ids[:first]
             return reasoning
         t = self.cfg.teacher
         prompts = [self.tokenizer(tasks[i].teacher_prompt(examples[i]))["input_ids"] for i in wanted]

@@ -127,6 +127,13 @@ class DataConfig:
         "trainers' weights and generate that refresh's responses (on-policy means the current student's); a stop "
         "commits mid-refresh as mid-round. 0: one generation per round",
     )
+    teacher_reasoning: str = _f(
+        "sampled",
+        "on-policy, for a task whose teacher reasons before answering (a scratchpad): what the teacher reads "
+        "before the student's answer. sampled: its own reasoning, sampled per input (the paper's teacher); gold: "
+        "the reasoning of the task's gold demonstration, with no generation (TRL SDFT's privileged context)",
+        ("sampled", "gold"),
+    )
 
 
 @dataclass

@@ -380,7 +380,8 @@ class Distillation:
         )
         log.info(
             "%s round %d%s: %d distillation examples; "
-            "skipped: %d without an answer, %d truncated, %d unaligned, %d too long",
+            "skipped: %d without an answer, %d truncated, %d unaligned, %d too long, "
+            "%d without the teacher's reasoning",
             stage.name,
             r,
             "" if refresh is None else f" refresh {refresh}",
@@ -389,6 +390,7 @@ class Distillation:
             total.truncated,
             total.unaligned,
             total.too_long,
+            total.no_reasoning,
         )
         return records, counts
 

@@ -191,3 +191,19 @@ def test_gold_records_are_capped_by_the_students_positions_not_the_engines_conte
     assert counts.kept == 4 and counts.too_long == 0  # the engine's context does not cap them
     with pytest.raises(RunFailed, match="too_long"):  # the student's positions do: none fits in fewer
         TargetBuilder(cfg, tiny_tokenizer, student_max_len=3).gold(task, xs, "gold")
+
+
+def test_gold_teacher_reasoning_is_the_gold_scratchpad_before_its_answer(tiny_tokenizer):
+    """On-policy with `data.teacher_reasoning: gold`: the teacher reads the task's gold
+    scratchpad (not a sample of its own) before the student's answer; no engine is asked."""
+    from cdscale.build_targets import TargetBuilder
+    from cdscale.config import load_config
+    from cdscale.tasks import Example
+
+    task = Addition(1, 3)
+    xs = [Example("2 9 + 5 7", "8 6", {"a": 29, "b": 57}), Example("4 + 5", "9", {"a": 4, "b": 5})]
+    builder = TargetBuilder(load_config(None, ["data.teacher_reasoning=gold"]), tiny_tokenizer)
+    student_samples = [{"token_ids": [1], "finish_reason": "stop"}, None]  # the second had no sample
+    reasoning = builder.teacher_reasoning([task, task], xs, student_samples, 0, False)
+    assert tiny_tokenizer.decode(reasoning[0]) == scratchpad(29, 57) + "\n"
+    assert reasoning[1] == []  # nothing to read: no reasoning made for it
