@@ -175,8 +175,8 @@ class TargetBuilder:
                     ids = reasoning[part.start + record["index"]]
                     record.update(teacher_reasoning=self.decode(ids), teacher_reasoning_ids=ids)
             counts.generated_tokens = sum(len(o["token_ids"]) for o in samples[part] if o is not None)
-            # and the teacher's reasoning (not the answer it wrote after it)
-            counts.generated_tokens += sum(len(r) for r in reasoning[part] if isinstance(r, list))
+            if self.cfg.data.teacher_reasoning == "sampled":  # and its reasoning (not the answer after it)
+                counts.generated_tokens += sum(len(r) for r in reasoning[part] if isinstance(r, list))
             results.append((records, counts))
         return results, generate_s
 

@@ -541,6 +541,7 @@ def validate(cfg: Config) -> Config:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{section}.{name}: must be a finite number, got {value}")
     _check_loss_source(cfg.student, resolve_stages(cfg))
+    _check_teacher_reasoning(cfg.data, resolve_stages(cfg))
     return cfg
 
 
@@ -568,6 +569,15 @@ def _check_loss_source(s: StudentConfig, stages: list[StageConfig]) -> None:
                 f"student.loss: reverse_kl_sampled is an estimate on the student's own samples; operation "
                 f"{sampled_elsewhere[0]!r} trains on other responses (its source, or targets, is not the student's)"
             )
+
+
+def _check_teacher_reasoning(data: DataConfig, stages: list[StageConfig]) -> None:
+    on_policy = [op for stage in stages for op in stage.operations if op.num_train and op.source != "teacher"]
+    if data.teacher_reasoning == "gold" and not on_policy:
+        raise ConfigError(
+            "data.teacher_reasoning: gold is what the teacher reads before a student's answer; no operation's "
+            "source is student or mixed, so nothing would read it"
+        )
 
 
 def weight_transport(cfg: Config) -> tuple[str, str | None]:

@@ -271,6 +271,8 @@ def test_a_config_saved_before_sync_bucket_mb_existed_still_loads(tmp_path):
         (["student.loss=reverse_kl_sampled"], "student.loss: reverse_kl_sampled is an estimate on the student's own"),
         (["data.source=mixed", "student.loss=reverse_kl_sampled"], "trains on other responses"),
         (["data.source=student", "data.student_fraction=1.5"], "student_fraction: must be in [0, 1]"),
+        (["data.teacher_reasoning=gold"], "data.teacher_reasoning: gold is what the teacher reads"),
+        (["data.source=student", "data.teacher_reasoning=own"], "data.teacher_reasoning"),
         (["data.refresh_every_steps=-1"], "data.refresh_every_steps: must not be negative"),
         (["student.ratio_clip=0"], "student.ratio_clip: must be in (0, 1)"),
         (["data.source=elsewhere"], "data.source: 'elsewhere' is not allowed"),
