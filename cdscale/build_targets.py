@@ -195,7 +195,11 @@ class TargetBuilder:
         the task's gold demonstration's instead, without generating). Other samples: no tokens.
         Where the teacher's sample (or the gold) has no whole answer, the skip reason "no_reasoning"."""
         reasoning: list[list[int] | str] = [[] for _ in samples]
-        wanted = [i for i, out in enumerate(samples) if out is not None and tasks[i].teacher_reasons_first]
+        wanted = [  # a sample without an answer is skipped: no reasoning for it
+            i
+            for i, out in enumerate(samples)
+            if tasks[i].teacher_reasons_first and self._answer_start(tasks[i], out) is not None
+        ]
         if not wanted:
             return reasoning
         if self.cfg.data.teacher_reasoning == "gold":

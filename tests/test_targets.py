@@ -203,7 +203,8 @@ def test_gold_teacher_reasoning_is_the_gold_scratchpad_before_its_answer(tiny_to
     task = Addition(1, 3)
     xs = [Example("2 9 + 5 7", "8 6", {"a": 29, "b": 57}), Example("4 + 5", "9", {"a": 4, "b": 5})]
     builder = TargetBuilder(load_config(None, ["data.source=student", "data.teacher_reasoning=gold"]), tiny_tokenizer)
-    student_samples = [{"token_ids": [1], "finish_reason": "stop"}, None]  # the second had no sample
+    answer = tiny_tokenizer("8 6", add_special_tokens=False)["input_ids"]
+    student_samples = [{"token_ids": answer, "finish_reason": "stop"}, None]  # the second had no sample
     reasoning = builder.teacher_reasoning([task, task], xs, student_samples, 0, False)
     assert tiny_tokenizer.decode(reasoning[0]) == scratchpad(29, 57) + "\n"
     assert reasoning[1] == []  # nothing to read: no reasoning made for it
