@@ -145,3 +145,49 @@ def test_cli_defaults_are_cdscales_defaults():
     assert cfg.task.name == "addition"
     assert (a.min_digits, a.max_digits) == (cfg.task.options["min_digits"], cfg.task.options["max_digits"])
     assert a.threads == 1
+
+
+def test_side_by_side_times_each_tool_to_an_accuracy(tmp_path):
+    """benchmarks/peers/side_by_side.py: a TRL curve gives the first evaluation at or above the
+    mark; cdscale runs give the shortest run (without its evaluations) that ended above it."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("side_by_side", SCRIPT.parent / "side_by_side.py")
+    side = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(side)
+    trl = tmp_path / "trl.json"
+    trl.write_text(
+        json.dumps(
+            {
+                "args": {"mode": "on_policy", "steps": 4},
+                "versions": {"trl": "1.16.0"},
+                "completions_trained": 512,
+                "train_seconds": 40.0,
+                "student_accuracy_after": 0.3,
+                "accuracy_curve": [
+                    {"step": 2, "train_seconds": 20.0, "student_accuracy": 0.1},
+                    {"step": 3, "train_seconds": 30.0, "student_accuracy": 0.35},
+                ],
+            }
+        )
+    )
+    runs = []
+    for name, total, accuracy in (("long", 100.0, 0.6), ("short", 60.0, 0.2)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(
+            "data: {source: student, refresh_every_steps: 2}\nstudent: {batch_size: 128}\n"
+        )
+        summary = {
+            "round_0": {"steps": 4},
+            "timings": {"total": total, "eval": 10.0},
+            "student_after": {"addition": {"accuracy": accuracy}},
+        }
+        (run / "summary.json").write_text(json.dumps(summary))
+        runs.append(side.cdscale_row(run))
+    rows = [side.trl_row(trl), *runs]
+    assert runs[0]["mode"] == "on_policy, refresh 2" and runs[0]["examples"] == 512
+    assert side.first_reach(rows[:1], 0.3) == (30.0, str(trl))  # the curve, not the end
+    assert side.first_reach(runs, 0.15) == (50.0, str(tmp_path / "short"))  # 60 s less 10 s of evaluation
+    assert side.first_reach(runs, 0.5) == (90.0, str(tmp_path / "long"))
+    assert side.first_reach(runs, 0.7) is None
