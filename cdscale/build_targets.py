@@ -141,27 +141,8 @@ class TargetBuilder:
             )
             base = hold("teacher")
             reasoning = self.teacher_reasoning(tasks, examples, samples, round_index, base)
-            jobs, prompts = [], []  # (sample index, the teacher's text before y, y's first token read)
-            for i, (task, x, out) in enumerate(zip(tasks, examples, samples)):
-                first = self._answer_start(task, out)
-                if first is None or isinstance(reasoning[i], str):
-                    continue  # skipped below, without the teacher's reading
-                read_from = first if task.teacher_reasons_first else 0  # after reasoning, only the answer
-                context = self.tokenizer(task.teacher_prompt(x))["input_ids"] + reasoning[i]
-                jobs.append((i, len(context), read_from))
-                prompts.append(context + out["token_ids"][read_from:])
-            scoring = {"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": t.top_k}
-            scored = self.engines.generate_fitting(
-                prompts, scoring, f"round {round_index} teacher reads", self.stop, base
-            )
+            readings = self._teacher_reads(tasks, examples, samples, reasoning, round_index, base)
             generate_s = time.perf_counter() - start
-        # Per sample: the teacher's rows at y's positions (empty before what it read), or why not.
-        readings: list[Any] = [r if isinstance(r, str) else None for r in reasoning]
-        for (i, at, read_from), out in zip(jobs, scored):
-            if out is not None:  # the row at prompt position p predicts the token at p
-                rows = FlatTopk(out, prefix="prompt_")
-                y = samples[i]["token_ids"]
-                readings[i] = [rows[at + j - read_from] if j >= read_from else {} for j in range(len(y))]
         results, offset = [], 0
         for task, inputs in operations:
             part = slice(offset, offset + len(inputs))
@@ -219,6 +200,40 @@ class TargetBuilder:
             first = self._answer_start(tasks[i], out)
             reasoning[i] = "no_reasoning" if first is None else list(out["token_ids"][:first])
         return reasoning
+
+    def _teacher_reads(
+        self,
+        tasks: list[Task],
+        examples: list[Example],
+        samples: list[dict[str, Any] | None],
+        reasoning: list[list[int] | str],
+        round_index: int,
+        base_weights: bool,
+    ) -> list[Any]:
+        """The teacher reads each student sample after T_teacher(x) and its reasoning, in one
+        prefill (`prompt_logprobs`): per sample, its rows at y's positions (empty before what it
+        read), or None where it was not read, or the reason (a str) its reasoning failed."""
+        t = self.cfg.teacher
+        jobs, prompts = [], []  # (sample index, the teacher's text before y, y's first token read)
+        for i, (task, x, out) in enumerate(zip(tasks, examples, samples)):
+            first = self._answer_start(task, out)
+            if first is None or isinstance(reasoning[i], str):
+                continue  # skipped by the record maker, which counts why
+            read_from = first if task.teacher_reasons_first else 0  # after reasoning, only the answer
+            context = self.tokenizer(task.teacher_prompt(x))["input_ids"] + reasoning[i]
+            jobs.append((i, len(context), read_from))
+            prompts.append(context + out["token_ids"][read_from:])
+        scoring = {"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": t.top_k}
+        scored = self.engines.generate_fitting(
+            prompts, scoring, f"round {round_index} teacher reads", self.stop, base_weights
+        )
+        readings: list[Any] = [r if isinstance(r, str) else None for r in reasoning]
+        for (i, at, read_from), out in zip(jobs, scored):
+            if out is not None:  # the row at prompt position p predicts the token at p
+                rows = FlatTopk(out, prefix="prompt_")
+                y = samples[i]["token_ids"]
+                readings[i] = [rows[at + j - read_from] if j >= read_from else {} for j in range(len(y))]
+        return readings
 
     def _answer_start(self, task: Task, out: dict[str, Any] | None) -> int | None:
         """The first token of the answer in a generation, or None where it has no whole,
