@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import ray
+if TYPE_CHECKING:  # trainer ranks import this package without Ray (benchmarks/gpu_check.py)
+    import ray
 
-if TYPE_CHECKING:
     from cdscale.config import Config
 
 

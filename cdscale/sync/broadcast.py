@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterable
 
-import ray
 import torch
 
 from cdscale.sync import EngineWeights, SyncStats, WeightSync
@@ -128,6 +127,8 @@ class BroadcastSync(WeightSync):
     def push(self, trainers: list[Any], engines: list[Any], version: int) -> tuple[SyncStats, EngineWeights]:
         """Broadcast the trainers' weights into every engine. Nothing stays in the object store:
         what the engines hold are the trainers' weights of this sync (`EngineWeights`)."""
+        import ray  # here, not at the top: trainer ranks use this module's group and packing without Ray
+
         start, timeout_s = time.perf_counter(), self.timeout_s
         plan, (host, port), *workers = ray.get(
             [
