@@ -6,6 +6,9 @@ DeepSpeed only (no Ray, no vLLM); a few minutes on an H200.
 
     python -m benchmarks.gpu_check --out DIR     # DIR/gpu_check.{json,md}
 
+On a GPU machine without cdscale's install, `PYTHONPATH=<this checkout>` and DeepSpeed with
+its pure-Python needs (hjson, pydantic) are enough: the trainer does not import Ray.
+
 Copy the table into docs/performance.md with the date whenever a GPU machine runs it.
 """
 
