@@ -191,3 +191,7 @@ def test_side_by_side_times_each_tool_to_an_accuracy(tmp_path):
     assert side.first_reach(runs, 0.15) == (50.0, str(tmp_path / "short"))  # 60 s less 10 s of evaluation
     assert side.first_reach(runs, 0.5) == (90.0, str(tmp_path / "long"))
     assert side.first_reach(runs, 0.7) is None
+    assert side.across_seeds(rows) == {
+        ("TRL SDFT 1.16.0", "on_policy", 4): [0.3],
+        ("cdscale", "on_policy, refresh 2", 4): [0.6, 0.2],
+    }
