@@ -540,8 +540,9 @@ def validate(cfg: Config) -> Config:
         for name, value in values.items() if isinstance(values, dict) else ():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{section}.{name}: must be a finite number, got {value}")
-    _check_loss_source(cfg.student, resolve_stages(cfg))
-    _check_teacher_reasoning(cfg.data, resolve_stages(cfg))
+    stages = resolve_stages(cfg)
+    _check_loss_source(cfg.student, stages)
+    _check_teacher_reasoning(cfg.data, stages)
     return cfg
 
 
@@ -716,6 +717,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             value = yaml.safe_load(raw)
         except yaml.YAMLError as err:
             raise ConfigError(f"{key.strip()}: the value {raw!r} is not valid YAML: {_yaml_problem(err)}") from None
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw.strip()  # YAML 1.1 reads on/off/yes/no as booleans: `run.name=off` is a name
         _set_dotted(tree, key.strip(), value)
     return validate(_build(Config, tree, ""))
 

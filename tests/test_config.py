@@ -21,6 +21,11 @@ def test_overrides_are_typed_and_nested():
     )
     assert cfg.student.zero_stage == 3 and cfg.student.lr == 5e-4
     assert cfg.task.options["max_digits"] == 5 and cfg.run.ray_address == "auto"
+    # YAML 1.1 would read these names as booleans; true/false still set a boolean field.
+    assert load_config(None, ["run.name=off"]).run.name == "off"
+    assert load_config(None, ["run.name=Yes", "teacher.enforce_eager=True"]).teacher.enforce_eager is True
+    with pytest.raises(ConfigError, match="teacher.enforce_eager: expected true or false, got 'on'"):
+        load_config(None, ["teacher.enforce_eager=on"])
 
 
 @pytest.mark.parametrize(
