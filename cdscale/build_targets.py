@@ -140,8 +140,9 @@ class TargetBuilder:
                 student_prompts, sampling, f"round {round_index} student", self.stop, base
             )
             base = hold("teacher")
-            reasoning = self.teacher_reasoning(tasks, examples, samples, round_index, base)
-            readings = self._teacher_reads(tasks, examples, samples, reasoning, round_index, base)
+            starts = [self._answer_start(task, out) for task, out in zip(tasks, samples)]
+            reasoning = self.teacher_reasoning(tasks, examples, starts, round_index, base)
+            readings = self._teacher_reads(tasks, examples, samples, starts, reasoning, round_index, base)
             generate_s = time.perf_counter() - start
         results, offset = [], 0
         for task, inputs in operations:
@@ -165,22 +166,20 @@ class TargetBuilder:
         self,
         tasks: list[Task],
         examples: list[Example],
-        samples: list[dict[str, Any] | None],
+        starts: list[int | None],
         round_index: int,
         base_weights: bool,
     ) -> list[list[int] | str]:
-        """For each student sample whose task's teacher reasons before it answers
-        (`Task.teacher_reasons_first`: a scratchpad), the teacher's own reasoning: it samples
+        """For each student sample with an answer (`starts`: its first token, or None) whose
+        task's teacher reasons before it answers (`Task.teacher_reasons_first`: a scratchpad),
+        the teacher's own reasoning: it samples
         T_teacher(x) and keeps its tokens before its answer, and reads the student's answer
         after them, where it would have written its own (with `data.teacher_reasoning: gold`,
         the task's gold demonstration's instead, without generating). Other samples: no tokens.
         Where the teacher's sample (or the gold) has no whole answer, the skip reason "no_reasoning"."""
-        reasoning: list[list[int] | str] = [[] for _ in samples]
-        wanted = [  # a sample without an answer is skipped: no reasoning for it
-            i
-            for i, out in enumerate(samples)
-            if tasks[i].teacher_reasons_first and self._answer_start(tasks[i], out) is not None
-        ]
+        reasoning: list[list[int] | str] = [[] for _ in starts]
+        # a sample without an answer is skipped: no reasoning for it
+        wanted = [i for i, first in enumerate(starts) if tasks[i].teacher_reasons_first and first is not None]
         if not wanted:
             return reasoning
         if self.cfg.data.teacher_reasoning == "gold":
@@ -206,6 +205,7 @@ class TargetBuilder:
         tasks: list[Task],
         examples: list[Example],
         samples: list[dict[str, Any] | None],
+        starts: list[int | None],
         reasoning: list[list[int] | str],
         round_index: int,
         base_weights: bool,
@@ -215,8 +215,7 @@ class TargetBuilder:
         read), or None where it was not read, or the reason (a str) its reasoning failed."""
         t = self.cfg.teacher
         jobs, prompts = [], []  # (sample index, the teacher's text before y, y's first token read)
-        for i, (task, x, out) in enumerate(zip(tasks, examples, samples)):
-            first = self._answer_start(task, out)
+        for i, (task, x, out, first) in enumerate(zip(tasks, examples, samples, starts)):
             if first is None or isinstance(reasoning[i], str):
                 continue  # skipped by the record maker, which counts why
             read_from = first if task.teacher_reasons_first else 0  # after reasoning, only the answer

@@ -86,14 +86,15 @@ def test_mixed_on_policy_refreshes_swap_the_engines_and_resume_after_kill_9(teac
     _check_student_records_against_hf(teacher_model, read_shard(run_dir, 0, 0)[0])
 
 
-def _check_student_records_against_hf(model_path, rows) -> None:
+def _check_student_records_against_hf(model_path, rows, task=None) -> None:
     """Refresh 0 samples from the untrained student, which is the teacher's model: HF on
-    those weights gives both the sampled tokens' logprobs and the teacher's rows."""
+    those weights gives both the sampled tokens' logprobs and the teacher's rows. `task`: one
+    whose teacher reasons first (default: 2-digit addition)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cdscale.tasks import Example, build_task
 
-    task = build_task("addition", {"max_digits": 2})
+    task = task or build_task("addition", {"max_digits": 2})
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     hf = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     students = [r for r in rows if r["source"] == "student"]

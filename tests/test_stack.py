@@ -5,7 +5,9 @@ with `bootstrap` (the `teacher_model` fixture), so teacher outputs and the loss 
 """
 
 import json
+import os
 import random
+import time
 
 import pytest
 import ray
@@ -73,6 +75,22 @@ def _config(model, tmp_path, *extra):
     )
 
 
+def _check_on_policy_records_of_a_task_that_reasons_first(builder, addition, teacher_model, tmp_path):
+    """On-policy targets of a records task with an answer_marker (the teacher writes a
+    scratchpad first): the engine still holds the model's own weights, so HF on them checks
+    the student's tokens and logprobs and the teacher's rows, as test_onpolicy does for addition."""
+    from tests.test_onpolicy import _check_student_records_against_hf
+
+    sums = tmp_path / "sums.jsonl"
+    drawn = addition.sample_inputs(8, random.Random(7))
+    sums.write_text("".join(json.dumps({"input": x.input, "gold": x.gold}) + "\n" for x in drawn))
+    templates = {"teacher_template": "Input:\n{input}\nTarget:\n", "student_template": "Input:\n{input}\nAnswer:\n"}
+    marked = build_task("records", {"path": str(sums), "answer_marker": "</scratch>", **templates})
+    [(rows, counts)], _ = builder.student([(marked, marked.examples)], 0, hold=lambda role: False, check=False)
+    assert counts.kept == len(rows) > 0 and {r["source"] for r in rows} == {"student"}
+    _check_student_records_against_hf(teacher_model, rows, marked)
+
+
 def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank(teacher_model, ray_cluster, tmp_path):
     """ZeRO-3 (the gather path): train a few steps, push the weights into the running
     engine, and compare its greedy output with Hugging Face generate on the same weights.
@@ -125,6 +143,7 @@ def test_sync_makes_the_engine_match_hf_generate_and_a_nan_loss_stops_every_rank
         single = [dict(o) for o in cut]
         builder.ensemble_signal(records_task, asked, cut, 4, "ensemble")
         assert any(o["logprob_values"] != s["logprob_values"] for o, s in zip(cut, single))
+        _check_on_policy_records_of_a_task_that_reasons_first(builder, task, teacher_model, tmp_path)
 
         before = ray.get(engine.weight_checksum.remote())
         sync, held = ObjectStoreSync(300).push(trainers, [engine], version=1)
@@ -343,9 +362,7 @@ def test_an_engine_killed_mid_generation_is_replaced_and_only_its_chunk_is_redon
     pending). The call replaces it, loads the weights the engines held (not the model's own),
     sends again only the dead engine's unfinished chunk, and gives the same greedy outputs.
     Then a stop request in the middle of a chunk, and one death more than allowed."""
-    import os
     import signal
-    import time
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -482,7 +499,6 @@ def test_ranks_restarted_before_the_first_commit_find_the_engines_back_on_the_mo
     the model's own weights, no commit exists, so round 0 starts again; the engines, which
     took the trained student at the sync, must go back to the model's weights too, or the
     repeated "before" evaluation and the teacher would be the student's."""
-    import os
     import signal
 
     from cdscale.distillation import Distillation
@@ -516,3 +532,26 @@ def test_ranks_restarted_before_the_first_commit_find_the_engines_back_on_the_mo
         recipe.resume()
         assert recipe.engines.weights.version == 0 and recipe.progress.round == 0
         assert answers() == before
+
+
+@ray.remote(num_cpus=0)
+class _Rank:
+    def collective(self, dies: bool) -> None:
+        if dies:
+            time.sleep(1.0)  # after the other rank's error, as a rank the OOM killer took mid-step
+            os._exit(1)
+        raise ConnectionResetError("Connection reset by peer")  # what a surviving gloo rank raises
+
+
+def test_a_dead_rank_is_raised_rather_than_a_surviving_ranks_broken_collective(ray_cluster):
+    """The driver restarts the ranks on a rank's death (RayActorError) only: the surviving
+    rank's error, which Ray reports first, must not hide it (a fresh-clone CI run of
+    test_resume failed this way). Both TrainerGroup.call and export_weights collect so."""
+    from cdscale.student.group import get_from_every_rank
+
+    refs = [_Rank.remote().collective.remote(dies) for dies in (False, True)]
+    with pytest.raises(ray.exceptions.RayTaskError) as plain:
+        ray.get(refs, timeout=60)
+    assert not isinstance(plain.value, ray.exceptions.RayActorError)  # what a plain ray.get raises
+    with pytest.raises(ray.exceptions.RayActorError):
+        get_from_every_rank(refs, 60)

@@ -205,6 +205,8 @@ def test_gold_teacher_reasoning_is_the_gold_scratchpad_before_its_answer(tiny_to
     builder = TargetBuilder(load_config(None, ["data.source=student", "data.teacher_reasoning=gold"]), tiny_tokenizer)
     answer = tiny_tokenizer("8 6", add_special_tokens=False)["input_ids"]
     student_samples = [{"token_ids": answer, "finish_reason": "stop"}, None]  # the second had no sample
-    reasoning = builder.teacher_reasoning([task, task], xs, student_samples, 0, False)
+    starts = [builder._answer_start(task, out) for out in student_samples]
+    assert starts == [0, None]
+    reasoning = builder.teacher_reasoning([task, task], xs, starts, 0, False)
     assert tiny_tokenizer.decode(reasoning[0]) == scratchpad(29, 57) + "\n"
     assert reasoning[1] == []  # nothing to read: no reasoning made for it

@@ -36,6 +36,23 @@ def deepspeed_config(cfg: Config) -> dict[str, Any]:
     }
 
 
+def get_from_every_rank(refs: list[ray.ObjectRef], timeout_s: float) -> list[Any]:
+    """The results of one call on every rank, in rank order. When a rank died, its death is
+    raised (the driver restarts the ranks), not the error a surviving rank got from the broken
+    collective (gloo: "Connection reset by peer"), whichever came first."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except ray.exceptions.RayTaskError as first:
+        for ref in refs:
+            try:
+                ray.get(ref, timeout=timeout_s)
+            except ray.exceptions.RayActorError:
+                raise
+            except ray.exceptions.RayTaskError:
+                pass
+        raise first
+
+
 @dataclass
 class TrainerGroup:
     settings: TrainerSettings
@@ -74,21 +91,8 @@ class TrainerGroup:
         return self.actors[0]
 
     def call(self, method: str, *args: Any) -> list[Any]:
-        """`method(*args)` on every rank at once; their results in rank order. When a rank died,
-        its death is raised (the driver restarts the ranks), not the error a surviving rank got
-        from the broken collective (gloo: "Connection reset by peer"), whichever came first."""
-        refs = [getattr(t, method).remote(*args) for t in self.actors]
-        try:
-            return ray.get(refs, timeout=self.timeout_s)
-        except ray.exceptions.RayTaskError as first:
-            for ref in refs:
-                try:
-                    ray.get(ref, timeout=self.timeout_s)
-                except ray.exceptions.RayActorError:
-                    raise
-                except ray.exceptions.RayTaskError:
-                    pass
-            raise first
+        """`method(*args)` on every rank at once; their results in rank order."""
+        return get_from_every_rank([getattr(t, method).remote(*args) for t in self.actors], self.timeout_s)
 
     def owns(self, err: ray.exceptions.RayActorError) -> bool:
         """Whether the actor that died is one of these ranks."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from cdscale.student.group import get_from_every_rank
 from cdscale.sync import EngineWeights, SyncStats, WeightSync
 
 
@@ -26,7 +27,11 @@ def export_weights(trainers: list[Any], timeout_s: float, method: str = "export_
             f"{method}: {len(refs) - len(ready)} of {len(refs)} ranks did not finish within {timeout_s:.0f}s "
             "(run.timeout_s)"
         )
-    ray.get(refs[1:], timeout=timeout_s)  # raises a rank's error here rather than in the engines
+    try:
+        ray.get(refs[1:], timeout=timeout_s)  # raises a rank's error here rather than in the engines
+    except ray.exceptions.RayTaskError:
+        get_from_every_rank(refs, timeout_s)  # a dead rank 0's death rather than rank 1's broken collective
+        raise
     return refs[0]
 
 
