@@ -284,6 +284,12 @@ class EvalConfig:
         "evaluate teacher and student before distillation (a chat task's context gap and drift are measured "
         "before either way: they need the model before as their reference)",
     )
+    every_refreshes: int = _f(
+        0,
+        "also evaluate the student at every N-th refresh of a round (data.refresh_every_steps), into the "
+        "summary's curve: a learning curve from one run. On-policy the engines hold the student there anyway; "
+        "otherwise each costs a sync and the teacher's reload (0: after each round only)",
+    )
 
 
 @dataclass
@@ -528,6 +534,11 @@ def validate(cfg: Config) -> Config:
     if cfg.data.refresh_every_steps < 0:
         raise ConfigError(
             f"data.refresh_every_steps: must not be negative (0: once per round), got {cfg.data.refresh_every_steps}"
+        )
+    if cfg.eval.every_refreshes < 0 or (cfg.eval.every_refreshes and not cfg.data.refresh_every_steps):
+        raise ConfigError(
+            f"eval.every_refreshes: must be 0, or positive with data.refresh_every_steps set; got "
+            f"{cfg.eval.every_refreshes} with data.refresh_every_steps={cfg.data.refresh_every_steps}"
         )
     _check_lora(cfg.student.lora)
     if cfg.run.max_trainer_restarts < 0:

@@ -325,6 +325,8 @@ class Distillation:
             if self.progress.step >= steps.stop:  # trained before this run resumed
                 counts[j] = (read_shard(self.run_dir, r, j) or ([], {}))[1]
                 continue
+            if j and cfg.eval.every_refreshes and j % cfg.eval.every_refreshes == 0:
+                self.evaluate_mid_round(r, [op.name for op in training])
             part = {name: xs[j * len(xs) // refreshes : (j + 1) * len(xs) // refreshes] for name, xs in inputs.items()}
             records, counts[j] = self.build_targets(r, stage, part, refresh=j)
             with self.clock("train"):
@@ -403,8 +405,8 @@ class Distillation:
         refresh: int | None,
     ) -> tuple[dict[str, tuple[list[dict[str, Any]], TargetCounts]], float]:
         """The records and counts of each operation whose responses are sampled, and the
-        seconds generation took: the teacher answers its part of the inputs, then the student
-        its part (which inputs, by `_student_answers`)."""
+        seconds generation took: the student answers its part of the inputs (which inputs, by
+        `_student_answers`), then the teacher the rest."""
         to_student = {op.name: self._student_answers(op, inputs[op.name], r, refresh) for op in sampled}
         parts = {
             who: [
@@ -412,17 +414,19 @@ class Distillation:
             ]
             for who in ("teacher", "student")
         }
+        # The student's part first: at a refresh the engines may hold the student already (a
+        # mid-round evaluation), and its teacher's reading leaves them on the teacher for the rest.
+        student_results, student_s = ([], 0.0)
+        if any(parts["student"]):
+            student_results, student_s = builder.student(
+                [(self.tasks[op.name], xs) for op, xs in zip(sampled, parts["student"])], r, self.hold, check=False
+            )
         teacher_results, generate_s = builder.teacher(
             [(self.tasks[op.name], xs, op.ensemble) for op, xs in zip(sampled, parts["teacher"])],
             r,
             self.hold,
             check=False,
         )
-        student_results, student_s = ([], 0.0)
-        if any(parts["student"]):
-            student_results, student_s = builder.student(
-                [(self.tasks[op.name], xs) for op, xs in zip(sampled, parts["student"])], r, self.hold, check=False
-            )
         built = {}
         for i, op in enumerate(sampled):
             made = [teacher_results[i]] + ([student_results[i]] if student_results else [])
@@ -548,6 +552,18 @@ class Distillation:
             self.log.write(event=kind, operation=op, name=label, kl=kl)
             log.info("%s %s: %s KL %s per token", op, label, kind.replace("_", " "), "-" if kl is None else f"{kl:.4f}")
 
+    def evaluate_mid_round(self, r: int, ops: list[str]) -> None:
+        """The student at this step of round r (`eval.every_refreshes`), a point of the summary's
+        curve with the seconds of the run so far, evaluation excluded (of this process: a
+        resumed run counts from its resume)."""
+        self.hold("student")  # what the refresh's own sampling starts from, so on-policy no extra sync
+        step = self.progress.step
+        for op, metrics in self.evaluate(ops, "student", f"student_round_{r}_step_{step}").items():
+            split = self.clock.split()
+            point = {"round": r, "step": step, "seconds": split["total"] - split["eval"], **metrics}
+            curve = self.progress.summary.setdefault("curve", {}).setdefault(op, [])
+            curve[:] = [p for p in curve if (p["round"], p["step"]) != (r, step)] + [point]  # once after a resume
+
     def evaluate_round(self, r: int, k: int, stage: StageConfig, last_of_stage: bool) -> None:
         """The student on every operation seen so far; a recursive teacher on the stage's."""
         summary = self.progress.summary
@@ -619,6 +635,9 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = ["accuracy in % on held-out inputs", results_table({run: summary})]
     if summary.get("context_gap") or summary.get("drift"):
         lines += ["\nKL per token on held-out responses (evaluation without gold)", kl_table({run: summary})]
+    for op, points in summary.get("curve", {}).items():
+        shown = "; ".join(f"round {p['round']} step {p['step']} ({p['seconds']:.0f}s): {_headline(p)}" for p in points)
+        lines.append(f"\n{op} during training (eval.every_refreshes): {shown}")
     if "timings" in summary:
         split = summary["timings"]
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in split.items() if k != "total")

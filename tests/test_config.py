@@ -279,6 +279,8 @@ def test_a_config_saved_before_sync_bucket_mb_existed_still_loads(tmp_path):
         (["data.teacher_reasoning=gold"], "data.teacher_reasoning: gold is what the teacher reads"),
         (["data.source=student", "data.teacher_reasoning=own"], "data.teacher_reasoning"),
         (["data.refresh_every_steps=-1"], "data.refresh_every_steps: must not be negative"),
+        (["eval.every_refreshes=2"], "eval.every_refreshes: must be 0, or positive with data.refresh_every_steps"),
+        (["data.refresh_every_steps=8", "eval.every_refreshes=-1"], "eval.every_refreshes: must be 0"),
         (["student.ratio_clip=0"], "student.ratio_clip: must be in (0, 1)"),
         (["data.source=elsewhere"], "data.source: 'elsewhere' is not allowed"),
     ],

@@ -2,10 +2,10 @@
 teacher and the student (data.source=mixed), refreshed every few steps. The driver is killed
 with SIGKILL after a refresh's data is committed and resumed: nothing committed is generated
 again, every step is trained once in what is kept, and the one engine group swaps between
-the student (sampling) and the frozen teacher (reading). The student's records are checked
-against Hugging Face on the same weights: their targets are the tokens the student drew, and
-their rows are the teacher's logprobs with the context and its own scratchpad, at those
-tokens' positions.
+the student (sampling, and evaluation at each refresh) and the frozen teacher (reading). The
+student's records are checked against Hugging Face on the same weights: their targets are the
+tokens the student drew, and their rows are the teacher's logprobs with the context and its
+own scratchpad, at those tokens' positions.
 """
 
 import hashlib
@@ -28,6 +28,7 @@ SETTINGS = [
     "data.num_eval=16",
     "data.source=mixed",
     "data.refresh_every_steps=4",  # 96 inputs / batch 8 = 12 steps: 3 refreshes of 32 inputs
+    "eval.every_refreshes=1",  # the student before refreshes 1 and 2 too
     "student.batch_size=8",
     "student.epochs=1",
     "student.steps_per_call=1",
@@ -82,6 +83,11 @@ def test_mixed_on_policy_refreshes_swap_the_engines_and_resume_after_kill_9(teac
     assert swaps[-3:] == [("sync", 1, 8), ("reload", 0, 8), ("sync", 1, None)]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["round_0"]["refreshes"] == 3 and summary["round_0"]["steps"] == 12
+    # The learning curve: the student evaluated on the weights each refresh sampled from, so
+    # no sync beyond those above; each point once, though refresh 1 began before the kill too.
+    curve = summary["curve"]["addition"]
+    assert [(p["round"], p["step"], p["n"]) for p in curve] == [(0, 4, 16), (0, 8, 16)]
+    assert all(0 <= p["accuracy"] <= 1 and p["seconds"] > 0 for p in curve)
 
     _check_student_records_against_hf(teacher_model, read_shard(run_dir, 0, 0)[0])
 

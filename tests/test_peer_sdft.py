@@ -182,6 +182,7 @@ def test_side_by_side_times_each_tool_to_an_accuracy(tmp_path):
             "round_0": {"steps": 4},
             "timings": {"total": total, "eval": 10.0},
             "student_after": {"addition": {"accuracy": accuracy}},
+            "curve": {"addition": [{"round": 0, "step": 2, "seconds": 70.0, "accuracy": accuracy / 2}]},
         }
         (run / "summary.json").write_text(json.dumps(summary))
         runs.append(side.cdscale_row(run))
@@ -190,6 +191,7 @@ def test_side_by_side_times_each_tool_to_an_accuracy(tmp_path):
     assert side.first_reach(rows[:1], 0.3) == (30.0, str(trl))  # the curve, not the end
     assert side.first_reach(runs, 0.15) == (50.0, str(tmp_path / "short"))  # 60 s less 10 s of evaluation
     assert side.first_reach(runs, 0.5) == (90.0, str(tmp_path / "long"))
+    assert side.first_reach(runs, 0.3) == (70.0, str(tmp_path / "long"))  # its curve, mid-run
     assert side.first_reach(runs, 0.7) is None
     assert side.across_seeds(rows) == {
         ("TRL SDFT 1.16.0", "on_policy", 4): [0.3],

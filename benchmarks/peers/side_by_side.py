@@ -10,9 +10,10 @@ Times (seconds):
   counted. Reaching an accuracy: the first periodic evaluation at or above it, so one run gives
   a curve.
 - cdscale: the whole `cdscale run` (`timings.total` of summary.json: Ray and engine start-up,
-  teacher generation, targets, training, sync, checkpoints) without its evaluations. It
-  evaluates at the end of a round, so reaching an accuracy is the shortest run that ends at or
-  above it: an upper bound, from one run per budget.
+  teacher generation, targets, training, sync, checkpoints) without its evaluations. A run
+  with `eval.every_refreshes` gives a curve (summary.json's `curve`); without, it evaluates at
+  the end of a round only, and reaching an accuracy is the shortest run that ends at or above
+  it: an upper bound, from one run per budget.
 Give it runs of one machine and one seed where it times an accuracy: TRL's accuracy after the
 same steps moved from 5% to 68% between seeds on the H200 (benchmarks/results/trl_sdft.md).
 Runs only on the standard library: run it with any Python.
@@ -50,7 +51,9 @@ def cdscale_row(run_dir: Path) -> dict:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     round_0, timings = summary["round_0"], summary["timings"]
     seconds = timings["total"] - timings.get("eval", 0.0)
-    accuracy = next(iter(summary["student_after"].values()))["accuracy"]
+    op, after = next(iter(summary["student_after"].items()))
+    accuracy = after["accuracy"]
+    during = [(p["seconds"], p["accuracy"]) for p in summary.get("curve", {}).get(op, [])]  # eval.every_refreshes
     source = config["data"]["source"]
     refresh = config["data"].get("refresh_every_steps") or 0
     return {
@@ -62,7 +65,7 @@ def cdscale_row(run_dir: Path) -> dict:
         "examples": round_0["steps"] * config["student"]["batch_size"],
         "seconds": seconds,
         "accuracy": accuracy,
-        "curve": [(seconds, accuracy)],
+        "curve": [*during, (seconds, accuracy)],
         "source": str(run_dir),
         "generate_s": timings.get("generate", 0.0),
         "train_s": timings.get("train", 0.0),
