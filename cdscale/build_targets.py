@@ -172,10 +172,10 @@ class TargetBuilder:
     ) -> list[list[int] | str]:
         """For each student sample with an answer (`starts`: its first token, or None) whose
         task's teacher reasons before it answers (`Task.teacher_reasons_first`: a scratchpad),
-        the teacher's own reasoning: it samples
-        T_teacher(x) and keeps its tokens before its answer, and reads the student's answer
-        after them, where it would have written its own (with `data.teacher_reasoning: gold`,
-        the task's gold demonstration's instead, without generating). Other samples: no tokens.
+        the teacher's own reasoning: it samples T_teacher(x) and keeps its tokens before its
+        answer, and reads the student's answer after them, where it would have written its own
+        (with `data.teacher_reasoning: gold`, the task's gold demonstration's instead, without
+        generating). Other samples: no tokens.
         Where the teacher's sample (or the gold) has no whole answer, the skip reason "no_reasoning"."""
         reasoning: list[list[int] | str] = [[] for _ in starts]
         # a sample without an answer is skipped: no reasoning for it
