@@ -558,8 +558,9 @@ class Distillation:
         resumed run counts from its resume)."""
         self.hold("student")  # what the refresh's own sampling starts from, so on-policy no extra sync
         step = self.progress.step
-        for op, metrics in self.evaluate(ops, "student", f"student_round_{r}_step_{step}").items():
-            split = self.clock.split()
+        results = self.evaluate(ops, "student", f"student_round_{r}_step_{step}")
+        split = self.clock.split()
+        for op, metrics in results.items():
             point = {"round": r, "step": step, "seconds": split["total"] - split["eval"], **metrics}
             curve = self.progress.summary.setdefault("curve", {}).setdefault(op, [])
             curve[:] = [p for p in curve if (p["round"], p["step"]) != (r, step)] + [point]  # once after a resume
