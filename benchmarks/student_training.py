@@ -112,10 +112,16 @@ def bench_plain(model_dir: Path, batches: list[list[dict]], dtype: str, device: 
 
 
 def bench_deepspeed(
-    model_dir: Path, batches: list[list[dict]], dtype: str, stage: int, device: torch.device, lora_rank: int = 0
+    model_dir: Path,
+    batches: list[list[dict]],
+    dtype: str,
+    stage: int,
+    device: torch.device,
+    lora_rank: int = 0,
+    pack_tokens: int = 0,
 ) -> dict:
     """One rank's step time, the full-weight export (merged, for a LoRA student), and with
-    `lora_rank` the adapter export too; peak GPU memory."""
+    `lora_rank` the adapter export too; peak GPU memory. `pack_tokens`: `student.pack_tokens`."""
     ds_config = {
         "train_batch_size": len(batches[0]),
         "train_micro_batch_size_per_gpu": len(batches[0]),
@@ -131,7 +137,10 @@ def bench_deepspeed(
         torch.cuda.reset_peak_memory_stats()
     lora = LoraConfig(r=lora_rank, alpha=2.0 * lora_rank) if lora_rank else None
     trainer = StudentTrainer(
-        0, 1, TrainerSettings(str(model_dir), dtype, lr=1e-4, timeout_s=600.0, lora=lora), ds_config
+        0,
+        1,
+        TrainerSettings(str(model_dir), dtype, lr=1e-4, timeout_s=600.0, lora=lora, pack_tokens=pack_tokens),
+        ds_config,
     )
     parameters = trainer.setup("127.0.0.1", free_port())
     times = []

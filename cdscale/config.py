@@ -260,6 +260,12 @@ class StudentConfig:
         "recompute each layer's activations in the backward pass instead of keeping them: less memory, "
         "one more forward's compute",
     )
+    pack_tokens: int = _f(
+        0,
+        "pack each rank's share of a batch into rows of at most this many tokens (first fit, longest first; "
+        "position ids restart per sequence, so no token attends to another sequence's) instead of padding every "
+        "sequence to the longest: less compute on padding when lengths vary. 0: pad, no packing",
+    )
     lora: LoraConfig = _f(None, "a LoRA student (peft): only adapters train, the base weights stay", factory=LoraConfig)
 
 
@@ -522,6 +528,8 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.teacher.temperature < 0 or cfg.student.warmup_steps < 0:
         raise ConfigError("teacher.temperature and student.warmup_steps: must not be negative")
+    if cfg.student.pack_tokens < 0:
+        raise ConfigError(f"student.pack_tokens: must not be negative (0: no packing), got {cfg.student.pack_tokens}")
     if cfg.student.batch_size % cfg.student.num_ranks:
         raise ConfigError(
             f"student.batch_size: {cfg.student.batch_size} does not split evenly across "

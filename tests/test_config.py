@@ -38,6 +38,7 @@ def test_overrides_are_typed_and_nested():
         ("student.lr=fast", "student.lr: expected a number"),
         ("student.batch_size=3", "student.batch_size: 3 does not split evenly"),
         ("data.num_train=0", "data.num_train: must be at least 1"),
+        ("student.pack_tokens=-8", "student.pack_tokens: must not be negative"),
         ("teacher.mode=live", "teacher.mode: 'live' is not allowed; allowed values: ['frozen', 'recursive']"),
         ("student.epochs", "expected section.field=value"),
     ],

@@ -137,10 +137,10 @@ def one_process_group():
     torch.distributed.destroy_process_group()
 
 
-def _trainers(model: torch.nn.Module) -> list[StudentTrainer]:
+def _trainers(model: torch.nn.Module, pack_tokens: int = 0) -> list[StudentTrainer]:
     trainers = []
     for rank in range(WORLD):
-        t = StudentTrainer(rank, WORLD, TrainerSettings(""), {})
+        t = StudentTrainer(rank, WORLD, TrainerSettings("", pack_tokens=pack_tokens), {})
         t.engine, t.optimizer, t.pad_id = _Engine(model), SimpleNamespace(param_groups=[{}]), 0
         t.device = torch.device("cpu")
         t.set_records(RECORDS)
@@ -148,10 +148,13 @@ def _trainers(model: torch.nn.Module) -> list[StudentTrainer]:
     return trainers
 
 
-def test_train_steps_take_their_share_of_the_global_batch_and_report_the_global_token_mean(one_process_group):
+@pytest.mark.parametrize("pack_tokens", [0, 24], ids=["padded", "packed"])
+def test_train_steps_take_their_share_of_the_global_batch_and_report_the_global_token_mean(
+    one_process_group, pack_tokens
+):
     model = _model()
     expected_loss, expected_grads, expected_accuracy = _global_mean(model)
-    trainers = _trainers(model)
+    trainers = _trainers(model, pack_tokens)
     [stats0], [stats1] = (t.train_steps([BATCH], [1e-3]) for t in trainers)  # each rank gets the global batch
     assert [stats0["answer_tokens"], stats1["answer_tokens"]] == [3, 13]
     averaged = [sum(g) / WORLD for g in zip(*(t.engine.grads[0] for t in trainers))]  # as DeepSpeed averages

@@ -53,24 +53,58 @@ def free_port() -> int:
     raise OSError(f"no free TCP port between 20000 and {ephemeral_low}")
 
 
-def collate(records: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad student sequences; list the answer positions and the teacher's signal there.
+def pack_rows(lengths: list[int], row_tokens: int) -> list[list[int]]:
+    """Sequence indices grouped into rows of at most `row_tokens` tokens: first fit, longest
+    first (a sequence longer than `row_tokens` gets a row of its own)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, left in enumerate(room) if lengths[i] <= left), None)
+        if row is None:
+            rows.append([])
+            room.append(row_tokens)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
+def collate(records: list[dict[str, Any]], pad_id: int, pack_tokens: int = 0) -> dict[str, torch.Tensor]:
+    """Student sequences as model inputs; the answer positions and the teacher's signal there.
+
+    Each sequence gets a row of its own, right-padded to the longest, with an attention mask;
+    or, with `pack_tokens`, rows of several sequences (`pack_rows`) with position ids that
+    restart at each sequence and no attention mask: transformers then masks attention
+    between the sequences of a row (its packed-sequence detection), so each sequence's
+    logits are what it would get alone.
 
     The logits at position t predict token t + 1, so the answer token at index j is
     scored from the logits at j - 1. `keep` lists the positions whose logits any row needs;
-    answer token i is scored from `logits[rows[i], cols[i]]` of the kept logits.
+    answer token i, in record order, is scored from `logits[rows[i], cols[i]]` of the kept
+    logits.
     """
-    length = max(len(r["input_ids"]) for r in records)
-    input_ids = torch.full((len(records), length), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(records), length), dtype=torch.long)
+    lengths = [len(r["input_ids"]) for r in records]
+    groups = pack_rows(lengths, pack_tokens) if pack_tokens else [[i] for i in range(len(records))]
+    where = {}  # record index -> (row, offset of its first token in the row)
+    for row, members in enumerate(groups):
+        offset = 0
+        for i in members:
+            where[i] = (row, offset)
+            offset += lengths[i]
+    width = max(sum(lengths[i] for i in members) for members in groups)
+    input_ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(groups), width), dtype=torch.long)
+    attention = torch.zeros((len(groups), width), dtype=torch.long)
     rows, cols, targets, topk_ids, topk_lps = [], [], [], [], []
     for i, r in enumerate(records):
         ids = r["input_ids"]
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
+        row, at = where[i]
+        input_ids[row, at : at + len(ids)] = torch.tensor(ids)
+        positions[row, at : at + len(ids)] = torch.arange(len(ids))
+        attention[row, at : at + len(ids)] = 1
         for j in range(r["answer_start"], len(ids)):
-            rows.append(i)
-            cols.append(j - 1)
+            rows.append(row)
+            cols.append(at + j - 1)
             targets.append(ids[j])
         topk_ids.extend(r["topk_ids"])
         topk_lps.extend(r["topk_logprobs"])
@@ -79,10 +113,15 @@ def collate(records: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tenso
     # The student's own samples carry the logprob the sampling weights gave each answer token.
     sampled = [r.get("sample_logprobs") for r in records]
     behaviour = {"sample_logprobs": torch.tensor([x for s in sampled for x in s])} if all(sampled) else {}
+    if pack_tokens:  # a row's padding continues its last sequence's positions: no real token attends to it
+        for row, members in enumerate(groups):
+            used = sum(lengths[i] for i in members)
+            positions[row, used:] = torch.arange(width - used) + lengths[members[-1]]
+    layout = {"position_ids": positions} if pack_tokens else {"attention_mask": attention}
     return {
         **behaviour,
+        **layout,
         "input_ids": input_ids,
-        "attention_mask": attention,
         "keep": torch.tensor(keep),
         "rows": torch.tensor(rows),
         "cols": torch.tensor([kept_index[c] for c in cols]),
@@ -104,12 +143,8 @@ def answer_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     (batch, sequence, vocabulary) logits are never materialized. `use_cache=False`: a
     training forward has no use for the key/value cache the model would otherwise build.
     """
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        logits_to_keep=batch["keep"],
-        use_cache=False,
-    ).logits
+    layout = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+    logits = model(input_ids=batch["input_ids"], **layout, logits_to_keep=batch["keep"], use_cache=False).logits
     return logits[batch["rows"], batch["cols"]]
 
 
@@ -171,6 +206,7 @@ class TrainerSettings:
     bucket_mb: int = 512  # full weights per ZeRO-3 gather and per broadcast bucket
     lora: LoraConfig | None = None  # a LoRA student: only the adapters train
     gradient_checkpointing: bool = False
+    pack_tokens: int = 0  # see `collate`
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str) -> TrainerSettings:
@@ -187,6 +223,7 @@ class TrainerSettings:
             cfg.sync.bucket_mb,
             s.lora if s.lora.r > 0 else None,
             s.gradient_checkpointing,
+            s.pack_tokens,
         )
 
 
@@ -290,7 +327,7 @@ class StudentTrainer:
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = {k: v.to(self.device) for k, v in collate(records, self.pad_id).items()}
+        batch = {k: v.to(self.device) for k, v in collate(records, self.pad_id, self.settings.pack_tokens).items()}
         answer_tokens = len(batch["rows"])
         if global_answer_tokens is None:
             global_answer_tokens = answer_tokens * self.world_size
@@ -316,7 +353,7 @@ class StudentTrainer:
             accuracy = (logits.argmax(-1) == batch["target_ids"]).float().mean().item()
         return {
             "loss": loss.item() / self.world_size,  # undo the world_size that DeepSpeed's average divides out
-            "tokens": int(batch["attention_mask"].sum()),
+            "tokens": sum(len(r["input_ids"]) for r in records),
             "answer_tokens": answer_tokens,
             "token_accuracy": accuracy,
         }
