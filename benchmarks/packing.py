@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             }
         results[name] = rows
     report = {
-        "command": "python -m benchmarks.packing " + " ".join(argv or []),
+        "command": "python -m benchmarks.packing " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"),
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,

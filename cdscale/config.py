@@ -264,7 +264,9 @@ class StudentConfig:
         0,
         "pack each rank's share of a batch into rows of at most this many tokens (first fit, longest first; "
         "position ids restart per sequence, so no token attends to another sequence's) instead of padding every "
-        "sequence to the longest: less compute on padding when lengths vary. 0: pad, no packing",
+        "sequence to the longest. It saves the padding's compute where attention skips pairs across sequences "
+        "(flash attention's varlen path on GPUs); CPU attention computes them, and there it measured 10% faster "
+        "at best (docs/performance.md). 0: pad, no packing",
     )
     lora: LoraConfig = _f(None, "a LoRA student (peft): only adapters train, the base weights stay", factory=LoraConfig)
 

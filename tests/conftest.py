@@ -3,8 +3,9 @@ import os
 # `make test` runs two workers on 2 cores, so the tests' torch threads (trainer ranks, engines,
 # bootstraps) share cores across processes. OpenMP's default lets an idle thread spin for a
 # while after each parallel region, taking the core that another process's thread waits for:
-# two 2-thread training loops at once ran 5x slower than with passive waiting (2026-12-04). Set
-# before torch loads; Ray actors and `cdscale run` subprocesses inherit it.
+# two 2-thread training loops at once ran 5x slower than with passive waiting
+# (benchmarks/omp_wait.py). Set before torch loads; Ray actors and `cdscale run` subprocesses
+# inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
