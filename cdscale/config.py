@@ -227,6 +227,13 @@ class StudentConfig:
         PLACEMENT_STRATEGIES,
     )
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage", (1, 2, 3))
+    offload: str = _f(
+        "none",
+        "ZeRO-Offload for GPU ranks: optimizer keeps the optimizer states in CPU memory and steps them there "
+        "(DeepSpeed's CPU Adam, compiled on first use; ZeRO-2 or 3); optimizer_and_params also keeps the "
+        "parameters there between uses (ZeRO-3). Less GPU memory for a slower step; on CPU ranks nothing moves",
+        ("none", "optimizer", "optimizer_and_params"),
+    )
     loss: str = _f(
         "forward_kl_topk",
         "forward_kl_topk: KL(teacher || student) on the teacher's top-k plus a tail bucket; sampled_soft: the paper's "
@@ -530,8 +537,7 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.teacher.temperature < 0 or cfg.student.warmup_steps < 0:
         raise ConfigError("teacher.temperature and student.warmup_steps: must not be negative")
-    if cfg.student.pack_tokens < 0:
-        raise ConfigError(f"student.pack_tokens: must not be negative (0: no packing), got {cfg.student.pack_tokens}")
+    _check_memory_features(cfg.student)
     if cfg.student.batch_size % cfg.student.num_ranks:
         raise ConfigError(
             f"student.batch_size: {cfg.student.batch_size} does not split evenly across "
@@ -565,6 +571,17 @@ def validate(cfg: Config) -> Config:
     _check_loss_source(cfg.student, stages)
     _check_teacher_reasoning(cfg.data, stages)
     return cfg
+
+
+def _check_memory_features(s: StudentConfig) -> None:
+    """ZeRO-Offload moves what the ZeRO stage partitions; packing takes a row length."""
+    if s.offload != "none" and s.zero_stage < (3 if s.offload == "optimizer_and_params" else 2):
+        raise ConfigError(
+            f"student.offload: {s.offload} needs student.zero_stage "
+            f"{'3' if s.offload == 'optimizer_and_params' else '2 or 3'}, got {s.zero_stage}"
+        )
+    if s.pack_tokens < 0:
+        raise ConfigError(f"student.pack_tokens: must not be negative (0: no packing), got {s.pack_tokens}")
 
 
 def _check_loss(s: StudentConfig) -> None:

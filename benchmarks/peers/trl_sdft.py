@@ -166,6 +166,26 @@ def from_cdscale_config(cfg, *, steps: int, output_dir: str, use_cpu: bool = Tru
     )
 
 
+def with_cdscale_schedule(trainer_cls: type, warmup_steps: int) -> type:
+    """`trainer_cls` with cdscale's learning-rate schedule (`warmup_cosine` over the run's
+    steps) instead of HF's, exactly."""
+    import torch
+
+    from cdscale.student.schedule import warmup_cosine
+
+    class Trainer(trainer_cls):
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_scheduler is None:
+                opt = optimizer if optimizer is not None else self.optimizer
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    opt, lambda step: warmup_cosine(step, num_training_steps, warmup_steps)
+                )
+                self._created_lr_scheduler = True
+            return super().create_scheduler(num_training_steps, optimizer)
+
+    return Trainer
+
+
 def greedy(model, tok, prompts: list[str], max_new_tokens: int, batch: int = 128) -> list[str]:
     import torch
 
@@ -253,7 +273,6 @@ def main() -> None:
     from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder
 
     from benchmarks.common import machine
-    from cdscale.student.schedule import warmup_cosine
     from cdscale.tasks import sample_where
     from cdscale.tasks.addition import Addition, scratchpad
 
@@ -335,15 +354,7 @@ def main() -> None:
                 self.curve.append({"step": state.global_step, "train_seconds": train_s, "student_accuracy": acc})
                 print(f"step {state.global_step}: student accuracy {acc:.3f} after {train_s:.0f}s", flush=True)
 
-    class Trainer(SDFTTrainer):
-        def create_scheduler(self, num_training_steps, optimizer=None):
-            if a.schedule == "cdscale" and self.lr_scheduler is None:
-                opt = optimizer if optimizer is not None else self.optimizer
-                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                    opt, lambda step: warmup_cosine(step, num_training_steps, a.warmup_steps)
-                )
-                self._created_lr_scheduler = True
-            return super().create_scheduler(num_training_steps, optimizer)
+    Trainer = with_cdscale_schedule(SDFTTrainer, a.warmup_steps) if a.schedule == "cdscale" else SDFTTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
         kwargs = sdft_config_kwargs(

@@ -23,12 +23,17 @@ if TYPE_CHECKING:
 def deepspeed_config(cfg: Config) -> dict[str, Any]:
     """The DeepSpeed config of the run's ranks (only DeepSpeed's own keys)."""
     s = cfg.student
+    zero: dict[str, Any] = {"stage": s.zero_stage}
+    if s.offload != "none":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if s.offload == "optimizer_and_params":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return {
         "train_batch_size": s.batch_size,
         "train_micro_batch_size_per_gpu": s.batch_size // s.num_ranks,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": s.grad_clip,
-        "zero_optimization": {"stage": s.zero_stage},
+        "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
         "fp16": {"enabled": cfg.model.dtype == "float16"},

@@ -24,16 +24,21 @@ ADAPTER = "default"  # peft's name for a model's one adapter
 _WRAPPER = "base_model.model."  # where peft puts the wrapped model
 
 
-def add_adapters(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
-    """`model` with LoRA adapters on `lora.target_modules`; only the adapters require grad."""
+def peft_config(lora: LoraConfig) -> Any:
+    """peft's `LoraConfig` for the student's `student.lora`."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
 
     targets: str | list[str] = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
-    config = PeftLoraConfig(
+    return PeftLoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
     )
-    return get_peft_model(model, config)
+
+
+def add_adapters(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
+    """`model` with LoRA adapters on `lora.target_modules`; only the adapters require grad."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(lora))
 
 
 @dataclass

@@ -281,14 +281,24 @@ class StudentTrainer:
         if self.settings.lora is not None:
             model = add_adapters(model, self.settings.lora)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        # Plain torch AdamW: works on CPU and GPU alike, no op compilation at start-up.
-        optimizer = torch.optim.AdamW(trainable, lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        optimizer = self._optimizer(trainable)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config
         )
         self.device = self.engine.device
         numel = lambda ps: sum(getattr(p, "ds_numel", p.numel()) for p in ps)  # noqa: E731 (ZeRO-3 holds a shard)
         return {"total": numel(model.parameters()), "trainable": numel(trainable)}
+
+    def _optimizer(self, trainable: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """Plain torch AdamW: works on CPU and GPU alike, no op compilation at start-up. With
+        the optimizer offloaded (`student.offload`), DeepSpeed's CPU Adam, the same AdamW update
+        vectorized for the CPU that then holds the states (DeepSpeed refuses a torch optimizer
+        there: it would step on the CPU unvectorized)."""
+        if "offload_optimizer" in self.ds_config.get("zero_optimization", {}):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(trainable, lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        return torch.optim.AdamW(trainable, lr=self.settings.lr, weight_decay=self.settings.weight_decay)
 
     def set_records(self, records: list[dict[str, Any]]) -> int:
         """Hold this round's distillation records (sent once per round, not once per step)."""
