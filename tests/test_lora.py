@@ -3,6 +3,7 @@ adapters, a sync moves the adapter alone into a running vLLM engine, which appli
 request, and the teacher's path through the same engine stays the base model's exactly."""
 
 import random
+from pathlib import Path
 
 import pytest
 import ray
@@ -112,6 +113,12 @@ def test_lora_ranks_sync_their_adapter_and_the_teachers_path_stays_the_base_mode
             if zero == 3:
                 _check_a_saved_adapter_resumes(group, records, tmp_path / "state")
             group.kill()  # its CPUs go to the next group
+
+        # Killing the engines leaves none of the adapter folders they wrote.
+        folders = ray.get([e.__ray_call__.remote(lambda engine: engine.adapter_tmp.name) for e in engines.engines])
+        assert all(Path(folder).is_dir() for folder in folders)
+        engines.kill()
+        assert not any(Path(folder).exists() for folder in folders)
     finally:
         engines.kill()
         for group in groups:

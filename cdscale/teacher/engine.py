@@ -219,6 +219,12 @@ class TeacherEngine:
     def ready(self) -> bool:
         return True
 
+    def close(self) -> None:
+        """Remove the adapters' folder (before the actor is killed, which runs no finalizers)."""
+        if self.adapter_tmp is not None:
+            self.adapter_tmp.cleanup()
+            self.adapter_tmp = None
+
 
 def _flat_fields(flat: Any, prefix: str) -> dict[str, list]:
     """vLLM's FlatLogprobs as plain lists (what `targets.FlatTopk` reads)."""

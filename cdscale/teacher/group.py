@@ -88,6 +88,10 @@ class EngineGroup:
         return ray.remote(TeacherEngine).options(**options, **in_bundle(self.placement, index)).remote(settings)
 
     def kill(self) -> None:
+        # ray.kill runs no finalizers: an engine that served adapters removes their folder first
+        # (a dead engine cannot; its folder stays in the temp dir).
+        closing = [engine.close.remote() for engine in self.engines]
+        ray.wait(closing, num_returns=len(closing), timeout=10)
         for engine in self.engines:
             ray.kill(engine)
 
