@@ -1,4 +1,4 @@
-# The two commands: `make demo` (install, prepare the tiny teacher, run the embedded default)
+# The two commands: `make demo` (install, prepare the tiny teacher, run configs/addition.yaml)
 # and `make test` (install, run the test suite). Both create .venv on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -24,7 +24,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/cdscale bootstrap
-	$(BIN)/cdscale run
+	$(BIN)/cdscale run --config configs/addition.yaml
 
 # Two workers (pytest-xdist): much of a stack test is one core's work (imports, process and
 # actor start-up), so two of them at once use the machine's 2 cores better than one.

@@ -111,6 +111,11 @@ class StageConfig:
 class DataConfig:
     num_train: int = _f(65536, "raw inputs x ~ D drawn per round for distillation")
     num_eval: int = _f(500, "held-out inputs for evaluation (disjoint from training inputs)")
+    num_validation: int = _f(
+        0,
+        "held-out inputs, disjoint from the training and the evaluation inputs, that student.until_accuracy is "
+        "checked on (0: none)",
+    )
     seed: int = _f(0, "seed for inputs, sampling and initialisation")
     source: str = _f(
         "teacher",
@@ -258,6 +263,15 @@ class StudentConfig:
     warmup_steps: int = _f(50, "linear warm-up steps, then cosine decay to 10% of lr")
     batch_size: int = _f(128, "global batch size (sequences), split evenly across ranks")
     epochs: int = _f(3, "passes over each round's distillation data")
+    until_accuracy: float = _f(
+        0.0,
+        "train to a criterion: after `epochs`, while the student's greedy accuracy on the validation inputs "
+        "(data.num_validation) of any of the round's operations is below this, train one more epoch and check "
+        "again, at most max_extra_epochs times. Each extra epoch is a warm restart: the cosine again from "
+        "student.lr down to its last rate. The evaluation's inputs (data.num_eval) are not looked at. "
+        "0: exactly `epochs`",
+    )
+    max_extra_epochs: int = _f(2, "until_accuracy: the most epochs trained after `epochs`")
     grad_clip: float = _f(1.0, "gradient norm clip")
     steps_per_call: int = _f(
         25, "optimizer steps per call to the rank actors (fewer round trips; progress granularity)"
@@ -557,6 +571,7 @@ def validate(cfg: Config) -> Config:
             f"{cfg.eval.every_refreshes} with data.refresh_every_steps={cfg.data.refresh_every_steps}"
         )
     _check_lora(cfg.student.lora)
+    _check_criterion(cfg)
     if cfg.run.max_trainer_restarts < 0:
         raise ConfigError(f"run.max_trainer_restarts: must not be negative, got {cfg.run.max_trainer_restarts}")
     if cfg.run.timeout_s <= 0 or (cfg.run.save_by_s is not None and cfg.run.save_by_s <= 0):
@@ -582,6 +597,32 @@ def _check_memory_features(s: StudentConfig) -> None:
         )
     if s.pack_tokens < 0:
         raise ConfigError(f"student.pack_tokens: must not be negative (0: no packing), got {s.pack_tokens}")
+
+
+def _check_criterion(cfg: Config) -> None:
+    """Training to an accuracy needs inputs to measure it on and room to train further."""
+    s, data = cfg.student, cfg.data
+    if data.num_validation < 0 or s.max_extra_epochs < 0:
+        raise ConfigError(
+            f"data.num_validation and student.max_extra_epochs: must not be negative, got {data.num_validation} "
+            f"and {s.max_extra_epochs}"
+        )
+    if not 0 <= s.until_accuracy <= 1:
+        raise ConfigError(
+            f"student.until_accuracy: must be in [0, 1] (0: exactly student.epochs), got {s.until_accuracy}"
+        )
+    if not s.until_accuracy:
+        return
+    if data.num_validation < 1 or s.max_extra_epochs < 1:
+        raise ConfigError(
+            f"student.until_accuracy: {s.until_accuracy} needs data.num_validation and student.max_extra_epochs "
+            f"of at least 1, got {data.num_validation} and {s.max_extra_epochs}"
+        )
+    if data.refresh_every_steps:
+        raise ConfigError(
+            "student.until_accuracy: a round split into refreshes (data.refresh_every_steps) trains each refresh's "
+            "own data; train to a criterion with one generation per round (data.refresh_every_steps=0)"
+        )
 
 
 def _check_loss(s: StudentConfig) -> None:

@@ -48,14 +48,14 @@ from cdscale.checkpoint import (
 from cdscale.clock import PhaseClock
 from cdscale.config import Config, OperationConfig, RunFailed, StageConfig, resolve_stages
 from cdscale.eval import eval_prompts, evaluate, kl_per_token, sample_reference, score_responses
-from cdscale.inputs import build_tasks, sample_splits
+from cdscale.inputs import build_tasks, sample_splits, sample_validation
 from cdscale.metrics import MetricsLog
 from cdscale.models import resolve_model_path
 from cdscale.placement import bundle_nodes, init_ray, release, reserve
 from cdscale.preemption import Preempted, StopRequest
 from cdscale.report import kl_table, results_table
 from cdscale.student.group import TrainerGroup
-from cdscale.student.loop import TrainStats, train_round
+from cdscale.student.loop import RoundPart, TrainStats, train_round
 from cdscale.student.lora import write_adapter
 from cdscale.sync import EngineWeights, make_weight_sync
 from cdscale.sync.object_store import export_weights
@@ -124,6 +124,8 @@ class Distillation:
         self.student_max_len = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)
         with self.clock("sample_inputs"):
             self.eval_sets, self.train_inputs = sample_splits(cfg, self.stages, self.tasks)
+            until = cfg.student.until_accuracy
+            self.validation_sets = sample_validation(cfg, self.tasks, self.eval_sets) if until else {}
         self.progress = Progress()
         self.initial: EngineWeights | None = None  # the model's own weights, kept when engines must return to them
         self.pushed: EngineWeights | None = None  # what the last push gave the engines
@@ -312,14 +314,12 @@ class Distillation:
         every = cfg.data.refresh_every_steps
         if not every:
             records, counts = self.build_targets(r, stage)
-            with self.clock("train"):
-                return train_round(cfg, self.trainers, records, self.progress, self.log, self.stop), counts
+            return self.train_to_criterion(r, records, [op.name for op in training]), counts
         # The round's steps as its inputs make them (skips aside), cut into refreshes of `every`.
         inputs = {op.name: self.train_inputs[r][op.name] for op in training}
         total = max(1, sum(map(len, inputs.values())) // cfg.student.batch_size) * cfg.student.epochs
         refreshes = math.ceil(total / every)
-        seconds, tokens, counts = 0.0, 0, {}
-        stats = TrainStats(total, math.nan, math.nan, 0.0, 0.0)  # when every refresh was trained before a resume
+        runs, counts = [], {}
         for j in range(refreshes):
             steps = range(j * every, min((j + 1) * every, total))
             if self.progress.step >= steps.stop:  # trained before this run resumed
@@ -329,17 +329,52 @@ class Distillation:
                 self.evaluate_mid_round(r, [op.name for op in training])
             part = {name: xs[j * len(xs) // refreshes : (j + 1) * len(xs) // refreshes] for name, xs in inputs.items()}
             records, counts[j] = self.build_targets(r, stage, part, refresh=j)
+            part = RoundPart(steps, total, refresh=j)
             with self.clock("train"):
-                trained = train_round(
-                    cfg, self.trainers, records, self.progress, self.log, self.stop, (j, steps, total)
-                )
-            if trained is None:
+                runs.append(train_round(cfg, self.trainers, records, self.progress, self.log, self.stop, part))
+            if runs[-1] is None:
                 return None, counts
-            stats, seconds, tokens = trained, seconds + trained.train_seconds, tokens + trained.train_tokens
-        stats = dataclasses.replace(
-            stats, train_seconds=seconds, train_tokens=tokens, train_tokens_per_s=tokens / seconds if seconds else 0.0
+        return TrainStats.added(runs, total), {"refreshes": refreshes, **_added(list(counts.values()))}
+
+    def train_to_criterion(self, r: int, records: list[dict[str, Any]], ops: list[str]) -> TrainStats | None:
+        """Round r's `student.epochs` on `records`; with `student.until_accuracy`, then an epoch
+        more at a time while an operation's validation accuracy is below it, at most
+        `student.max_extra_epochs`. None when a stop came."""
+        s = self.cfg.student
+        per_epoch = len(records) // s.batch_size
+        extra = s.max_extra_epochs if s.until_accuracy else 0
+        runs = []
+        for epochs in range(s.epochs, s.epochs + extra + 1):
+            end = per_epoch * epochs
+            if self.progress.step > end:  # checked, and below the criterion, before this run resumed
+                continue
+            part = RoundPart(range(0, end), per_epoch * s.epochs, extra)
+            with self.clock("train"):
+                runs.append(train_round(self.cfg, self.trainers, records, self.progress, self.log, self.stop, part))
+            if runs[-1] is None:
+                return None
+            if not extra or self.validate(r, epochs, ops) >= s.until_accuracy:
+                break
+        return TrainStats.added(runs, self.progress.step)
+
+    def validate(self, r: int, epochs: int, ops: list[str]) -> float:
+        """The lowest of `ops`' validation accuracies after `epochs` epochs of round r, kept in
+        the summary's `validation` (the criterion of `student.until_accuracy`)."""
+        self.hold("student")
+        step = self.progress.step
+        results = self.evaluate(ops, "student", f"validation_round_{r}_step_{step}", self.validation_sets)
+        for op, metrics in results.items():
+            point = {"round": r, "step": step, "epochs": epochs, "accuracy": metrics["accuracy"]}
+            points = self.progress.summary.setdefault("validation", {}).setdefault(op, [])
+            points[:] = [p for p in points if (p["round"], p["step"]) != (r, step)] + [point]  # once after a resume
+        lowest = min(metrics["accuracy"] for metrics in results.values())
+        self.log.write(event="validation", round=r, step=step, epochs=epochs, accuracy=lowest)
+        met = lowest >= self.cfg.student.until_accuracy
+        log.info(
+            "round %d after %d epochs: validation accuracy %.3f, %s student.until_accuracy=%g",
+            *(r, epochs, lowest, "reaching" if met else "below", self.cfg.student.until_accuracy),
         )
-        return stats, {"refreshes": refreshes, **_added(list(counts.values()))}
+        return lowest
 
     def build_targets(
         self, r: int, stage: StageConfig, inputs: dict[str, list[Example]] | None = None, refresh: int | None = None
@@ -475,12 +510,15 @@ class Distillation:
         self.log.write(event="sync", round=version - 1, **({"step": step} if step else {}), **event)
         return event
 
-    def evaluate(self, ops: list[str], role: str, label: str) -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, ops: list[str], role: str, label: str, inputs: dict[str, list[Example]] | None = None
+    ) -> dict[str, dict[str, float]]:
         """Greedy accuracy of the teacher (with its context) or the student (without) on each
-        of `ops`' held-out inputs, in one engine call."""
+        of `ops`' held-out inputs (or on `inputs`, e.g. the validation inputs), in one engine call."""
         t = self.cfg.teacher
         max_new_tokens = t.max_new_tokens if role == "teacher" else self.cfg.eval.max_new_tokens_student
-        sets = {op: (self.tasks[op], self.eval_sets[op]) for op in ops}
+        inputs = self.eval_sets if inputs is None else inputs
+        sets = {op: (self.tasks[op], inputs[op]) for op in ops}
         results = {}
         with self.clock("eval"):
             for op, (metrics, rows) in evaluate(self.engines, self.tokenizer, sets, role, max_new_tokens).items():
@@ -639,6 +677,9 @@ def format_table(summary: dict[str, Any]) -> str:
     for op, points in summary.get("curve", {}).items():
         shown = "; ".join(f"round {p['round']} step {p['step']} ({p['seconds']:.0f}s): {_headline(p)}" for p in points)
         lines.append(f"\n{op} during training (eval.every_refreshes): {shown}")
+    for op, points in summary.get("validation", {}).items():
+        shown = "; ".join(f"round {p['round']} after {p['epochs']} epochs: {100 * p['accuracy']:.1f}%" for p in points)
+        lines.append(f"\n{op} on its validation inputs (student.until_accuracy): {shown}")
     if "timings" in summary:
         split = summary["timings"]
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in split.items() if k != "total")

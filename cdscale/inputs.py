@@ -38,14 +38,7 @@ def sample_splits(
     seed = cfg.data.seed
     suffix = (lambda name: "") if len(tasks) == 1 else (lambda name: f"-{name}")  # a one-task run keeps its streams
     eval_sets = {
-        name: sample_where(
-            task,
-            cfg.data.num_eval,
-            random.Random(f"{seed}-eval{suffix(name)}"),
-            held_out=True,
-            distinct=True,
-            what=f"data.num_eval ({name})",
-        )
+        name: _held_out(task, cfg.data.num_eval, f"{seed}-eval{suffix(name)}", f"data.num_eval ({name})")
         for name, task in tasks.items()
     }
     rounds: list[dict[str, list[Example]]] = []
@@ -58,6 +51,30 @@ def sample_splits(
                     inputs[op.name] = _training_inputs(op, stage, tasks, eval_sets[op.name], rng)
             rounds.append(inputs)
     return eval_sets, rounds
+
+
+def sample_validation(
+    cfg: Config, tasks: dict[str, Task], eval_sets: dict[str, list[Example]]
+) -> dict[str, list[Example]]:
+    """Per operation, `data.num_validation` distinct held-out inputs that are not evaluation
+    inputs (what `student.until_accuracy` is checked on), with gold answers; drawn from a
+    stream of their own, so the other draws stay what they were without them."""
+    validation = {}
+    for name, task in tasks.items():
+        stream, what = f"{cfg.data.seed}-validation-{name}", f"data.num_validation ({name})"
+        validation[name] = _held_out(task, cfg.data.num_validation, stream, what, {x.input for x in eval_sets[name]})
+        if any(x.gold is None for x in validation[name]):
+            raise ConfigError(
+                f"student.until_accuracy: operation {name!r} has inputs without a gold answer; its accuracy, "
+                "the criterion, cannot be measured"
+            )
+    return validation
+
+
+def _held_out(task: Task, n: int, stream: str, what: str, exclude: set[str] | None = None) -> list[Example]:
+    """n distinct held-out inputs of `task`, drawn from the seeded `stream`, none in `exclude`."""
+    rng = random.Random(stream)
+    return sample_where(task, n, rng, held_out=True, distinct=True, what=what, exclude=frozenset(exclude or ()))
 
 
 def _training_inputs(

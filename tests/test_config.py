@@ -1,5 +1,6 @@
 """The config schema: defaults, YAML + dotted overrides, and errors that name the field."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,15 @@ from cdscale.models import PREPARED
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-def test_shipped_addition_config_is_the_embedded_default():
-    assert load_config(CONFIGS / "addition.yaml") == Config()
+def test_the_demo_config_is_the_embedded_default_trained_to_a_criterion():
+    demo = load_config(CONFIGS / "addition.yaml")
+    assert demo.student.until_accuracy == 0.82 and demo.data.num_validation == 500
+    without = dataclasses.replace(
+        demo,
+        student=dataclasses.replace(demo.student, until_accuracy=0.0),
+        data=dataclasses.replace(demo.data, num_validation=0),
+    )
+    assert without == Config()
 
 
 def test_overrides_are_typed_and_nested():

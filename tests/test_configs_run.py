@@ -84,7 +84,12 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
     first = configs[0][1]
     tree = {
         "model": {"path": str(model), "dtype": first.model.dtype},
-        "data": {"num_train": small["num_train"], "num_eval": small["num_eval"], "seed": 0},
+        "data": {
+            "num_train": small["num_train"],
+            "num_eval": small["num_eval"],
+            "num_validation": small["num_eval"],
+            "seed": 0,
+        },
         # Greedy teacher: the same answers (and so the same skips) on every machine.
         "teacher": {
             "num_engines": 1,
@@ -103,6 +108,9 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
             "batch_size": small["batch_size"],
             "epochs": 1,
             "warmup_steps": 1,
+            # A config that trains to a criterion: out of reach here, so one extra epoch per round.
+            "until_accuracy": max(cfg.student.until_accuracy for _, cfg in configs),
+            "max_extra_epochs": 1,
             "lora": next(
                 (dataclasses.asdict(cfg.student.lora) for _, cfg in configs if cfg.student.lora.r),
                 dataclasses.asdict(first.student.lora),
@@ -188,6 +196,13 @@ def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request)
     if cfg.student.lora.r:  # the merged student, and its adapter in peft's format
         assert (tmp_path / "smoke" / "student" / "adapter" / "adapter_config.json").is_file()
         assert summary["round_0"]["sync_s"] > 0
+    if cfg.student.until_accuracy:  # each round checked after its epoch, and after an extra one when below
+        points = [(op, p) for op, ps in summary["validation"].items() for p in ps]
+        assert {op for op, p in points} == {name for name, op in operations if op.num_train}
+        for r in {p["round"] for _, p in points}:
+            first = [p["accuracy"] for _, p in points if p["round"] == r and p["epochs"] == 1]
+            extra = [p for _, p in points if p["round"] == r and p["epochs"] == 2]
+            assert first and bool(extra) == (min(first) < cfg.student.until_accuracy), (r, points)
     synthetic = {name for name, op in operations if op.inputs == "synthetic"}
     events = [json.loads(line) for line in (tmp_path / "smoke" / "metrics.jsonl").read_text().splitlines()]
     assert {e["operation"] for e in events if e["event"] == "synthetic_inputs" and e["kept"] > 0} == synthetic

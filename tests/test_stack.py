@@ -5,6 +5,7 @@ with `bootstrap` (the `teacher_model` fixture), so teacher outputs and the loss 
 """
 
 import json
+import math
 import os
 import random
 import time
@@ -555,3 +556,68 @@ def test_a_dead_rank_is_raised_rather_than_a_surviving_ranks_broken_collective(r
     assert not isinstance(plain.value, ray.exceptions.RayActorError)  # what a plain ray.get raises
     with pytest.raises(ray.exceptions.RayActorError):
         get_from_every_rank(refs, 60)
+
+
+def test_training_to_a_criterion_adds_epochs_until_validation_reaches_it(
+    teacher_model, ray_cluster, tmp_path, monkeypatch
+):
+    """`student.until_accuracy`: after the planned epochs, one epoch more at a time (each a
+    warm restart of the schedule) while the accuracy on the validation inputs (which the evaluation
+    never sees) is below the criterion; at most `max_extra_epochs`; none once it is reached."""
+    from cdscale.distillation import Distillation
+    from cdscale.student.loop import TrainStats
+
+    cfg = _config(
+        teacher_model,
+        tmp_path,
+        "data.num_train=64",
+        "data.num_eval=16",
+        "data.num_validation=16",
+        "student.epochs=1",
+        "student.until_accuracy=1.0",  # out of reach of six steps on 64 examples
+        "student.max_extra_epochs=2",
+        "eval.before=false",
+    )
+    recipe = Distillation(cfg)
+    with recipe.cluster():
+        recipe.resume()
+        records, _ = recipe.build_targets(0, recipe.plan[0][1])
+        per_epoch = len(records) // cfg.student.batch_size
+        stats = recipe.train_to_criterion(0, records, ["addition"])
+        assert stats.steps == recipe.progress.step == 3 * per_epoch
+        points = recipe.progress.summary["validation"]["addition"]
+        assert [(p["step"], p["epochs"]) for p in points] == [(per_epoch, 1), (2 * per_epoch, 2), (3 * per_epoch, 3)]
+        assert all(p["accuracy"] < 1.0 for p in points)
+        # Each check read the weights of its step: the engines took the student's at each.
+        syncs = [e for e in _events(tmp_path / "e2e") if e["event"] == "sync"]
+        assert [e["step"] for e in syncs] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+        lrs = {e["step"]: e["lr"] for e in _events(tmp_path / "e2e") if e["event"] == "train"}
+        assert sorted(lrs) == list(range(3 * per_epoch))
+        # Each extra epoch a warm restart: the cosine from the peak rate down towards 10% of it, again.
+        for step in range(per_epoch, 3 * per_epoch):
+            restart = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step % per_epoch) / per_epoch))
+            assert lrs[step] == pytest.approx(cfg.student.lr * restart)
+        validation = tmp_path / "e2e" / "eval" / "addition" / f"validation_round_0_step_{per_epoch}.jsonl"
+        checked = {json.loads(line)["input"] for line in validation.open()}
+        assert len(checked) == 16 and not checked & {x.input for x in recipe.eval_sets["addition"]}
+
+        # Reached at the first check: no extra epoch. Resumed inside the first extra epoch:
+        # the checks before it are not redone.
+        for reached, resumed_at, trained_to, checked_at in (
+            (1.0, 0, per_epoch, [1]),
+            (0.0, per_epoch + 1, 3 * per_epoch, [2, 3]),
+        ):
+            checks = []
+            monkeypatch.setattr(
+                recipe,
+                "validate",
+                lambda r, epochs, ops, checks=checks, reached=reached: checks.append(epochs) or reached,
+            )
+            recipe.progress.step, recipe.progress.losses = resumed_at, []
+            stats = recipe.train_to_criterion(0, records, ["addition"])
+            assert isinstance(stats, TrainStats) and recipe.progress.step == stats.steps == trained_to
+            assert checks == checked_at
+
+
+def _events(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]

@@ -21,7 +21,7 @@ from cdscale.student.schedule import warmup_cosine
 from cdscale.student.trainer import combine_rank_stats
 
 if TYPE_CHECKING:
-    from cdscale.config import Config
+    from cdscale.config import Config, StudentConfig
     from cdscale.metrics import MetricsLog
     from cdscale.student.group import TrainerGroup
 
@@ -34,6 +34,26 @@ class TrainStats:
     train_tokens_per_s: float
     train_seconds: float
     train_tokens: int = 0
+
+    @classmethod
+    def added(cls, runs: list[TrainStats], steps: int) -> TrainStats:
+        """Several `train_round` calls of one round as one: their seconds and tokens summed,
+        the losses the last call's (each call's are the round's so far)."""
+        seconds, tokens = sum(run.train_seconds for run in runs), sum(run.train_tokens for run in runs)
+        last = runs[-1] if runs else cls(steps, math.nan, math.nan, 0.0, 0.0)
+        return cls(steps, last.loss_first, last.loss_last, tokens / seconds if seconds else 0.0, seconds, tokens)
+
+
+@dataclass
+class RoundPart:
+    """The steps of a round that one `train_round` call trains. `total`, the round's planned
+    steps, is the learning-rate schedule's length; steps after it are the extra epochs of
+    `student.until_accuracy` (see `_rate`)."""
+
+    steps: range
+    total: int
+    extra_epochs: int = 0  # epochs the round's batch plan holds after `student.epochs`
+    refresh: int | None = None  # a refresh's index: its own records, shuffled by a stream of their own
 
 
 def batch_plan(num_records: int, batch_size: int, epochs: int, rng: random.Random) -> list[tuple[int, list[int]]]:
@@ -53,19 +73,18 @@ def train_round(
     progress: Progress,
     log: MetricsLog,
     stop: Callable[[], bool],
-    refresh: tuple[int, range, int] | None = None,
+    part: RoundPart | None = None,
 ) -> TrainStats | None:
     """Train `progress.round` from step `progress.step` on, appending each step's loss to
     `progress.losses`. Returns None when `stop()` turned true between calls (the caller
     commits the state), else the statistics of the steps trained (the losses: the round's).
 
-    `refresh` (index j, its steps, the round's steps): train only that range of the round's
-    steps on `records`, as many passes over them as the range takes, with the learning-rate
-    schedule of the whole round."""
+    `part`: train only that range of the round's steps (default: `student.epochs` epochs); a
+    refresh's as many passes over its `records` as the range takes."""
     from tqdm import tqdm
 
     s, r = cfg.student, progress.round
-    plan, steps, total, desc = _round_plan(cfg, len(records), r, refresh)
+    plan, steps, total, desc = _round_plan(cfg, len(records), r, part)
     trainers.call("set_records", ray.put(records))
     tokens, start = 0, time.perf_counter()
     first_step = max(progress.step, steps.start)
@@ -74,7 +93,7 @@ def train_round(
             if stop():
                 return None
             chunk = range(first, min(first + s.steps_per_call, steps.stop))
-            lrs = [s.lr * warmup_cosine(step, total, s.warmup_steps) for step in chunk]
+            lrs = [_rate(s, step, total, len(records) // s.batch_size) for step in chunk]
             batches = [plan[step - steps.start][1] for step in chunk]
             per_rank = _train_steps(cfg, trainers, batches, lrs, f"round {r}, steps {first}-{chunk.stop - 1}")
             for k, step in enumerate(chunk):
@@ -106,20 +125,34 @@ def train_round(
     )
 
 
+def _rate(s: StudentConfig, step: int, total: int, per_epoch: int) -> float:
+    """The learning rate of a round's step: warm-up and cosine decay over the round's `total`
+    planned steps; after them, each extra epoch of `student.until_accuracy` is a warm restart
+    (the cosine again, from the peak down to the same last rate, in one epoch), so that each
+    check reads a student annealed again rather than one barely moved at the last rate."""
+    if step < total:
+        return s.lr * warmup_cosine(step, total, s.warmup_steps)
+    return s.lr * warmup_cosine((step - total) % per_epoch, per_epoch, 0)
+
+
 def _round_plan(
-    cfg: Config, num_records: int, r: int, refresh: tuple[int, range, int] | None
+    cfg: Config, num_records: int, r: int, part: RoundPart | None
 ) -> tuple[list[tuple[int, list[int]]], range, int, str]:
     """`train_round`'s batch plan (indexed from its first step), its steps, the round's total
     steps and the progress bar's label."""
     s = cfg.student
-    if refresh is None:
-        plan = batch_plan(num_records, s.batch_size, s.epochs, random.Random(f"{cfg.data.seed}-shuffle-{r}"))
-        return plan, range(len(plan)), len(plan), f"round {r} train"
-    j, steps, total = refresh
-    passes = math.ceil(len(steps) / (num_records // s.batch_size))  # a pass drops its partial batch
-    rng = random.Random(f"{cfg.data.seed}-shuffle-{r}-refresh-{j}")
-    plan = batch_plan(num_records, s.batch_size, passes, rng)[: len(steps)]
-    return plan, steps, total, f"round {r} refresh {j} train"
+    if part is None or part.refresh is None:
+        # Extra epochs extend the plan: its first `epochs` stay what they are without them.
+        extra = part.extra_epochs if part else 0
+        rng = random.Random(f"{cfg.data.seed}-shuffle-{r}")
+        plan = batch_plan(num_records, s.batch_size, s.epochs + extra, rng)
+        if part is None:
+            return plan, range(len(plan)), len(plan), f"round {r} train"
+        return plan, part.steps, part.total, f"round {r} train"
+    passes = math.ceil(len(part.steps) / (num_records // s.batch_size))  # a pass drops its partial batch
+    rng = random.Random(f"{cfg.data.seed}-shuffle-{r}-refresh-{part.refresh}")
+    plan = batch_plan(num_records, s.batch_size, passes, rng)[: len(part.steps)]
+    return plan, part.steps, part.total, f"round {r} refresh {part.refresh} train"
 
 
 def _train_steps(

@@ -135,10 +135,17 @@ def is_held_out(x: Example, per_mille: int) -> bool:
 
 
 def sample_where(
-    task: Task, n: int, rng: random.Random, held_out: bool, distinct: bool = False, what: str = "inputs"
+    task: Task,
+    n: int,
+    rng: random.Random,
+    held_out: bool,
+    distinct: bool = False,
+    what: str = "inputs",
+    exclude: frozenset[str] = frozenset(),
 ) -> list[Example]:
     """Draw n inputs from D restricted to one side of the held-out partition (and distinct
-    if asked), or fail clearly when the task's input space is too small for n."""
+    if asked, and none of the inputs in `exclude`), or fail clearly when the task's input
+    space is too small for n."""
     picked: list[Example] = []
     seen: set[str] = set()
     tries = 0
@@ -152,7 +159,8 @@ def sample_where(
         batch = task.sample_inputs(n - len(picked), rng)
         tries += len(batch)
         for x in batch:
-            if is_held_out(x, task.held_out_per_mille) == held_out and not (distinct and x.input in seen):
+            wanted = is_held_out(x, task.held_out_per_mille) == held_out and x.input not in exclude
+            if wanted and not (distinct and x.input in seen):
                 picked.append(x)
                 seen.add(x.input)
     return picked[:n]

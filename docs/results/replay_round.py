@@ -3,12 +3,16 @@ process with plain torch (no Ray, vLLM or DeepSpeed), to compare training settin
 sampling the teacher again.
 
     python docs/results/replay_round.py runs/addition --lr 6e-4 --epochs 3
+    python docs/results/replay_round.py runs/addition --extra-epochs 2              # then 2 at the last rate
+    python docs/results/replay_round.py runs/addition --extra-epochs 2 --restart 1  # then 2 warm restarts
 
 It trains a fresh copy of the run's model on round 0's data (RUN_DIR/data/) with cdscale's own
 collate, loss and schedule (AdamW, gradient clip, global batch as in `student.batch_size`),
 and prints the exact-match accuracy on the run's held-out inputs (RUN_DIR/eval/OPERATION/teacher.jsonl)
-every 256 steps. Accuracy is teacher-forced: every answer token and the EOS must be the
-argmax, which is what greedy decoding gets right. It matches a real run's setup except the
+every 256 steps and at the end of each extra epoch. Extra epochs (`student.until_accuracy`'s)
+follow the planned ones at the schedule's last rate, or with `--restart PEAK` each as a cosine
+from PEAK x lr down to that rate (a warm restart). Accuracy is teacher-forced: every answer
+token and the EOS must be the argmax, which is what greedy decoding gets right. It matches a real run's setup except the
 shuffle order and the split of each batch across ranks.
 """
 
@@ -36,6 +40,8 @@ parser.add_argument("run_dir", type=Path)
 parser.add_argument("--lr", type=float, default=6e-4)
 parser.add_argument("--epochs", type=float, default=3)
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--extra-epochs", type=int, default=0)
+parser.add_argument("--restart", type=float, default=0.0)
 args = parser.parse_args()
 torch.manual_seed(args.seed)
 
@@ -74,11 +80,12 @@ def exact_match() -> float:
 
 optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=student["weight_decay"])
 rng = random.Random(args.seed)
-total = int(len(records) // student["batch_size"] * args.epochs)
+per_epoch = len(records) // student["batch_size"]
+total = int(per_epoch * args.epochs)
 order: list[int] = []
 start = time.time()
 print(f"before: exact match {exact_match():.3f}", flush=True)
-for step in range(total):
+for step in range(total + per_epoch * args.extra_epochs):
     if not order:
         order = list(range(len(records)))
         rng.shuffle(order)
@@ -86,6 +93,9 @@ for step in range(total):
     order = order[student["batch_size"] :]
     for group in optimizer.param_groups:
         group["lr"] = args.lr * warmup_cosine(step, total, student["warmup_steps"])
+        if step >= total and args.restart:
+            last = 0.1 / args.restart  # each restart ends at the planned schedule's last rate
+            group["lr"] = args.lr * args.restart * warmup_cosine((step - total) % per_epoch, per_epoch, 0, last)
     loss = distillation_loss(
         student["loss"], answer_logits(model, batch), batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
     )
@@ -93,7 +103,7 @@ for step in range(total):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), student["grad_clip"])
     optimizer.step()
-    if (step + 1) % 256 == 0 or step + 1 == total:
+    if (step + 1) % 256 == 0 or (step + 1 >= total and (step + 1 - total) % per_epoch == 0):
         print(
             f"step {step + 1}/{total} loss {loss.item():.3f} exact match {exact_match():.3f} "
             f"({time.time() - start:.0f} s)",
