@@ -143,3 +143,61 @@ def _check_a_saved_adapter_resumes(group, records, folder):
 def _train_step(group, batch):
     """One optimizer step of the two ranks, each on its half of `batch`."""
     ray.get([t.train_step.remote(batch[r::2], 2e-2) for r, t in enumerate(group.actors)])
+
+
+def test_a_lora_run_killed_with_sigkill_resumes_and_loses_and_duplicates_nothing(teacher_model, tmp_path):
+    """A LoRA run (adapter sync) whose driver is killed with SIGKILL in round 1's training
+    resumes from round 0's commit: round 1's data comes from disk, every step of round 1 is
+    trained once in what is kept, and the ranks take round 1's first steps with the losses the
+    killed run had, so the adapters and their optimizer state came back as they were."""
+    import hashlib
+    import json
+    import os
+    import signal
+
+    from tests.test_resume import after_last_commit, events, finish, kill_group, start, wait_for
+
+    run_dir = tmp_path / "lora"
+    settings = [
+        f"model.path={teacher_model}",
+        f"run.output_root={tmp_path}",
+        "run.name=lora",
+        "task.options.max_digits=2",
+        "run.rounds=2",
+        "data.num_train=64",
+        "data.num_eval=8",
+        "student.batch_size=16",
+        "student.epochs=2",
+        "student.steps_per_call=1",
+        "student.warmup_steps=2",
+        f"student.lora.r={RANK}",
+        "teacher.num_engines=1",
+        "teacher.max_new_tokens=64",
+        "teacher.enforce_eager=true",
+        "run.timeout_s=300",
+    ]
+    proc = start(settings)
+    wait_for(proc, run_dir, 0, lambda e: e["event"] == "train" and e["round"] == 1 and e["step"] >= 2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    kill_group(proc)
+    killed = events(run_dir)
+    mark = after_last_commit(run_dir)
+    data = {r: hashlib.sha256((run_dir / "data" / f"round_{r}.parquet").read_bytes()).hexdigest() for r in (0, 1)}
+
+    code, out = finish(start(["--resume", str(run_dir)]), 600)
+    assert code == 0, out[-3000:]
+    assert "reusing the" in out  # round 1's data came from disk, not from the engine again
+    assert {
+        r: hashlib.sha256((run_dir / "data" / f"round_{r}.parquet").read_bytes()).hexdigest() for r in (0, 1)
+    } == data
+    resumed = events(run_dir, mark)
+    steps = json.loads((run_dir / "summary.json").read_text())["round_1"]["steps"]
+    assert [e["step"] for e in resumed if e["event"] == "train"] == list(range(steps))
+    before = {e["step"]: e["loss"] for e in killed[mark:] if e["event"] == "train"}
+    after = {e["step"]: e["loss"] for e in resumed if e["event"] == "train"}
+    assert len(before) >= 3
+    for step in range(3):  # the first without an update since the commit, then two with the restored Adam state
+        assert after[step] == pytest.approx(before[step], rel=1e-5), step
+    assert {e["transport"] for e in killed + resumed if e["event"] == "sync"} == {"adapter"}
+    assert (run_dir / "student" / "adapter" / "adapter_config.json").is_file()
