@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--source", choices=["student", "teacher"], default=None, help="default: the config's data.source")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--out", default=None, help="results JSON path")
+    p.add_argument("overrides", nargs="*", help="section.field=value, as for cdscale run (e.g. data.seed=1)")
     a = p.parse_args()
 
     import torch
@@ -72,7 +73,7 @@ def main() -> None:
     from cdscale.inputs import build_tasks, sample_splits
     from cdscale.student.lora import peft_config
 
-    cfg = load_config(a.config)
+    cfg = load_config(a.config, a.overrides)
     s, source = cfg.student, a.source or cfg.data.source
     stages = resolve_stages(cfg)
     tasks = build_tasks(stages)
@@ -98,6 +99,7 @@ def main() -> None:
         },
         "machine": f"{machine()}, {torch.get_num_threads()} threads",
         "config": a.config,
+        "overrides": a.overrides,
         "source": source,
         "steps": steps,
         "prompts": len(rows),
