@@ -327,8 +327,8 @@ class Distillation:
                 continue
             if j and cfg.eval.every_refreshes and j % cfg.eval.every_refreshes == 0:
                 self.evaluate_mid_round(r, [op.name for op in training])
-            part = {name: xs[j * len(xs) // refreshes : (j + 1) * len(xs) // refreshes] for name, xs in inputs.items()}
-            records, counts[j] = self.build_targets(r, stage, part, refresh=j)
+            share = {name: xs[j * len(xs) // refreshes : (j + 1) * len(xs) // refreshes] for name, xs in inputs.items()}
+            records, counts[j] = self.build_targets(r, stage, share, refresh=j)
             part = RoundPart(steps, total, refresh=j)
             with self.clock("train"):
                 runs.append(train_round(cfg, self.trainers, records, self.progress, self.log, self.stop, part))

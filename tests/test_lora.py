@@ -2,7 +2,10 @@
 adapters, a sync moves the adapter alone into a running vLLM engine, which applies it per
 request, and the teacher's path through the same engine stays the base model's exactly."""
 
+import json
+import os
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from cdscale.sync.object_store import export_weights
 from cdscale.tasks import build_task
 from cdscale.teacher.engine import EngineSettings
 from cdscale.teacher.group import EngineGroup
+from tests.test_resume import after_last_commit, events, finish, kill_group, sha, start, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -150,13 +154,6 @@ def test_a_lora_run_killed_with_sigkill_resumes_and_loses_and_duplicates_nothing
     resumes from round 0's commit: round 1's data comes from disk, every step of round 1 is
     trained once in what is kept, and the ranks take round 1's first steps with the losses the
     killed run had, so the adapters and their optimizer state came back as they were."""
-    import hashlib
-    import json
-    import os
-    import signal
-
-    from tests.test_resume import after_last_commit, events, finish, kill_group, start, wait_for
-
     run_dir = tmp_path / "lora"
     settings = [
         f"model.path={teacher_model}",
@@ -183,14 +180,13 @@ def test_a_lora_run_killed_with_sigkill_resumes_and_loses_and_duplicates_nothing
     kill_group(proc)
     killed = events(run_dir)
     mark = after_last_commit(run_dir)
-    data = {r: hashlib.sha256((run_dir / "data" / f"round_{r}.parquet").read_bytes()).hexdigest() for r in (0, 1)}
+    shards = [run_dir / "data" / f"round_{r}.parquet" for r in (0, 1)]
+    data = [sha(shard) for shard in shards]
 
     code, out = finish(start(["--resume", str(run_dir)]), 600)
     assert code == 0, out[-3000:]
     assert "reusing the" in out  # round 1's data came from disk, not from the engine again
-    assert {
-        r: hashlib.sha256((run_dir / "data" / f"round_{r}.parquet").read_bytes()).hexdigest() for r in (0, 1)
-    } == data
+    assert [sha(shard) for shard in shards] == data
     resumed = events(run_dir, mark)
     steps = json.loads((run_dir / "summary.json").read_text())["round_1"]["steps"]
     assert [e["step"] for e in resumed if e["event"] == "train"] == list(range(steps))

@@ -146,9 +146,8 @@ def _round_plan(
         extra = part.extra_epochs if part else 0
         rng = random.Random(f"{cfg.data.seed}-shuffle-{r}")
         plan = batch_plan(num_records, s.batch_size, s.epochs + extra, rng)
-        if part is None:
-            return plan, range(len(plan)), len(plan), f"round {r} train"
-        return plan, part.steps, part.total, f"round {r} train"
+        steps, total = (part.steps, part.total) if part else (range(len(plan)), len(plan))
+        return plan, steps, total, f"round {r} train"
     passes = math.ceil(len(part.steps) / (num_records // s.batch_size))  # a pass drops its partial batch
     rng = random.Random(f"{cfg.data.seed}-shuffle-{r}-refresh-{part.refresh}")
     plan = batch_plan(num_records, s.batch_size, passes, rng)[: len(part.steps)]
