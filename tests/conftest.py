@@ -17,18 +17,19 @@ from cdscale.models import build_once  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The order for `make test`'s two workers (pytest-xdist, `--dist worksteal`): each starts
-    on one half of this list and, when done, takes from the end of the other's. The first half
-    opens with the stack tests on the bootstrapped tiny teacher (that worker builds it); the
-    second holds unit tests, then the stack tests that need no teacher (the config smokes), so
-    neither worker waits for the other's bootstrap, and the minutes-long tests start early."""
+    """The order for `make test`'s workers (pytest-xdist, `--dist load --maxschedchunk 1`: a
+    worker holds the test it runs and the next, and takes the next one of this list when it
+    finishes one): the stack tests longest first by their `seconds` marker, then the unit
+    tests. A minutes-long test that starts last keeps the run going while the other workers
+    are idle; started first, it overlaps everything else."""
 
-    def place(item: pytest.Item) -> int:
-        if item.get_closest_marker("stack") is None:
-            return 1
-        return 0 if "teacher_model" in item.fixturenames else 2
+    def seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("seconds")
+        if marker is not None:
+            return marker.args[0]
+        return 30 if item.get_closest_marker("stack") else 0
 
-    items.sort(key=place)
+    items.sort(key=seconds, reverse=True)  # stable: collection order among equals
 
 
 @pytest.fixture(scope="session")

@@ -152,7 +152,15 @@ def tiny_stand_in(built_once):
     return built_once("tiny-stand-in", build)
 
 
-@pytest.mark.parametrize("group", sorted(GROUPS), ids=str)
+# For the suite's order: the SmolLM2 group is its longest test (a 135M model on 2 CPUs).
+SECONDS = {"smollm2-frozen-forward_kl_topk": 250, "tiny-frozen-forward_kl_topk": 90}
+
+
+@pytest.mark.parametrize(
+    "group",
+    [pytest.param(g, marks=pytest.mark.seconds(SECONDS.get(g, 30))) for g in sorted(GROUPS)],
+    ids=str,
+)
 def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request):
     from cdscale.distillation import run
     from cdscale.models.smollm2 import prepare_smollm2

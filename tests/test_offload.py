@@ -47,6 +47,7 @@ def test_offload_needs_a_zero_stage_that_partitions_what_it_moves(overrides, mes
 
 
 @pytest.mark.stack
+@pytest.mark.seconds(100)  # with DeepSpeed's CPU Adam build, once per machine
 def test_offloaded_zero3_ranks_take_the_steps_of_ranks_without_offload(teacher_model, tmp_path):
     from transformers import AutoConfig
 

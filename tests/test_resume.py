@@ -96,6 +96,7 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.seconds(120)
 def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrupted_run(teacher_model, tmp_path):
     common = [f"model.path={teacher_model}", f"run.output_root={tmp_path}", *SETTINGS]
     straight_dir, faulty_dir = tmp_path / "straight", tmp_path / "faulty"
