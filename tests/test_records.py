@@ -84,6 +84,31 @@ def test_bytes_that_are_not_utf8_and_a_missing_file(tmp_path):
         load_records(tmp_path / "nowhere.jsonl")
 
 
+def test_a_record_over_max_record_bytes_is_refused_without_reading_the_rest_of_it(tmp_path):
+    import tracemalloc
+
+    record = '{"input": "%s", "gold": "b"}'
+    exact = record % ("x" * (100 - len(record % "")))  # 100 bytes, the limit: kept
+    path = write(tmp_path, [exact, exact, record % ("x" * 200)])
+    with pytest.raises(RecordError, match=r"line 3: longer than max_record_bytes=100") as err:
+        load_records(path, max_record_bytes=100)
+    assert str(path) in str(err.value)
+    assert len(load_records(write(tmp_path, [exact, exact]), max_record_bytes=100)) == 2
+    with pytest.raises(RecordError, match="max_record_bytes: must be a positive integer"):
+        Records(str(path), max_record_bytes=0)
+    # 64 MiB without a line break: refused after reading about the 1 MiB default.
+    blob = tmp_path / "blob.jsonl"
+    with open(blob, "wb") as f:
+        for _ in range(64):
+            f.write(b"[" * (1 << 20))
+    tracemalloc.start()
+    with pytest.raises(RecordError, match="line 1: longer than max_record_bytes=1048576"):
+        load_records(blob)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20
+
+
 def test_templates_are_checked_against_the_records(tmp_path):
     path = str(
         write(tmp_path, [json.dumps({"input": "a", "gold": "b", "hint": "h"}), json.dumps({"input": "c", "gold": "d"})])

@@ -15,8 +15,9 @@ the answer's line, ignoring case and punctuation (for a chat model that answers 
 sentence).
 
 Records are checked when the task is built: a line that is not JSON, not an object, lacks
-a field, has one of the wrong type, or lacks a field a template uses is an error naming the
-file and the line.
+a field, has one of the wrong type, lacks a field a template uses, or is longer than
+`max_record_bytes` (1 MiB by default; no more of it is read) is an error naming the file and
+the line.
 Fields other than `input` and `gold` are kept in `Example.meta` and usable in templates.
 A small file may keep a larger share of itself for evaluation (`held_out_per_mille`; 100 by
 default).
@@ -43,16 +44,26 @@ class RecordError(ValueError):
     pass
 
 
-def load_records(path: str | Path) -> list[tuple[int, Example]]:
+# A record is one line, read whole into memory: a file without line breaks (a JSON array, a
+# binary file) would otherwise be read at once, however large.
+MAX_RECORD_BYTES = 1 << 20
+
+
+def load_records(path: str | Path, max_record_bytes: int = MAX_RECORD_BYTES) -> list[tuple[int, Example]]:
     """Parse and check a records file into (1-based line, example) pairs; every problem
-    names the file and the line."""
+    names the file and the line. No more than `max_record_bytes` of a line is read."""
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"{path}: records file does not exist")
     examples = []
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
+        for number, raw in enumerate(iter(lambda: f.readline(max_record_bytes + 1), b""), start=1):
             where = f"{path} line {number}"
+            if len(raw.rstrip(b"\r\n")) > max_record_bytes:
+                raise RecordError(
+                    f"{where}: longer than max_record_bytes={max_record_bytes} "
+                    "(one JSON object per line; raise the task option for longer records)"
+                )
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -97,6 +108,7 @@ class Records(Task):
         demonstration_template: str = "Input: {input}\nAnswer: {gold}\n",
         held_out_per_mille: int | None = None,
         match: str = "exact",
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ):
         if held_out_per_mille is not None:
             # a small file keeps more of itself for evaluation
@@ -104,14 +116,16 @@ class Records(Task):
         if match not in ("exact", "words"):
             raise RecordError(f"match: must be 'exact' or 'words', got {match!r}")
         self.match = match
-        lines = load_records(path)
+        if not isinstance(max_record_bytes, int) or isinstance(max_record_bytes, bool) or max_record_bytes < 1:
+            raise RecordError(f"max_record_bytes: must be a positive integer, got {max_record_bytes!r}")
+        lines = load_records(path, max_record_bytes)
         self.examples = [x for _, x in lines]
         self.context, self.answer_marker = context, answer_marker
         self.teacher_reasons_first = bool(answer_marker)
         self.teacher_template, self.student_template = teacher_template, student_template
         # In-context examples for {demonstrations}: each prompt variant shows its own
         # k-of-n subset, in its own order (an ensemble teacher beyond the window, H5).
-        shown = load_records(demonstrations_path) if demonstrations_path else []
+        shown = load_records(demonstrations_path, max_record_bytes) if demonstrations_path else []
         self.demonstrations = [x for _, x in shown]
         self.per_prompt = demonstrations_per_prompt or len(self.demonstrations)
         if self.demonstrations and not 1 <= self.per_prompt <= len(self.demonstrations):
