@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cdscale.config import ConfigError
 
 if TYPE_CHECKING:
     from cdscale.config import Config
@@ -26,6 +29,7 @@ def init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     if cfg.run.ray_address:
+        check_reachable(cfg.run.ray_address, cfg.run.timeout_s)
         ray.init(address=cfg.run.ray_address)
         return
     # Logical CPUs cover every actor (engines and trainers take turns on the cores:
@@ -40,6 +44,21 @@ def init_ray(cfg: Config) -> None:
         dashboard_host=cfg.run.dashboard_host,
         _metrics_export_port=cfg.run.metrics_export_port,
     )
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """Fail at once, naming the field, where nothing listens at a `host:port` Ray address:
+    `ray.init` waits there for minutes (over 200 s on a closed local port, 2026-12-05)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # "auto" and the like: Ray resolves them
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(
+            f"run.ray_address: nothing answers at {address} ({err.strerror or err}); start the cluster's head "
+            "there (`ray start --head`), or leave run.ray_address unset for a local cluster"
+        ) from None
 
 
 def reserve(count: int, cpus: float, gpus: float, strategy: str, timeout_s: float, what: str) -> PlacementGroup:

@@ -62,3 +62,20 @@ def test_help_exits_0(argv, capsys):
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 0 and "usage: cdscale" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)  # ray.init alone waited over 200 s at such an address
+def test_a_ray_address_where_nothing_listens_is_named_at_once(tmp_path, capsys):
+    import socket
+
+    from cdscale.models.tiny import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "model")
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["run", f"model.path={model}", f"run.output_root={tmp_path}", f"run.ray_address=127.0.0.1:{port}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cdscale: error: run.ray_address: nothing answers at 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
