@@ -51,7 +51,7 @@ from cdscale.eval import eval_prompts, evaluate, kl_per_token, sample_reference,
 from cdscale.inputs import build_tasks, sample_splits, sample_validation
 from cdscale.metrics import MetricsLog
 from cdscale.models import resolve_model_path
-from cdscale.placement import bundle_nodes, init_ray, release, reserve
+from cdscale.placement import bundle_nodes, init_ray, release, reserve, stop_ray
 from cdscale.preemption import Preempted, StopRequest
 from cdscale.report import kl_table, results_table
 from cdscale.student.group import TrainerGroup
@@ -136,9 +136,10 @@ class Distillation:
         """Ray, the placement groups and both actor groups for the body; all released after it."""
         cfg, t, s = self.cfg, self.cfg.teacher, self.cfg.student
         with self.clock("startup"):
-            init_ray(cfg)
+            session = init_ray(cfg)
         self.stop = StopRequest(cfg.run.save_by_s, self.started)
         groups, self.engines, self.trainers = [], None, None
+        failed = True
         try:
             with self.clock("startup"):
                 # Reserved one by one, so that a failure while reserving the second releases the first.
@@ -158,7 +159,8 @@ class Distillation:
                     )
                 )
                 self.placement = {"engines": bundle_nodes(groups[0]), "trainers": bundle_nodes(groups[1])}
-                self.log.write(event="placement", **self.placement)
+                # The local cluster's session folder holds its processes' logs while the run lasts.
+                self.log.write(event="placement", **self.placement, ray_session=session and str(session))
                 # The engines load their model while the ranks start and join their process group.
                 self.engines = EngineGroup.from_config(cfg, self.model_path, groups[0]).launch(t.num_engines)
                 self.trainers = TrainerGroup.from_config(cfg, self.model_path, groups[1]).start()
@@ -171,6 +173,10 @@ class Distillation:
             self.sync = make_weight_sync(cfg)
             self.engines.restore = self._restore_engine
             yield
+            failed = False
+        except Preempted:  # a stop at a safe point, committed: not a failure
+            failed = False
+            raise
         finally:
             for group in (self.engines, self.trainers):
                 if group is not None:
@@ -178,6 +184,8 @@ class Distillation:
             release(*groups)
             self.stop.restore()
             self.log.close()
+            if session is not None:
+                stop_ray(session, keep_logs=failed)
 
     def _restore_engine(self, new: list[Any], held: EngineWeights) -> None:
         # The trainers as they are now: after a restart, the new ranks.

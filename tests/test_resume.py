@@ -92,6 +92,18 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def left_behind(proc: subprocess.Popen, run_dir: Path, since_line: int = 0) -> list[str]:
+    """What a `cdscale run` that exited left of the local Ray cluster it started: processes of
+    its session (reaped within seconds), and the cluster's session folder."""
+    session = [e["ray_session"] for e in events(run_dir, since_line) if e["event"] == "placement"][-1]
+    for _ in range(50):
+        processes = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if not processes:
+            break
+        time.sleep(0.2)
+    return processes + [session] * Path(session).exists()
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -101,8 +113,11 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     common = [f"model.path={teacher_model}", f"run.output_root={tmp_path}", *SETTINGS]
     straight_dir, faulty_dir = tmp_path / "straight", tmp_path / "faulty"
 
-    code, out = finish(start([*common, "run.name=straight"]), 900)
-    assert code == 0, out[-3000:]
+    straight = start([*common, "run.name=straight"])
+    out, _ = straight.communicate(timeout=900)
+    assert straight.returncode == 0, out[-3000:]
+    assert left_behind(straight, straight_dir) == []  # no Ray process, no Ray session folder
+    kill_group(straight)
 
     # 1. SIGKILL the driver once round 0 is committed. This run syncs by rank 0's broadcast, the
     # straight one through the object store: the transport must not change what is computed.
@@ -124,9 +139,11 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     wait_for(proc, faulty_dir, mark, lambda e: e["event"] == "train" and e["round"] == 1 and e["step"] >= 2)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    code, out = finish(proc, 120)
-    assert code == 0, out[-3000:]
+    out, _ = proc.communicate(timeout=120)
     assert time.monotonic() - sent < 60  # within a grace time Slurm would allow
+    assert proc.returncode == 0, out[-3000:]
+    assert left_behind(proc, faulty_dir, mark) == []  # a stop shuts its cluster down too
+    kill_group(proc)
     assert "stopped at a safe point" in out
     progress = json.loads(
         (
