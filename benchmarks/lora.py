@@ -2,7 +2,10 @@
 parameters, a training step's time and each rank's peak memory, the weight sync (full
 weights through the object store against the adapter alone), and a commit's trainer state.
 
-    python -m benchmarks.lora [--model smollm2-135m] [--rank 16] [--out benchmarks/results]
+    python -m benchmarks.lora [--model smollm2-135m] [--rank 16] [--bf16] [--out benchmarks/results]
+
+`--bf16` adds full and LoRA rows with `model.dtype: bfloat16` (DeepSpeed's bf16 mode: fp32
+master weights and optimizer states, bf16 forward and backward), for CPUs with bf16 kernels.
 
 Writes lora.json and lora.md. Synthetic records (random tokens, 24 answer positions each,
 random top-k targets): what is timed is the work, not what is learned.
@@ -31,11 +34,14 @@ from cdscale.teacher.group import EngineGroup
 SEQ, ANSWER, TOP_K, BATCH, STEPS, SYNCS = 128, 24, 20, 8, 4, 3
 
 
-def measure(model: str, lora_rank: int, ranks: int, checkpointing: bool = False) -> dict[str, Any]:
+def measure(
+    model: str, lora_rank: int, ranks: int, checkpointing: bool = False, dtype: str = "float32"
+) -> dict[str, Any]:
     cfg = load_config(
         None,
         [
             f"model.path={model}",
+            f"model.dtype={dtype}",
             f"student.num_ranks={ranks}",
             f"student.batch_size={BATCH}",
             f"student.lora.r={lora_rank}",
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--ranks", type=int, default=2, help="DeepSpeed ranks (ZeRO-2)")
+    parser.add_argument("--bf16", action="store_true", help="also full and LoRA in bfloat16")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     ray.init(num_cpus=1 + args.ranks, include_dashboard=False, log_to_driver=False)
@@ -114,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             f"lora r={args.rank}": measure(args.model, args.rank, args.ranks),
             f"lora r={args.rank}, gradient checkpointing": measure(args.model, args.rank, args.ranks, True),
         }
+        if args.bf16:
+            results["full, bfloat16"] = measure(args.model, 0, args.ranks, dtype="bfloat16")
+            results[f"lora r={args.rank}, bfloat16"] = measure(args.model, args.rank, args.ranks, dtype="bfloat16")
     finally:
         ray.shutdown()
     out = Path(args.out)
@@ -122,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"machine": machine(), "model": args.model, "results": results}, indent=2)
     )
     text = (
-        f"# Full fine-tuning against LoRA\n\n`python -m benchmarks.lora --model {args.model} --rank {args.rank}` on "
+        f"# Full fine-tuning against LoRA\n\n`python -m benchmarks.lora --model {args.model} --rank {args.rank}"
+        f"{' --bf16' if args.bf16 else ''}` on "
         f"{machine()}: {args.ranks} ranks (ZeRO-2), one engine, {STEPS} steps of {BATCH} sequences of {SEQ} tokens "
         f"({ANSWER} answer positions), median of {SYNCS} syncs after a warm-up.\n\n{table(results, args.rank)}\n"
     )
