@@ -28,8 +28,8 @@ demo: install
 
 # Three workers (pytest-xdist) on 2 cores: much of a stack test is one core's work or waiting
 # (imports, process and actor start-up, polling a subprocess), so a third test keeps both cores
-# busy (the suite took 654 s against 700 s with two, 2026-12-05). Each worker takes the next test
-# of tests/conftest.py's order, longest first, when it finishes one.
+# busy (the suite took 654 s against 700 s with two, 2026-12-05). Each worker is sent the next
+# test of tests/conftest.py's order, longest first, as it starts one.
 test: install lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist load --maxschedchunk 1 --durations=30
 

@@ -51,7 +51,7 @@ from cdscale.eval import eval_prompts, evaluate, kl_per_token, sample_reference,
 from cdscale.inputs import build_tasks, sample_splits, sample_validation
 from cdscale.metrics import MetricsLog
 from cdscale.models import resolve_model_path
-from cdscale.placement import bundle_nodes, init_ray, release, reserve, stop_ray
+from cdscale.placement import bundle_nodes, check_reachable, init_ray, release, reserve, stop_ray
 from cdscale.preemption import Preempted, StopRequest
 from cdscale.report import kl_table, results_table
 from cdscale.student.group import TrainerGroup
@@ -70,6 +70,9 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Run every round of `cfg` and return the summary (also written to summary.json).
     With `resume`, continue the run directory's last committed state; raises `Preempted`
     after committing when SIGTERM or `run.save_by_s` asks it to stop."""
+    if cfg.run.ray_address and not ray.is_initialized():
+        # Before the run directory is written: a run refused for its address can start again.
+        check_reachable(cfg.run.ray_address, min(cfg.run.timeout_s, 30))
     with hold_run_dir(cfg.run_dir):
         recipe = Distillation(cfg, resume)
         with recipe.cluster():
@@ -178,14 +181,16 @@ class Distillation:
             failed = False
             raise
         finally:
-            for group in (self.engines, self.trainers):
-                if group is not None:
-                    group.kill()
-            release(*groups)
-            self.stop.restore()
-            self.log.close()
-            if session is not None:
-                stop_ray(session, keep_logs=failed)
+            try:
+                for group in (self.engines, self.trainers):
+                    if group is not None:
+                        group.kill()
+                release(*groups)
+                self.stop.restore()
+                self.log.close()
+            finally:
+                if session is not None:
+                    stop_ray(session, keep_logs=failed)
 
     def _restore_engine(self, new: list[Any], held: EngineWeights) -> None:
         # The trainers as they are now: after a restart, the new ranks.

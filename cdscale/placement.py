@@ -36,7 +36,6 @@ def init_ray(cfg: Config) -> Path | None:
     if ray.is_initialized():
         return None
     if cfg.run.ray_address:
-        check_reachable(cfg.run.ray_address, cfg.run.timeout_s)
         ray.init(address=cfg.run.ray_address)
         return None
     # Logical CPUs cover every actor (engines and trainers take turns on the cores:
@@ -67,13 +66,14 @@ def stop_ray(session: Path, keep_logs: bool) -> None:
 
 
 def check_reachable(address: str, timeout_s: float) -> None:
-    """Fail at once, naming the field, where nothing listens at a `host:port` Ray address:
-    `ray.init` waits there for minutes (over 200 s on a closed local port, 2026-12-05)."""
+    """Fail early, naming the field, where nothing listens at a `host:port` Ray address:
+    `ray.init` waits there for minutes (over 200 s on a closed local port, 2026-12-05). A
+    refused port fails at once, a host that drops the connection after `timeout_s`."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():  # "auto" and the like: Ray resolves them
         return
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as err:
         raise ConfigError(
             f"run.ray_address: nothing answers at {address} ({err.strerror or err}); start the cluster's head "

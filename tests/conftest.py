@@ -1,6 +1,6 @@
 import os
 
-# `make test` runs two workers on 2 cores, so the tests' torch threads (trainer ranks, engines,
+# `make test` runs three workers on 2 cores, so the tests' torch threads (trainer ranks, engines,
 # bootstraps) share cores across processes. OpenMP's default lets an idle thread spin for a
 # while after each parallel region, taking the core that another process's thread waits for:
 # two 2-thread training loops at once ran 5x slower than with passive waiting
@@ -17,11 +17,11 @@ from cdscale.models import build_once  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The order for `make test`'s workers (pytest-xdist, `--dist load --maxschedchunk 1`: a
-    worker holds the test it runs and the next, and takes the next one of this list when it
-    finishes one): the stack tests longest first by their `seconds` marker, then the unit
-    tests. A minutes-long test that starts last keeps the run going while the other workers
-    are idle; started first, it overlaps everything else."""
+    """The order for `make test`'s workers (pytest-xdist, `--dist load --maxschedchunk 1`:
+    each worker starts with two consecutive tests of this list and is sent the next one as it
+    starts one, so it holds at most two): the stack tests longest first by their `seconds`
+    marker, then the unit tests. A minutes-long test that starts last keeps the run going
+    while the other workers are idle; started first, it overlaps everything else."""
 
     def seconds(item: pytest.Item) -> float:
         marker = item.get_closest_marker("seconds")

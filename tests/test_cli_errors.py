@@ -79,3 +79,4 @@ def test_a_ray_address_where_nothing_listens_is_named_at_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"cdscale: error: run.ray_address: nothing answers at 127.0.0.1:{port}" in err
     assert "Traceback" not in err
+    assert not (tmp_path / "addition").exists()  # nothing written: the corrected command starts afresh

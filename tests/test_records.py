@@ -94,6 +94,14 @@ def test_a_record_over_max_record_bytes_is_refused_without_reading_the_rest_of_i
         load_records(path, max_record_bytes=100)
     assert str(path) in str(err.value)
     assert len(load_records(write(tmp_path, [exact, exact]), max_record_bytes=100)) == 2
+    crlf = tmp_path / "crlf.jsonl"  # the limit, then "\r\n": kept, and the next line is line 2
+    crlf.write_bytes(exact.encode() + b"\r\n" + b"{oops\r\n")
+    with pytest.raises(RecordError, match="line 2: not valid JSON"):
+        load_records(crlf, max_record_bytes=100)
+    split = tmp_path / "split.jsonl"  # a "\r" just past the limit must not cut a line in two
+    split.write_bytes(exact.encode() + b"\r" + exact.encode() + b"\n")
+    with pytest.raises(RecordError, match="line 1: longer than max_record_bytes=100"):
+        load_records(split, max_record_bytes=100)
     with pytest.raises(RecordError, match="max_record_bytes: must be a positive integer"):
         Records(str(path), max_record_bytes=0)
     # 64 MiB without a line break: refused after reading about the 1 MiB default.

@@ -97,11 +97,13 @@ def left_behind(proc: subprocess.Popen, run_dir: Path, since_line: int = 0) -> l
     its session (reaped within seconds), and the cluster's session folder."""
     session = [e["ray_session"] for e in events(run_dir, since_line) if e["event"] == "placement"][-1]
     for _ in range(50):
-        processes = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        if not processes:
+        listed = subprocess.run(["ps", "-s", str(proc.pid), "-o", "pid=,stat="], capture_output=True, text=True)
+        alive = [line.split()[0] for line in listed.stdout.splitlines() if not line.split()[1].startswith("Z")]
+        left = alive + [session] * Path(session).exists()
+        if not left:
             break
         time.sleep(0.2)
-    return processes + [session] * Path(session).exists()
+    return left
 
 
 def sha(path: Path) -> str:

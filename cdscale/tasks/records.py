@@ -57,9 +57,11 @@ def load_records(path: str | Path, max_record_bytes: int = MAX_RECORD_BYTES) -> 
         raise RecordError(f"{path}: records file does not exist")
     examples = []
     with open(path, "rb") as f:
-        for number, raw in enumerate(iter(lambda: f.readline(max_record_bytes + 1), b""), start=1):
+        # Two bytes more than the limit: a line of exactly the limit may end in "\r\n", and a
+        # longer line, cut by the read, keeps more than the limit after its "\r" is dropped.
+        for number, raw in enumerate(iter(lambda: f.readline(max_record_bytes + 2), b""), start=1):
             where = f"{path} line {number}"
-            if len(raw.rstrip(b"\r\n")) > max_record_bytes:
+            if len(raw.removesuffix(b"\n").removesuffix(b"\r")) > max_record_bytes:
                 raise RecordError(
                     f"{where}: longer than max_record_bytes={max_record_bytes} "
                     "(one JSON object per line; raise the task option for longer records)"
