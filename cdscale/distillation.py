@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import ray
 import yaml
 
+from cdscale import preflight
 from cdscale.build_targets import TargetBuilder, TargetCounts
 from cdscale.checkpoint import (
     Progress,
@@ -51,7 +52,7 @@ from cdscale.eval import eval_prompts, evaluate, kl_per_token, sample_reference,
 from cdscale.inputs import build_tasks, sample_splits, sample_validation
 from cdscale.metrics import MetricsLog
 from cdscale.models import resolve_model_path
-from cdscale.placement import bundle_nodes, check_reachable, init_ray, release, reserve, stop_ray
+from cdscale.placement import bundle_nodes, init_ray, release, reserve, stop_ray
 from cdscale.preemption import Preempted, StopRequest
 from cdscale.report import kl_table, results_table
 from cdscale.student.group import TrainerGroup
@@ -70,9 +71,9 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Run every round of `cfg` and return the summary (also written to summary.json).
     With `resume`, continue the run directory's last committed state; raises `Preempted`
     after committing when SIGTERM or `run.save_by_s` asks it to stop."""
-    if cfg.run.ray_address and not ray.is_initialized():
-        # Before the run directory is written: a run refused for its address can start again.
-        check_reachable(cfg.run.ray_address, min(cfg.run.timeout_s, 30))
+    # Before the run directory is written: a refused run can start again as it is. A cluster
+    # the caller started is the caller's to check.
+    preflight.check(cfg, resolve_model_path(cfg.model.path), resume, cluster=not ray.is_initialized())
     with hold_run_dir(cfg.run_dir):
         recipe = Distillation(cfg, resume)
         with recipe.cluster():
@@ -138,36 +139,32 @@ class Distillation:
     def cluster(self) -> Iterator[None]:
         """Ray, the placement groups and both actor groups for the body; all released after it."""
         cfg, t, s = self.cfg, self.cfg.teacher, self.cfg.student
-        with self.clock("startup"):
-            session = init_ray(cfg)
+        # Ctrl-C during ray.init is kept and honoured at the first wait after it.
         self.stop = StopRequest(cfg.run.save_by_s, self.started)
+        with self.clock("startup"):
+            try:
+                session = init_ray(cfg)
+            except SystemExit:  # from ray.init's own SIGTERM handler, in place while it runs
+                raise Preempted("stopped while Ray started", "SIGTERM") from None
+        self.stop.install()
         groups, self.engines, self.trainers = [], None, None
         failed = True
         try:
             with self.clock("startup"):
                 # Reserved one by one, so that a failure while reserving the second releases the first.
-                groups.append(
-                    reserve(
-                        t.num_engines,
-                        t.cpus_per_engine,
-                        t.gpus_per_engine,
-                        t.placement,
-                        cfg.run.timeout_s,
-                        "teacher engines",
-                    )
-                )
-                groups.append(
-                    reserve(
-                        s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, s.placement, cfg.run.timeout_s, "trainer ranks"
-                    )
-                )
+                for count, cpus, gpus, strategy, what in (
+                    (t.num_engines, t.cpus_per_engine, t.gpus_per_engine, t.placement, "teacher engines"),
+                    (s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, s.placement, "trainer ranks"),
+                ):
+                    groups.append(reserve(count, cpus, gpus, strategy, cfg.run.timeout_s, what, self.stop))
                 self.placement = {"engines": bundle_nodes(groups[0]), "trainers": bundle_nodes(groups[1])}
                 # The local cluster's session folder holds its processes' logs while the run lasts.
                 self.log.write(event="placement", **self.placement, ray_session=session and str(session))
                 # The engines load their model while the ranks start and join their process group.
                 self.engines = EngineGroup.from_config(cfg, self.model_path, groups[0]).launch(t.num_engines)
-                self.trainers = TrainerGroup.from_config(cfg, self.model_path, groups[1]).start()
-                self.engines.wait_ready()
+                self.trainers = TrainerGroup.from_config(cfg, self.model_path, groups[1])
+                self.trainers.start(self.stop)
+                self.engines.wait_ready(self.stop)
             self.log.write(
                 event="student",
                 parameters=self.trainers.parameters["total"],
@@ -207,7 +204,7 @@ class Distillation:
             self.cfg.run.max_trainer_restarts,
         )
         with self.clock("startup"):
-            self.trainers.restart()
+            self.trainers.restart(self.stop)
 
     def resume(self) -> None:
         """Load the last commit into the (fresh) trainer ranks, or begin: evaluate before.

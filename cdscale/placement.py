@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import shutil
-import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cdscale.config import ConfigError
+from cdscale.preemption import Preempted, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +65,18 @@ def stop_ray(session: Path, keep_logs: bool) -> None:
         shutil.rmtree(session, ignore_errors=True)
 
 
-def check_reachable(address: str, timeout_s: float) -> None:
-    """Fail early, naming the field, where nothing listens at a `host:port` Ray address:
-    `ray.init` waits there for minutes (over 200 s on a closed local port, 2026-12-05). A
-    refused port fails at once, a host that drops the connection after `timeout_s`."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():  # "auto" and the like: Ray resolves them
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        raise ConfigError(
-            f"run.ray_address: nothing answers at {address} ({err.strerror or err}); start the cluster's head "
-            "there (`ray start --head`), or leave run.ray_address unset for a local cluster"
-        ) from None
-
-
-def reserve(count: int, cpus: float, gpus: float, strategy: str, timeout_s: float, what: str) -> PlacementGroup:
-    """A placement group of `count` bundles of `cpus` CPUs and `gpus` GPUs, once Ray has placed it."""
+def reserve(
+    count: int, cpus: float, gpus: float, strategy: str, timeout_s: float, what: str, stop: Callable[[], bool]
+) -> PlacementGroup:
+    """A placement group of `count` bundles of `cpus` CPUs and `gpus` GPUs, once Ray has placed
+    it (a busy shared cluster may take a while: `stop` is polled meanwhile)."""
     bundle = {name: amount for name, amount in (("CPU", cpus), ("GPU", gpus)) if amount > 0}
     group = placement_group([bundle] * count, strategy=strategy, name=f"cdscale-{what.replace(' ', '-')}")
-    ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+    try:
+        ready = wait_or_stop([group.ready()], stop, timeout_s, f"stopped while Ray placed the {what}")
+    except Preempted:
+        remove_placement_group(group)
+        raise
     if not ready:
         remove_placement_group(group)
         raise TimeoutError(

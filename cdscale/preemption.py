@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 
 class Preempted(Exception):
@@ -25,12 +27,16 @@ class Preempted(Exception):
 
 class StopRequest:
     def __init__(self, save_by_s: float | None, started: float) -> None:
-        """`started`: the run's start on `time.monotonic()`. Install this after `ray.init`,
-        whose driver sets its own SIGTERM handler (one that aborts the process)."""
+        """`started`: the run's start on `time.monotonic()`. `ray.init` sets a SIGTERM
+        handler of its own (one that exits the process mid-call): call `install` again after it."""
         self.deadline = None if save_by_s is None else started + save_by_s
         self.reason: str | None = None
         self.previous = signal.signal(signal.SIGTERM, self._on_signal)
         self.previous_sigint = signal.signal(signal.SIGINT, self._on_signal)
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.reason == "SIGINT":
@@ -46,3 +52,25 @@ class StopRequest:
     def restore(self) -> None:
         signal.signal(signal.SIGTERM, self.previous)
         signal.signal(signal.SIGINT, self.previous_sigint)
+
+
+def wait_or_stop(
+    refs: list[Any], stop: Callable[[], bool] | None, timeout_s: float, stopped: str, num_returns: int = 0
+) -> list[Any]:
+    """The first `num_returns` of the Ray `refs` to finish (0: all of them), or [] after
+    `timeout_s`. Waits in slices of a second, so that a stop request raises
+    `Preempted(stopped)` within about a second, not after the wait (model loading at start-up
+    takes minutes on a large model)."""
+    import ray
+
+    num_returns = num_returns or len(refs)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if stop is not None and stop():
+            raise Preempted(stopped, getattr(stop, "reason", None))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return []
+        done, _ = ray.wait(refs, num_returns=num_returns, timeout=min(1.0, left))
+        if len(done) == num_returns:
+            return done

@@ -1,6 +1,11 @@
 """Every subcommand of `cdscale` with malformed arguments: an argparse usage error or one
 `cdscale: error: ...` line, exit 2, and never a Python traceback. None of them starts work."""
 
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 
 from cdscale.cli import main
@@ -80,3 +85,65 @@ def test_a_ray_address_where_nothing_listens_is_named_at_once(tmp_path, capsys):
     assert f"cdscale: error: run.ray_address: nothing answers at 127.0.0.1:{port}" in err
     assert "Traceback" not in err
     assert not (tmp_path / "addition").exists()  # nothing written: the corrected command starts afresh
+
+
+def refused(argv: list[str], capsys) -> str:
+    """The one error line of a run that preflight refuses."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("cdscale: error:")]
+    return line
+
+
+def test_preflight_names_a_busy_metrics_port_missing_gpus_and_an_output_root_that_cannot_be_written(tmp_path, capsys):
+    import socket
+
+    import torch
+
+    from cdscale.models.tiny import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "model")
+    run = ["run", f"model.path={model}", f"run.output_root={tmp_path / 'runs'}"]
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert f"run.metrics_export_port: port {port} is not free" in refused(
+            [*run, f"run.metrics_export_port={port}"], capsys
+        )
+    if torch.cuda.device_count() == 0:
+        line = refused([*run, "teacher.num_engines=1", "teacher.gpus_per_engine=1"], capsys)
+        assert "1 engine(s) x 1 + 2 rank(s) x 0 = 1 GPUs, and this machine has 0" in line
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    under_a_file = ["run", f"model.path={model}", f"run.output_root={a_file / 'runs'}"]
+    assert f"run.output_root: cannot write in {a_file / 'runs'}" in refused(under_a_file, capsys)
+    assert not (tmp_path / "runs").exists()  # nothing written: the corrected command starts afresh
+
+
+@contextmanager
+def tmpfs(where: Path, options: str) -> Iterator[Path]:
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs cannot be mounted here ({mounted.stderr.strip()}); it needs root or CAP_SYS_ADMIN")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_read_only_or_nearly_full_output_root_is_refused_before_anything_is_written(tmp_path, capsys):
+    from cdscale.models.tiny import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "model")
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as root:
+        line = refused(["run", f"model.path={model}", f"run.output_root={root}"], capsys)
+        assert f"run.output_root: cannot write in {root} (a read-only file system)" in line
+    with tmpfs(tmp_path / "small", "size=1m") as root:
+        line = refused(["run", f"model.path={model}", f"run.output_root={root}"], capsys)
+        assert f"run.output_root: {root} has 1.0 MiB free, and this run's commits need at least" in line
+        assert list(root.iterdir()) == []

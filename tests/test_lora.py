@@ -14,13 +14,14 @@ import torch
 
 from cdscale.config import load_config
 from cdscale.eval import score_responses
+from cdscale.preflight import commit_bytes
 from cdscale.sync import EngineWeights
 from cdscale.sync.adapter import AdapterSync
 from cdscale.sync.object_store import export_weights
 from cdscale.tasks import build_task
 from cdscale.teacher.engine import EngineSettings
 from cdscale.teacher.group import EngineGroup
-from tests.test_resume import after_last_commit, events, finish, kill_group, sha, start, wait_for
+from tests.test_resume import after_last_commit, events, finish, kill_group, sha, start, state_bytes, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -199,3 +200,4 @@ def test_a_lora_run_killed_with_sigkill_resumes_and_loses_and_duplicates_nothing
         assert after[step] == pytest.approx(before[step], rel=1e-5), step
     assert {e["transport"] for e in killed + resumed if e["event"] == "sync"} == {"adapter"}
     assert (run_dir / "student" / "adapter" / "adapter_config.json").is_file()
+    assert state_bytes(run_dir) >= commit_bytes(str(teacher_model), "float32", lora=True)

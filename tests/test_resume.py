@@ -1,8 +1,9 @@
-"""Faults on the real stack: the driver process is killed with SIGKILL after a round's
-commit, resumed, stopped with SIGTERM in the middle of the next round's training, resumed
-again, and there a trainer rank's process is killed mid-training (the driver restarts the
-ranks from the last commit). Nothing committed is redone, no training step is used twice in
-what is kept, and the result matches an uninterrupted run with the same seed.
+"""Faults on the real stack: the driver process is stopped with SIGTERM while its actors
+start, resumed, killed with SIGKILL after a round's commit, resumed, stopped with Ctrl-C in
+the middle of the next round's training, resumed again, and there a trainer rank's process
+is killed mid-training (the driver restarts the ranks from the last commit). Nothing
+committed is redone, no training step is used twice in what is kept, and the result matches
+an uninterrupted run with the same seed.
 
 Each `cdscale run` is a real process (Ray, a vLLM engine, 2 DeepSpeed ranks), about a
 minute on 2 CPUs.
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cdscale.checkpoint import read_shard
+from cdscale.preflight import commit_bytes
 
 pytestmark = pytest.mark.stack
 
@@ -106,11 +108,17 @@ def left_behind(proc: subprocess.Popen, run_dir: Path, since_line: int = 0) -> l
     return left
 
 
+def state_bytes(run_dir: Path) -> int:
+    """The size of the run's last committed state, to hold preflight's lower bound to."""
+    latest = json.loads((run_dir / "state" / "latest.json").read_text())["state"]
+    return sum(f.stat().st_size for f in (run_dir / "state" / latest).rglob("*") if f.is_file())
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.seconds(120)
+@pytest.mark.seconds(135)
 def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrupted_run(teacher_model, tmp_path):
     common = [f"model.path={teacher_model}", f"run.output_root={tmp_path}", *SETTINGS]
     straight_dir, faulty_dir = tmp_path / "straight", tmp_path / "faulty"
@@ -120,10 +128,26 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     assert straight.returncode == 0, out[-3000:]
     assert left_behind(straight, straight_dir) == []  # no Ray process, no Ray session folder
     kill_group(straight)
+    assert state_bytes(straight_dir) >= commit_bytes(str(teacher_model), "float32", lora=False)
 
-    # 1. SIGKILL the driver once round 0 is committed. This run syncs by rank 0's broadcast, the
-    # straight one through the object store: the transport must not change what is computed.
+    # 0. SIGTERM while the actors start (after ray.init, whose own SIGTERM handler would exit
+    # mid-call): stopped within seconds, not after the models load; nothing committed, exit 0,
+    # no Ray left behind. This run syncs by rank 0's broadcast, the straight one through the
+    # object store: the transport must not change what is computed.
     proc = start([*common, "run.name=faulty", "sync.transport=broadcast"])
+    wait_for(proc, faulty_dir, 0, lambda e: e["event"] == "placement")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert time.monotonic() - sent < 30, out[-3000:]  # within seconds, not after the model loads
+    assert "stopped at a safe point" in out and "Traceback" not in out, out[-3000:]
+    assert left_behind(proc, faulty_dir) == []
+    kill_group(proc)
+    assert not (faulty_dir / "state").exists()
+
+    # 1. Resume that run, which never committed; SIGKILL the driver once round 0 is committed.
+    proc = start(["--resume", str(faulty_dir)])
 
     def committed(e: dict) -> bool:
         # The commit event is logged just before its state's folder is renamed into place.
@@ -135,15 +159,17 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     kill_group(proc)
     round0 = sha(faulty_dir / "data" / "round_0.parquet")
 
-    # 2. Resume; SIGTERM in the middle of round 1's training: a save at the next step, exit 0.
+    # 2. Resume; Ctrl-C in the middle of round 1's training, sent as a terminal does, to the
+    # whole foreground process group (Ray's processes block SIGINT): a save at the next step,
+    # then exit 130. SIGTERM takes the same path, with exit 0.
     mark = after_last_commit(faulty_dir)
     proc = start(["--resume", str(faulty_dir)])
     wait_for(proc, faulty_dir, mark, lambda e: e["event"] == "train" and e["round"] == 1 and e["step"] >= 2)
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert time.monotonic() - sent < 60  # within a grace time Slurm would allow
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 130, out[-3000:]
     assert left_behind(proc, faulty_dir, mark) == []  # a stop shuts its cluster down too
     kill_group(proc)
     assert "stopped at a safe point" in out
@@ -181,7 +207,7 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
         assert len(rows) == manifest[r]["records"] == manifest[r]["counts"]["kept"]
         assert len({row["index"] for row in rows}) == len(rows)
 
-    # Round 1's steps kept: 0..stopped_at-1 before the SIGTERM, the rest after the ranks'
+    # Round 1's steps kept: 0..stopped_at-1 before the Ctrl-C, the rest after the ranks'
     # restart from that commit, each once (the steps before the rank died were discarded).
     before = [
         e["step"]

@@ -8,12 +8,14 @@ their bundles, and the driver then loads the last commit into them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import ray
 
 from cdscale.placement import PlacementGroup, in_bundle
+from cdscale.preemption import wait_or_stop
 from cdscale.student.trainer import StudentTrainer, TrainerSettings
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ class TrainerGroup:
     gpus: float = 0.0
     placement: PlacementGroup | None = None  # rank i in bundle i when given
     timeout_s: float = 3600.0
+    actors: list[Any] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str, placement: PlacementGroup | None = None) -> TrainerGroup:
@@ -76,8 +79,9 @@ class TrainerGroup:
             settings, deepspeed_config(cfg), s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, placement, cfg.run.timeout_s
         )
 
-    def start(self) -> TrainerGroup:
-        """Start the ranks and join them in one process group (it forms only when all join)."""
+    def start(self, stop: Callable[[], bool] | None = None) -> TrainerGroup:
+        """Start the ranks and join them in one process group (it forms only when all join).
+        A stop request raises `Preempted` within a second, not after the model has loaded."""
         actor = ray.remote(StudentTrainer)
         self.actors = [
             actor.options(num_cpus=self.cpus, num_gpus=self.gpus, **in_bundle(self.placement, rank)).remote(
@@ -85,11 +89,20 @@ class TrainerGroup:
             )
             for rank in range(self.num_ranks)
         ]
-        addr, port = ray.get(self.rank0.master_address.remote(), timeout=self.timeout_s)
+        address = self.rank0.master_address.remote()
+        self._wait([address], stop)
+        setup = [t.setup.remote(*ray.get(address)) for t in self.actors]
+        self._wait(setup, stop)
         # {"total": ..., "trainable": ...} parameters: the adapters' alone train in a LoRA student
-        self.parameters = self.call("setup", addr, port)[0]
+        self.parameters = get_from_every_rank(setup, self.timeout_s)[0]
         self.actor_ids = set(self.call("actor_id"))
         return self
+
+    def _wait(self, refs: list[Any], stop: Callable[[], bool] | None) -> None:
+        if not wait_or_stop(refs, stop, self.timeout_s, "stopped while the trainer ranks were starting"):
+            raise TimeoutError(
+                f"{self.num_ranks} trainer rank(s) were not set up after {self.timeout_s:.0f}s (run.timeout_s)"
+            )
 
     @property
     def rank0(self) -> Any:
@@ -107,7 +120,7 @@ class TrainerGroup:
         for trainer in self.actors:
             ray.kill(trainer)
 
-    def restart(self) -> None:
+    def restart(self, stop: Callable[[], bool] | None = None) -> None:
         """New ranks in the dead ones' bundles, with the model's own weights: load a commit next."""
         self.kill()
-        self.start()
+        self.start(stop)

@@ -16,7 +16,7 @@ import ray
 
 from cdscale.config import RunFailed
 from cdscale.placement import PlacementGroup, in_bundle
-from cdscale.preemption import Preempted
+from cdscale.preemption import wait_or_stop
 from cdscale.sync import EngineWeights
 from cdscale.teacher.engine import ENGINE_ENV, EngineSettings, TeacherEngine
 
@@ -47,6 +47,7 @@ class EngineGroup:
     restore: Callable[[list[Any], EngineWeights], None] | None = None
     replaced: int = 0
     redone_prompts: int = 0
+    loaded: bool = False  # every engine has loaded its model (a call before that waits for it)
 
     @classmethod
     def from_config(cls, cfg: Config, model_path: str, placement: PlacementGroup | None = None) -> EngineGroup:
@@ -71,15 +72,17 @@ class EngineGroup:
         self.engines = [self._actor(i, self.settings.seed + i) for i in range(count)]
         return self
 
-    def wait_ready(self) -> EngineGroup:
-        """Wait until every launched engine has loaded its model (or fail after timeout_s)."""
-        try:
-            ray.get([e.ready.remote() for e in self.engines], timeout=self.timeout_s)
-        except ray.exceptions.GetTimeoutError:
+    def wait_ready(self, stop: Callable[[], bool] | None = None) -> EngineGroup:
+        """Wait until every launched engine has loaded its model (or fail after timeout_s;
+        raise `Preempted` within a second of a stop request)."""
+        ready = [e.ready.remote() for e in self.engines]
+        if not wait_or_stop(ready, stop, self.timeout_s, "stopped while the teacher engines were starting"):
             raise TimeoutError(
                 f"{len(self.engines)} teacher engine(s) with {self.cpus} CPUs and {self.gpus} GPUs each were not ready "
                 f"after {self.timeout_s:.0f}s (run.timeout_s); can the cluster place them?"
-            ) from None
+            )
+        ray.get(ready)  # an engine that failed to start raises its own error here
+        self.loaded = True
         return self
 
     def _actor(self, index: int, seed: int) -> Any:
@@ -89,9 +92,10 @@ class EngineGroup:
 
     def kill(self) -> None:
         # ray.kill runs no finalizers: an engine that served adapters removes their folder first
-        # (a dead engine cannot; its folder stays in the temp dir).
-        closing = [engine.close.remote() for engine in self.engines]
-        ray.wait(closing, num_returns=len(closing), timeout=10)
+        # (a dead engine cannot; its folder stays in the temp dir). One still loading has none.
+        if self.loaded:
+            closing = [engine.close.remote() for engine in self.engines]
+            ray.wait(closing, num_returns=len(closing), timeout=10)
         for engine in self.engines:
             ray.kill(engine)
 
@@ -157,16 +161,10 @@ class EngineGroup:
         return outputs
 
     def _wait_for_one(self, refs: list[Any], stop: Callable[[], bool] | None, stopped: str, desc: str) -> Any:
-        """The first of `refs` to finish. Waits in slices, so a stop request is seen within a
-        second, not after a whole chunk."""
-        waited = 0.0
-        while waited < self.timeout_s:
-            if stop is not None and stop():
-                raise Preempted(stopped, getattr(stop, "reason", None))
-            done, _ = ray.wait(refs, num_returns=1, timeout=min(1.0, self.timeout_s - waited))
-            if done:
-                return done[0]
-            waited += 1.0
+        """The first of `refs` to finish; a stop request is seen within a second, not after a whole chunk."""
+        done = wait_or_stop(refs, stop, self.timeout_s, stopped, num_returns=1)
+        if done:
+            return done[0]
         raise TimeoutError(f"{desc}: no engine answered within {self.timeout_s:.0f}s (run.timeout_s)")
 
     def _replace(self, dead: Any, unfinished: int) -> None:

@@ -1,0 +1,121 @@
+"""What a run needs from the machine, checked before anything is written or started. Each
+refusal names the field to change; without it the same fault shows up later and worse: a
+`ray.init` that waits for minutes, a node start-up that times out with Ray's generic error, a
+placement group that waits for GPUs that are not there, a commit that fills the disk halfway.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from safetensors import safe_open
+
+from cdscale.config import ConfigError
+
+if TYPE_CHECKING:
+    from cdscale.config import Config
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def check(cfg: Config, model_path: str, resume: bool, cluster: bool) -> None:
+    """Every check that applies to `cfg` (`cluster`: those of the Ray cluster the run starts
+    or joins, too); raises `ConfigError` at the first that fails."""
+    if cluster and cfg.run.ray_address:
+        check_reachable(cfg.run.ray_address, min(cfg.run.timeout_s, 30))
+    elif cluster:
+        check_local_gpus(cfg)
+        if cfg.run.metrics_export_port is not None:
+            check_port_free(cfg.run.metrics_export_port)
+    check_output_dir(cfg, model_path, resume)
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """Fail early, naming the field, where nothing listens at a `host:port` Ray address:
+    `ray.init` waits there for minutes (over 200 s on a closed local port, 2026-12-05). A
+    refused port fails at once, a host that drops the connection after `timeout_s`."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # "auto" and the like: Ray resolves them
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(
+            f"run.ray_address: nothing answers at {address} ({err.strerror or err}); start the cluster's head "
+            "there (`ray start --head`), or leave run.ray_address unset for a local cluster"
+        ) from None
+
+
+def check_local_gpus(cfg: Config) -> None:
+    """The local cluster has the GPUs this machine shows (CUDA_VISIBLE_DEVICES applies); a
+    placement group asking for more would wait `run.timeout_s` and then fail. A joined cluster
+    is not checked: an autoscaler may add the nodes."""
+    t, s = cfg.teacher, cfg.student
+    needed = t.num_engines * t.gpus_per_engine + s.num_ranks * s.gpus_per_rank
+    if needed == 0:
+        return
+    import torch
+
+    present = torch.cuda.device_count()
+    if needed > present:
+        raise ConfigError(
+            f"teacher.gpus_per_engine, student.gpus_per_rank: {t.num_engines} engine(s) x {t.gpus_per_engine:g} + "
+            f"{s.num_ranks} rank(s) x {s.gpus_per_rank:g} = {needed:g} GPUs, and this machine has {present}; "
+            "lower them, or join a cluster that has the GPUs (run.ray_address)"
+        )
+
+
+def check_port_free(port: int) -> None:
+    """The local Ray node serves its metrics on `port`; taken, its start-up times out with a
+    generic error after a minute."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to Ray too
+        try:
+            probe.bind(("", port))
+        except OSError as err:
+            raise ConfigError(
+                f"run.metrics_export_port: port {port} is not free ({err.strerror}); choose another, "
+                "or leave it unset and Ray picks one"
+            ) from None
+
+
+def commit_bytes(model_path: str, dtype: str, lora: bool) -> int:
+    """A lower bound on one committed state's size, from the model's parameter count: the
+    student's weights as a safetensors folder, and for a full student DeepSpeed's copy of them
+    with Adam's fp32 master weights and two moments (12 bytes a parameter). A LoRA student's
+    DeepSpeed files hold its adapters alone, which are left out. (Measured 2026-12-05 on the
+    tiny model, full fp32: 21.48 MB committed, 21.27 MB by this bound.)"""
+    parameters = 0
+    for path in Path(model_path).glob("*.safetensors"):
+        with safe_open(str(path), framework="np") as weights:
+            parameters += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    per_parameter = _DTYPE_BYTES[dtype] if lora else 2 * _DTYPE_BYTES[dtype] + 12
+    return parameters * per_parameter
+
+
+def check_output_dir(cfg: Config, model_path: str, resume: bool) -> None:
+    """The run directory can be written, and its disk has room for two commits (the previous
+    state is removed only after the next one is whole)."""
+    root = Path(cfg.run.output_root)
+    where = cfg.run_dir if resume else root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as err:
+        reason = "a read-only file system" if err.errno == errno.EROFS else err.strerror
+        raise ConfigError(f"run.output_root: cannot write in {where} ({reason}); choose a writable folder") from None
+    # A new run's second commit is written beside its first; a resumed run's state is on disk.
+    needed = (1 if resume else 2) * commit_bytes(model_path, cfg.model.dtype, lora=cfg.student.lora.r > 0)
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise ConfigError(
+            f"run.output_root: {where} has {free / 2**20:.1f} MiB free, and this run's commits "
+            f"need at least {needed / 2**20:.1f} MiB; free some space, or choose a folder on a larger disk"
+        )
