@@ -242,7 +242,10 @@ def _own_message(err: BaseException) -> str:
     if isinstance(cause, BaseException):
         err = cause
     lines = [line for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0].strip() if lines else '(no message)'}"
+    message = f"{type(err).__name__}: {lines[0].strip() if lines else '(no message)'}"
+    if isinstance(err, TimeoutError) and "run.timeout_s" not in message:  # Ray's GetTimeoutError among them
+        message += " (an actor did not answer within run.timeout_s: raise it for slow work, else see the actors' logs)"
+    return message
 
 
 def _save_traceback(run_dir: Path | None) -> Path:

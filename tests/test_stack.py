@@ -543,6 +543,9 @@ class _Rank:
             os._exit(1)
         raise ConnectionResetError("Connection reset by peer")  # what a surviving gloo rank raises
 
+    def hangs(self) -> None:
+        time.sleep(600)
+
 
 def test_a_dead_rank_is_raised_rather_than_a_surviving_ranks_broken_collective(ray_cluster):
     """The driver restarts the ranks on a rank's death (RayActorError) only: the surviving
@@ -556,6 +559,24 @@ def test_a_dead_rank_is_raised_rather_than_a_surviving_ranks_broken_collective(r
     assert not isinstance(plain.value, ray.exceptions.RayActorError)  # what a plain ray.get raises
     with pytest.raises(ray.exceptions.RayActorError):
         get_from_every_rank(refs, 60)
+
+
+def test_an_actor_that_does_not_answer_is_an_error_naming_run_timeout_s_and_a_stop_ends_the_wait(ray_cluster):
+    from cdscale.cli import _own_message
+    from cdscale.preemption import Preempted, wait_or_stop
+    from cdscale.student.group import get_from_every_rank
+
+    rank = _Rank.remote()
+    hung = [rank.hangs.remote()]
+    with pytest.raises(TimeoutError) as timed_out:
+        get_from_every_rank(hung, 1)
+    assert "an actor did not answer within run.timeout_s" in _own_message(timed_out.value)
+    assert wait_or_stop(hung, None, 1.5, "never raised") == []
+    asked = time.monotonic() + 0.5
+    with pytest.raises(Preempted, match="stopped while waiting"):
+        wait_or_stop(hung, lambda: time.monotonic() > asked, 60, "stopped while waiting")
+    assert time.monotonic() - asked < 2  # seen within a slice of a second, not after the 60 s
+    ray.kill(rank)
 
 
 def test_training_to_a_criterion_adds_epochs_until_validation_reaches_it(
