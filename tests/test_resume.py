@@ -124,6 +124,18 @@ def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrup
     straight_dir, faulty_dir = tmp_path / "straight", tmp_path / "faulty"
 
     straight = start([*common, "run.name=straight"])
+    # While it runs: a second run on its name is refused at once, naming the holder, and a
+    # report reads its last commit.
+    wait_for(
+        straight, straight_dir, 0, lambda e: e["event"] == "commit" and (straight_dir / "state" / e["state"]).is_dir()
+    )
+    cli = [sys.executable, "-m", "cdscale.cli"]
+    second = subprocess.run([*cli, "run", *common, "run.name=straight"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and f"is in use by pid {straight.pid} on " in second.stderr, second.stderr
+    report = subprocess.run(
+        [*cli, "report", str(straight_dir), "--out", str(tmp_path / "report")], capture_output=True, text=True
+    )
+    assert report.returncode == 0 and "| straight | addition |" in report.stdout, report.stderr[-3000:]
     out, _ = straight.communicate(timeout=900)
     assert straight.returncode == 0, out[-3000:]
     assert left_behind(straight, straight_dir) == []  # no Ray process, no Ray session folder

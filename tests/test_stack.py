@@ -499,14 +499,22 @@ def test_ranks_restarted_before_the_first_commit_find_the_engines_back_on_the_mo
     """A rank dies after round 0's sync and before its first commit: the restarted ranks hold
     the model's own weights, no commit exists, so round 0 starts again; the engines, which
     took the trained student at the sync, must go back to the model's weights too, or the
-    repeated "before" evaluation and the teacher would be the student's."""
+    repeated "before" evaluation and the teacher would be the student's. Then an engine dies,
+    and its replacement takes the weights from the restarted ranks."""
     import signal
 
     from cdscale.distillation import Distillation
     from cdscale.student.loop import train_round
 
     cfg = _config(
-        teacher_model, tmp_path, "data.num_train=64", "data.num_eval=16", "student.epochs=2", "student.lr=3e-3"
+        teacher_model,
+        tmp_path,
+        "data.num_train=64",
+        "data.num_eval=16",
+        "student.epochs=2",
+        "student.lr=3e-3",
+        "sync.transport=broadcast",
+        "teacher.max_engine_restarts=1",
     )
     recipe = Distillation(cfg)
 
@@ -533,6 +541,17 @@ def test_ranks_restarted_before_the_first_commit_find_the_engines_back_on_the_mo
         recipe.resume()
         assert recipe.engines.weights.version == 0 and recipe.progress.round == 0
         assert answers() == before
+
+        # Train and sync again from the new ranks, then an engine dies: its replacement is
+        # given the engines' weights by the broadcast transport, from the new ranks (until
+        # 2026-12-03 the replacement path kept a lambda over the killed ones).
+        assert train_round(cfg, recipe.trainers, records, recipe.progress, recipe.log, stop=lambda: False) is not None
+        recipe.push(1)
+        trained = answers()
+        assert trained != before
+        engine = recipe.engines.engines[0]
+        os.kill(ray.get(engine.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
+        assert answers() == trained and recipe.engines.replaced == 1
 
 
 @ray.remote(num_cpus=0)
