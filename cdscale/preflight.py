@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import shutil
 import socket
 import tempfile
@@ -16,12 +17,15 @@ from typing import TYPE_CHECKING
 
 from safetensors import safe_open
 
-from cdscale.config import ConfigError
+from cdscale.config import ConfigError, resolve_stages
 
 if TYPE_CHECKING:
     from cdscale.config import Config
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# The driver's memory per input it draws before the first round: the Example (about 0.4 KiB
+# for addition, measured 2026-12-05) and its prompt's tokens, rounded up.
+_BYTES_PER_INPUT = 1024
 
 
 def check(cfg: Config, model_path: str, resume: bool, cluster: bool) -> None:
@@ -33,6 +37,7 @@ def check(cfg: Config, model_path: str, resume: bool, cluster: bool) -> None:
         check_local_gpus(cfg)
         if cfg.run.metrics_export_port is not None:
             check_port_free(cfg.run.metrics_export_port)
+    check_input_counts(cfg)
     check_output_dir(cfg, model_path, resume)
 
 
@@ -83,6 +88,21 @@ def check_port_free(port: int) -> None:
                 f"run.metrics_export_port: port {port} is not free ({err.strerror}); choose another, "
                 "or leave it unset and Ray picks one"
             ) from None
+
+
+def check_input_counts(cfg: Config) -> None:
+    """Every round's inputs are drawn before the first round: counts that the machine's memory
+    cannot hold are refused here, rather than found by a driver that grows without output."""
+    stages = resolve_stages(cfg)
+    inputs = sum(stage.rounds * sum(op.num_train or 0 for op in stage.operations) for stage in stages)
+    inputs += (cfg.data.num_eval + cfg.data.num_validation) * len({op.name for s in stages for op in s.operations})
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if inputs * _BYTES_PER_INPUT > memory:
+        raise ConfigError(
+            f"data.num_train, data.num_eval: {inputs:,} inputs over the run's rounds and operations, drawn before "
+            f"the first round, need about {inputs * _BYTES_PER_INPUT / 2**30:.0f} GiB in the driver, and this "
+            f"machine has {memory / 2**30:.0f} GiB; lower them, or run fewer rounds"
+        )
 
 
 def commit_bytes(model_path: str, dtype: str, lora: bool) -> int:

@@ -96,7 +96,7 @@ def refused(argv: list[str], capsys) -> str:
     return line
 
 
-def test_preflight_names_a_busy_metrics_port_missing_gpus_and_an_output_root_that_cannot_be_written(tmp_path, capsys):
+def test_preflight_names_the_field_of_each_refusal_before_anything_is_written(tmp_path, capsys):
     import socket
 
     import torch
@@ -115,6 +115,8 @@ def test_preflight_names_a_busy_metrics_port_missing_gpus_and_an_output_root_tha
     if torch.cuda.device_count() == 0:
         line = refused([*run, "teacher.num_engines=1", "teacher.gpus_per_engine=1"], capsys)
         assert "1 engine(s) x 1 + 2 rank(s) x 0 = 1 GPUs, and this machine has 0" in line
+    line = refused([*run, "data.num_train=1000000000000"], capsys)  # a terabyte of inputs, drawn before round 0
+    assert "data.num_train, data.num_eval: 1,000,000,000,500 inputs over the run's rounds" in line
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     under_a_file = ["run", f"model.path={model}", f"run.output_root={a_file / 'runs'}"]

@@ -148,21 +148,27 @@ def sample_where(
     space is too small for n."""
     picked: list[Example] = []
     seen: set[str] = set()
-    tries = 0
+    tries = since_last_pick = 0
     while len(picked) < n:
-        if tries > 100 * n + 10_000:
+        # 100,000 draws without one usable input: the input space is spent (a count far beyond
+        # it fails in seconds, not after 100 draws per input wanted).
+        if tries > 100 * n + 10_000 or since_last_pick > 100_000:
             raise ConfigError(
                 f"{what}: found only {len(picked)} of {n} {'distinct ' if distinct else ''}"
                 f"{'held-out' if held_out else 'training'} inputs after {tries} draws; the task's input "
                 f"space is too small (widen task.options or lower the count)"
             )
-        batch = task.sample_inputs(n - len(picked), rng)
+        # In batches, so that memory follows what is picked, not what is asked for; the draws
+        # are the same one by one, so the inputs do not depend on the batch size.
+        batch = task.sample_inputs(min(n - len(picked), 10_000), rng)
         tries += len(batch)
         for x in batch:
+            since_last_pick += 1
             wanted = is_held_out(x, task.held_out_per_mille) == held_out and x.input not in exclude
             if wanted and not (distinct and x.input in seen):
                 picked.append(x)
                 seen.add(x.input)
+                since_last_pick = 0
     return picked[:n]
 
 
