@@ -21,6 +21,7 @@ from cdscale.targets import (
     build_student_record,
     flatten_topk,
     gold_record,
+    stop_token_ids,
 )
 from cdscale.tasks import Example, Task
 
@@ -65,6 +66,7 @@ class TargetBuilder:
         self.cfg, self.tokenizer, self.engines, self.stop = cfg, tokenizer, engines, stop
         self.clock = clock or (lambda phase: nullcontext())
         self.student_max_len = student_max_len
+        self.stop_ids = stop_token_ids(tokenizer)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -360,7 +362,7 @@ class TargetBuilder:
                 rows,
                 span,
                 self.decode,
-                self.tokenizer.eos_token_id,
+                self.stop_ids,
                 self.cfg.teacher.top_k,
             )
         except ValueError:

@@ -3,16 +3,19 @@
 The student is trained on the teacher's own answer tokens, so both sides score the same
 token ids: student ids = tokenize(T_student(x)) + the generated tokens that cover f(y).
 When f's span starts or ends inside a token, the whole token is kept. When only
-whitespace follows the answer and the teacher stopped with EOS, the EOS is kept too, so
-the student learns to stop after answering.
+whitespace follows the answer and the teacher stopped with a stop token, that token is kept
+too, so the student learns to stop after answering.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 
 class FlatTopk:
@@ -96,24 +99,37 @@ class _PrefixLengths:
         return len(self.decode(self.gen_ids[: i + 1]))
 
 
+def stop_token_ids(tokenizer: Any) -> frozenset[int]:
+    """The token ids an engine stops at: the tokenizer's EOS and every `eos_token_id` of the
+    model folder's generation_config.json, as vLLM takes them. Chat models list several
+    (Llama 3 Instruct: <|end_of_text|>, <|eom_id|>, <|eot_id|>); a response may end with any."""
+    ids = {tokenizer.eos_token_id} - {None}
+    config = Path(tokenizer.name_or_path) / "generation_config.json"
+    if config.is_file():
+        listed = json.loads(config.read_text()).get("eos_token_id")
+        ids |= {listed} if isinstance(listed, int) else set(listed or ())
+    return frozenset(ids)
+
+
 def build_student_record(
     student_prompt_ids: list[int],
     gen_ids: list[int],
     gen_topk: "Sequence[dict[int, float]]",
     span: tuple[int, int],
     decode: Callable[[list[int]], str],
-    eos_token_id: int | None,
+    stop_ids: Collection[int],
     top_k: int,
 ) -> StudentRecord:
     """Align the teacher's answer tokens (and their top-k logprobs) to the student's prompt.
 
     gen_topk[j] maps token id -> logprob for generated position j (vLLM returns the
     top-k plus the sampled token). Rows are padded to top_k + 1 entries with -inf.
+    `stop_ids`: the tokens the generation may have stopped with (`stop_token_ids`).
     """
     first, last = answer_token_range(gen_ids, span, decode)
     text = decode(gen_ids)
-    if eos_token_id is not None and gen_ids and gen_ids[-1] == eos_token_id and not text[span[1] :].strip():
-        last = len(gen_ids)  # keep the whitespace tokens and the EOS after the answer
+    if gen_ids and gen_ids[-1] in stop_ids and not text[span[1] :].strip():
+        last = len(gen_ids)  # keep the whitespace tokens and the stop token after the answer
     width = top_k + 1
     ids_rows, lp_rows = [], []
     for j in range(first, last):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cdscale.targets import answer_token_range, build_student_record
+from cdscale.targets import answer_token_range, build_student_record, stop_token_ids
 from cdscale.tasks.addition import Addition, scratchpad
 
 
@@ -30,7 +30,7 @@ def _check(tokenizer, completion, span, prompt, expect_eos):
     assert (first, last) == _reference_range(gen, span, decode)
     student_ids = tokenizer(prompt)["input_ids"]
     rec = build_student_record(
-        student_ids, gen, _fake_topk(gen, vocab=len(tokenizer)), span, decode, tokenizer.eos_token_id, top_k=4
+        student_ids, gen, _fake_topk(gen, vocab=len(tokenizer)), span, decode, {tokenizer.eos_token_id}, top_k=4
     )
     answer = completion[span[0] : span[1]]
     assert rec.input_ids[: rec.answer_start] == student_ids
@@ -46,6 +46,26 @@ def _check(tokenizer, completion, span, prompt, expect_eos):
     assert len(rec.topk_ids) == len(rec.answer_ids)
     assert [row[0] for row in rec.topk_ids] == rec.answer_ids
     assert all(len(row) == 5 for row in rec.topk_ids + rec.topk_logprobs)
+
+
+def test_a_response_ending_with_any_stop_token_of_the_model_keeps_it(tiny_tokenizer, tmp_path):
+    """A chat model may stop with any id of its generation_config.json's `eos_token_id`
+    (Llama 3 Instruct lists three), as vLLM does: that token ends the target, so the student
+    learns to stop. Before 2026-12-05 only the tokenizer's EOS was kept."""
+    from transformers import AutoTokenizer
+
+    tiny_tokenizer.save_pretrained(tmp_path)
+    assert stop_token_ids(AutoTokenizer.from_pretrained(tmp_path)) == {2}  # no generation config: the EOS
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": [2, 1]}')
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    stops = stop_token_ids(tokenizer)
+    assert stops == {1, 2}
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    words = tokenizer("Bonjour !", add_special_tokens=False)["input_ids"]
+    for last, kept in ((1, True), (2, True), (3, False)):  # <s> listed, </s> the EOS, <unk> neither
+        gen = [*words, last]
+        rec = build_student_record([5], gen, _fake_topk(gen, vocab=len(tokenizer)), (0, 9), decode, stops, top_k=4)
+        assert rec.answer_ids == (gen if kept else words), last
 
 
 def test_tiny_tokenizer_scratchpad_answer(tiny_tokenizer):
