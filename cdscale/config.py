@@ -94,6 +94,7 @@ class OperationConfig:
     synthetic_max_passes: int = _f(
         4, "synthetic: generations to fill num_train after drops (malformed, duplicate, held out)"
     )
+    synthetic_top_up: int | None = _f(None, "own: synthetic inputs added each round (default: data's)")
 
 
 @dataclass
@@ -117,6 +118,12 @@ class DataConfig:
         "checked on (0: none)",
     )
     seed: int = _f(0, "seed for inputs, sampling and initialisation")
+    synthetic_top_up: int = _f(
+        0,
+        "synthetic inputs added each round to the num_train inputs from D of an operation with inputs: own, "
+        "sampled from the engines as inputs: synthetic samples them (few-shot prompted with inputs from D, "
+        "deduplicated, none held out): more variety than a small dataset has. 0: none",
+    )
     source: str = _f(
         "teacher",
         "where the responses y that targets are built on come from. teacher: sampled from the teacher with the "
@@ -692,6 +699,7 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
             num_train=cfg.data.num_train,
             source=cfg.data.source,
             student_fraction=cfg.data.student_fraction,
+            synthetic_top_up=cfg.data.synthetic_top_up,
         )
         _check_source(cfg, operation, "data")
         return [StageConfig(name="main", rounds=cfg.run.rounds, operations=[operation])]
@@ -715,6 +723,7 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
                 num_train=num_train,
                 source=op.source or cfg.data.source,
                 student_fraction=cfg.data.student_fraction if op.student_fraction is None else op.student_fraction,
+                synthetic_top_up=cfg.data.synthetic_top_up if op.synthetic_top_up is None else op.synthetic_top_up,
             )
             _check_source(cfg, op, where)
             if op.name in names:
@@ -743,10 +752,15 @@ def _check_source(cfg: Config, op: OperationConfig, where: str) -> None:
     """Whether an operation's responses can come from where its `source` says."""
     if not 0 <= op.student_fraction <= 1:
         raise ConfigError(f"{where}.student_fraction: must be in [0, 1], got {op.student_fraction}")
-    if op.num_train and op.inputs == "synthetic" and cfg.data.refresh_every_steps:
+    if op.synthetic_top_up < 0 or (op.synthetic_top_up and (op.inputs != "own" or not op.num_train)):
+        raise ConfigError(
+            f"{where}.synthetic_top_up: adds synthetic inputs to an operation's own (inputs: own, num_train > 0); "
+            f"got {op.synthetic_top_up} with inputs: {op.inputs}, num_train: {op.num_train}"
+        )
+    if op.num_train and (op.inputs == "synthetic" or op.synthetic_top_up) and cfg.data.refresh_every_steps:
         raise ConfigError(
             f"{where}.inputs: synthetic inputs are drawn once per round and not kept apart from its data; with "
-            "data.refresh_every_steps they cannot be split into refreshes (use inputs: own)"
+            "data.refresh_every_steps they cannot be split into refreshes (use inputs: own, no synthetic_top_up)"
         )
     if op.source == "teacher" or op.num_train == 0:
         return

@@ -401,9 +401,12 @@ class Distillation:
         training = [op for op in stage.operations if op.num_train > 0]
         given = self.train_inputs[r] if inputs is None else inputs  # None: the whole round's
         inputs = {op.name: given.get(op.name) for op in training}
-        synthetic = self.synthetic_inputs(r, [op for op in training if op.inputs == "synthetic"])
+        # Whole operations of synthetic inputs, and synthetic inputs that top up an operation's own.
+        wanted = [op for op in training if op.inputs == "synthetic"]
+        wanted += [dataclasses.replace(op, num_train=op.synthetic_top_up) for op in training if op.synthetic_top_up]
+        synthetic = self.synthetic_inputs(r, wanted)
         for name, (made, _) in synthetic.items():
-            inputs[name] = made
+            inputs[name] = [*(inputs[name] or []), *made]
         sampled = [op for op in training if op.targets == "teacher"]
         built, generate_s = self._sampled_targets(builder, r, sampled, inputs, refresh)
         for op in training:

@@ -212,6 +212,25 @@ def test_stages_are_checked_with_the_field_named():
     assert [op.num_train for op in resolve_stages(evaluated_only)[0].operations] == [65536, 0]
     with pytest.raises(ConfigError, match="stages: expected a list"):
         load_config(None, ["stages={name: a}"])
+    # A synthetic top-up adds to an operation's own inputs: data's default, an operation's own value
+    topped = load_config(
+        None, ["data.synthetic_top_up=64", "stages=[{operations: [{name: a}, {name: b, synthetic_top_up: 0}]}]"]
+    )
+    assert [op.synthetic_top_up for op in resolve_stages(topped)[0].operations] == [64, 0]
+    assert resolve_stages(load_config(None, ["data.synthetic_top_up=32"]))[0].operations[0].synthetic_top_up == 32
+    for bad, field in (
+        (["data.synthetic_top_up=-1"], r"data.synthetic_top_up: .* got -1"),
+        (
+            ["stages=[{operations: [{inputs: synthetic, synthetic_top_up: 8}]}]"],
+            r"operations\[0\].synthetic_top_up: .* inputs: synthetic",
+        ),
+        (
+            ["data.synthetic_top_up=8", "data.refresh_every_steps=4"],
+            r"data.inputs: synthetic inputs are drawn once per round",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=field):
+            load_config(None, bad)
 
 
 TINY_ADDITION_MODELS = [name for name in PREPARED if name.startswith("tiny-addition")]

@@ -75,6 +75,7 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
             for op in stage.operations:
                 num_train = small["num_train"] if op.num_train else 0  # 0: evaluated only
                 merged_op = {**dataclasses.asdict(op), "name": f"{name}.{op.name}", "num_train": num_train}
+                merged_op["synthetic_top_up"] = num_train if op.synthetic_top_up else 0
                 if op.task.name == "addition" and "addition_max_digits" in small:
                     options = merged_op["task"]["options"]
                     # 8: the addition task's own default, when a config gives no max_digits.
@@ -211,9 +212,12 @@ def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request)
             first = [p["accuracy"] for _, p in points if p["round"] == r and p["epochs"] == 1]
             extra = [p for _, p in points if p["round"] == r and p["epochs"] == 2]
             assert first and bool(extra) == (min(first) < cfg.student.until_accuracy), (r, points)
-    synthetic = {name for name, op in operations if op.inputs == "synthetic"}
+    # Synthetic inputs came out for each operation of them, and for each one they top up.
+    synthetic = {name for name, op in operations if op.inputs == "synthetic" or op.synthetic_top_up}
     events = [json.loads(line) for line in (tmp_path / "smoke" / "metrics.jsonl").read_text().splitlines()]
     assert {e["operation"] for e in events if e["event"] == "synthetic_inputs" and e["kept"] > 0} == synthetic
+    for name in {name for name, op in operations if op.synthetic_top_up}:  # on top of its own inputs
+        assert summary["round_0"]["by_operation"][name]["generated"] > SMALL[family]["num_train"]
 
 
 def _context_gap_by_transformers(cfg: Config, model: Path, out: Path, op: str) -> float:
