@@ -68,16 +68,32 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
     path = run_dir / ".lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = path.read_text().strip() or "another process"
-            raise RunDirInUse(f"{run_dir} is in use by {holder}; wait for that run to end, or stop it") from None
+        _lock_or_refuse(fd, run_dir)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """`hold_run_dir`'s refusal without writing anything: checked before the preflight, so a
+    second run on a live run's directory is told so, and not of a port or disk the live run holds."""
+    path = run_dir / ".lock"
+    if path.is_file():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            _lock_or_refuse(fd, run_dir)
+        finally:
+            os.close(fd)
+
+
+def _lock_or_refuse(fd: int, run_dir: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = (run_dir / ".lock").read_text().strip() or "another process"
+        raise RunDirInUse(f"{run_dir} is in use by {holder}; wait for that run to end, or stop it") from None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

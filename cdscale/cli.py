@@ -243,7 +243,7 @@ def _own_message(err: BaseException) -> str:
         err = cause
     lines = [line for line in str(err).splitlines() if line.strip()]
     message = f"{type(err).__name__}: {lines[0].strip() if lines else '(no message)'}"
-    if isinstance(err, TimeoutError) and "run.timeout_s" not in message:  # Ray's GetTimeoutError among them
+    if type(err).__name__ == "GetTimeoutError":  # a ray.get or ray.wait past run.timeout_s
         message += " (an actor did not answer within run.timeout_s: raise it for slow work, else see the actors' logs)"
     return message
 

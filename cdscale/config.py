@@ -94,7 +94,9 @@ class OperationConfig:
     synthetic_max_passes: int = _f(
         4, "synthetic: generations to fill num_train after drops (malformed, duplicate, held out)"
     )
-    synthetic_top_up: int | None = _f(None, "own: synthetic inputs added each round (default: data's)")
+    synthetic_top_up: int | None = _f(
+        None, "own: synthetic inputs added each round (default: data's, for an operation with inputs: own that trains)"
+    )
 
 
 @dataclass
@@ -723,7 +725,7 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
                 num_train=num_train,
                 source=op.source or cfg.data.source,
                 student_fraction=cfg.data.student_fraction if op.student_fraction is None else op.student_fraction,
-                synthetic_top_up=cfg.data.synthetic_top_up if op.synthetic_top_up is None else op.synthetic_top_up,
+                synthetic_top_up=_top_up(cfg, op, num_train),
             )
             _check_source(cfg, op, where)
             if op.name in names:
@@ -746,6 +748,13 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
             raise ConfigError(f"stages[{k}].operations: every operation has num_train 0; a stage needs one to train")
         stages.append(dataclasses.replace(stage, name=stage.name or f"stage{k}", operations=operations))
     return stages
+
+
+def _top_up(cfg: Config, op: OperationConfig, num_train: int) -> int:
+    """An operation's synthetic_top_up: its own, or data's where it can take one (own inputs it trains on)."""
+    if op.synthetic_top_up is not None:
+        return op.synthetic_top_up
+    return cfg.data.synthetic_top_up if op.inputs == "own" and num_train else 0
 
 
 def _check_source(cfg: Config, op: OperationConfig, where: str) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import random
+import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ from cdscale import preflight
 from cdscale.build_targets import TargetBuilder, TargetCounts
 from cdscale.checkpoint import (
     Progress,
+    check_not_in_use,
     check_run_files,
     commit_state,
     copy_dir_atomic,
@@ -73,6 +75,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     after committing when SIGTERM or `run.save_by_s` asks it to stop."""
     # Before the run directory is written: a refused run can start again as it is. A cluster
     # the caller started is the caller's to check.
+    check_not_in_use(cfg.run_dir)
     preflight.check(cfg, resolve_model_path(cfg.model.path), resume, cluster=not ray.is_initialized())
     with hold_run_dir(cfg.run_dir):
         recipe = Distillation(cfg, resume)
@@ -138,33 +141,21 @@ class Distillation:
     @contextmanager
     def cluster(self) -> Iterator[None]:
         """Ray, the placement groups and both actor groups for the body; all released after it."""
-        cfg, t, s = self.cfg, self.cfg.teacher, self.cfg.student
+        cfg = self.cfg
         # Ctrl-C during ray.init is kept and honoured at the first wait after it.
         self.stop = StopRequest(cfg.run.save_by_s, self.started)
-        with self.clock("startup"):
-            try:
-                session = init_ray(cfg)
-            except SystemExit:  # from ray.init's own SIGTERM handler, in place while it runs
-                raise Preempted("stopped while Ray started", "SIGTERM") from None
-        self.stop.install()
         groups, self.engines, self.trainers = [], None, None
-        failed = True
+        session, ours, failed = None, not ray.is_initialized(), True
         try:
             with self.clock("startup"):
-                # Reserved one by one, so that a failure while reserving the second releases the first.
-                for count, cpus, gpus, strategy, what in (
-                    (t.num_engines, t.cpus_per_engine, t.gpus_per_engine, t.placement, "teacher engines"),
-                    (s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, s.placement, "trainer ranks"),
-                ):
-                    groups.append(reserve(count, cpus, gpus, strategy, cfg.run.timeout_s, what, self.stop))
-                self.placement = {"engines": bundle_nodes(groups[0]), "trainers": bundle_nodes(groups[1])}
-                # The local cluster's session folder holds its processes' logs while the run lasts.
-                self.log.write(event="placement", **self.placement, ray_session=session and str(session))
-                # The engines load their model while the ranks start and join their process group.
-                self.engines = EngineGroup.from_config(cfg, self.model_path, groups[0]).launch(t.num_engines)
-                self.trainers = TrainerGroup.from_config(cfg, self.model_path, groups[1])
-                self.trainers.start(self.stop)
-                self.engines.wait_ready(self.stop)
+                try:
+                    session = init_ray(cfg)
+                except SystemExit as exiting:  # from ray.init's own SIGTERM handler, in place while it runs
+                    if exiting.code != signal.SIGTERM:
+                        raise
+                    raise Preempted("stopped while Ray started", "SIGTERM") from None
+                self.stop.install()
+                self._start_actors(groups, session)
             self.log.write(
                 event="student",
                 parameters=self.trainers.parameters["total"],
@@ -188,6 +179,26 @@ class Distillation:
             finally:
                 if session is not None:
                     stop_ray(session, keep_logs=failed)
+                elif ours and ray.is_initialized() and not cfg.run.ray_address:
+                    ray.shutdown()  # a local cluster whose start-up was cut short
+
+    def _start_actors(self, groups: list[Any], session: Path | None) -> None:
+        """Both placement groups (appended to `groups` as they are reserved, so that the
+        caller releases what was reserved), then the engines and the trainer ranks."""
+        cfg, t, s = self.cfg, self.cfg.teacher, self.cfg.student
+        for count, cpus, gpus, strategy, what in (
+            (t.num_engines, t.cpus_per_engine, t.gpus_per_engine, t.placement, "teacher engines"),
+            (s.num_ranks, s.cpus_per_rank, s.gpus_per_rank, s.placement, "trainer ranks"),
+        ):
+            groups.append(reserve(count, cpus, gpus, strategy, cfg.run.timeout_s, what, self.stop))
+        self.placement = {"engines": bundle_nodes(groups[0]), "trainers": bundle_nodes(groups[1])}
+        # The local cluster's session folder holds its processes' logs while the run lasts.
+        self.log.write(event="placement", **self.placement, ray_session=session and str(session))
+        # The engines load their model while the ranks start and join their process group.
+        self.engines = EngineGroup.from_config(cfg, self.model_path, groups[0]).launch(t.num_engines)
+        self.trainers = TrainerGroup.from_config(cfg, self.model_path, groups[1])
+        self.trainers.start(self.stop)
+        self.engines.wait_ready(self.stop)
 
     def _restore_engine(self, new: list[Any], held: EngineWeights) -> None:
         # The trainers as they are now: after a restart, the new ranks.
@@ -508,7 +519,8 @@ class Distillation:
                 raise RunFailed(
                     f"round {r}, {op.name}: only {len(inputs)} usable synthetic inputs of num_train={op.num_train} "
                     f"after {op.synthetic_max_passes} passes ({counts}); the model does not continue the few-shot "
-                    "prompt with new inputs (raise synthetic_max_passes or synthetic_temperature, or use inputs: own)"
+                    "prompt with new inputs (raise synthetic_max_passes or synthetic_temperature, or use inputs: own "
+                    "with no synthetic_top_up)"
                 )
         return {op.name: result for op, result in zip(ops, made)}
 

@@ -60,11 +60,14 @@ def wait_or_stop(
     """The first `num_returns` of the Ray `refs` to finish (0: all of them), or [] after
     `timeout_s`. Waits in slices of a second, so that a stop request raises
     `Preempted(stopped)` within about a second, not after the wait (model loading at start-up
-    takes minutes on a large model)."""
+    takes minutes on a large model). Waiting for all, a ref that failed raises its error as
+    soon as it is done, as `ray.get` would: the others may be waiting for it (a rank's peers
+    in a collective), and would hide it until the timeout."""
     import ray
 
+    every = not num_returns
     num_returns = num_returns or len(refs)
-    deadline = time.monotonic() + timeout_s
+    deadline, checked = time.monotonic() + timeout_s, set()
     while True:
         if stop is not None and stop():
             raise Preempted(stopped, getattr(stop, "reason", None))
@@ -72,5 +75,8 @@ def wait_or_stop(
         if left <= 0:
             return []
         done, _ = ray.wait(refs, num_returns=num_returns, timeout=min(1.0, left))
+        if every:
+            ray.get([ref for ref in done if ref not in checked])  # small results: start-up answers
+            checked.update(done)
         if len(done) == num_returns:
             return done

@@ -7,6 +7,7 @@ placement group that waits for GPUs that are not there, a commit that fills the 
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import shutil
@@ -105,23 +106,34 @@ def check_input_counts(cfg: Config) -> None:
         )
 
 
-def commit_bytes(model_path: str, dtype: str, lora: bool) -> int:
+def commit_bytes(model_path: str, cfg: Config) -> int:
     """A lower bound on one committed state's size, from the model's parameter count: the
-    student's weights as a safetensors folder, and for a full student DeepSpeed's copy of them
-    with Adam's fp32 master weights and two moments (12 bytes a parameter). A LoRA student's
-    DeepSpeed files hold its adapters alone, which are left out. (Measured 2026-12-05 on the
-    tiny model, full fp32: 21.48 MB committed, 21.27 MB by this bound.)"""
+    student's weights as a safetensors folder and, for a full student, DeepSpeed's fp32 Adam
+    state (master weights and two moments, 12 bytes a parameter) with, below ZeRO-3, its own
+    copy of the weights. A LoRA student's DeepSpeed files hold its adapters alone, left out.
+    (Measured 2026-12-05 on the tiny model, full fp32 ZeRO-2: 21.48 MB committed, 21.27 MB
+    by this bound.)"""
+    folder = Path(model_path)
+    index = folder / "model.safetensors.index.json"
+    # A sharded model's index names its files: a folder may hold another copy beside them.
+    files = (
+        sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+        if index.is_file()
+        else sorted(folder.glob("*.safetensors"))
+    )
     parameters = 0
-    for path in Path(model_path).glob("*.safetensors"):
+    for path in files:
         with safe_open(str(path), framework="np") as weights:
             parameters += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
-    per_parameter = _DTYPE_BYTES[dtype] if lora else 2 * _DTYPE_BYTES[dtype] + 12
+    width = _DTYPE_BYTES[cfg.model.dtype]
+    per_parameter = width
+    if not cfg.student.lora.r:
+        per_parameter += 12 + (width if cfg.student.zero_stage < 3 else 0)
     return parameters * per_parameter
 
 
 def check_output_dir(cfg: Config, model_path: str, resume: bool) -> None:
-    """The run directory can be written, and its disk has room for two commits (the previous
-    state is removed only after the next one is whole)."""
+    """The run directory can be written, and its disk has room for the run's commits."""
     root = Path(cfg.run.output_root)
     where = cfg.run_dir if resume else root
     try:
@@ -131,8 +143,10 @@ def check_output_dir(cfg: Config, model_path: str, resume: bool) -> None:
     except OSError as err:
         reason = "a read-only file system" if err.errno == errno.EROFS else err.strerror
         raise ConfigError(f"run.output_root: cannot write in {where} ({reason}); choose a writable folder") from None
-    # A new run's second commit is written beside its first; a resumed run's state is on disk.
-    needed = (1 if resume else 2) * commit_bytes(model_path, cfg.model.dtype, lora=cfg.student.lora.r > 0)
+    # A commit is written beside the one before it, which goes only then: two of them from
+    # a new run's second round on; a resumed run's state is on disk already.
+    commits = 1 if resume or sum(stage.rounds for stage in resolve_stages(cfg)) == 1 else 2
+    needed = commits * commit_bytes(model_path, cfg)
     free = shutil.disk_usage(where).free
     if free < needed:
         raise ConfigError(

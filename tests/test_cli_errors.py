@@ -112,9 +112,9 @@ def test_preflight_names_the_field_of_each_refusal_before_anything_is_written(tm
         assert f"run.metrics_export_port: port {port} is not free" in refused(
             [*run, f"run.metrics_export_port={port}"], capsys
         )
-    if torch.cuda.device_count() == 0:
-        line = refused([*run, "teacher.num_engines=1", "teacher.gpus_per_engine=1"], capsys)
-        assert "1 engine(s) x 1 + 2 rank(s) x 0 = 1 GPUs, and this machine has 0" in line
+    gpus = torch.cuda.device_count()
+    line = refused([*run, "teacher.num_engines=1", f"teacher.gpus_per_engine={gpus + 1}"], capsys)
+    assert f"1 engine(s) x {gpus + 1} + 2 rank(s) x 0 = {gpus + 1} GPUs, and this machine has {gpus}" in line
     line = refused([*run, "data.num_train=1000000000000"], capsys)  # a terabyte of inputs, drawn before round 0
     assert "data.num_train, data.num_eval: 1,000,000,000,500 inputs over the run's rounds" in line
     a_file = tmp_path / "a-file"

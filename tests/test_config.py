@@ -217,6 +217,9 @@ def test_stages_are_checked_with_the_field_named():
         None, ["data.synthetic_top_up=64", "stages=[{operations: [{name: a}, {name: b, synthetic_top_up: 0}]}]"]
     )
     assert [op.synthetic_top_up for op in resolve_stages(topped)[0].operations] == [64, 0]
+    others = "stages=[{operations: [{name: a}, {name: b, num_train: 0}, {name: c, inputs: synthetic}]}]"
+    inherits = load_config(None, ["data.synthetic_top_up=64", others])  # only where it applies
+    assert [op.synthetic_top_up for op in resolve_stages(inherits)[0].operations] == [64, 0, 0]
     assert resolve_stages(load_config(None, ["data.synthetic_top_up=32"]))[0].operations[0].synthetic_top_up == 32
     for bad, field in (
         (["data.synthetic_top_up=-1"], r"data.synthetic_top_up: .* got -1"),

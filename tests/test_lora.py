@@ -200,4 +200,4 @@ def test_a_lora_run_killed_with_sigkill_resumes_and_loses_and_duplicates_nothing
         assert after[step] == pytest.approx(before[step], rel=1e-5), step
     assert {e["transport"] for e in killed + resumed if e["event"] == "sync"} == {"adapter"}
     assert (run_dir / "student" / "adapter" / "adapter_config.json").is_file()
-    assert state_bytes(run_dir) >= commit_bytes(str(teacher_model), "float32", lora=True)
+    assert state_bytes(run_dir) >= commit_bytes(str(teacher_model), load_config(str(run_dir / "config.yaml")))

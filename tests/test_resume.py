@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cdscale.checkpoint import read_shard
+from cdscale.config import load_config
 from cdscale.preflight import commit_bytes
 
 pytestmark = pytest.mark.stack
@@ -119,28 +120,32 @@ def sha(path: Path) -> str:
 
 
 @pytest.mark.seconds(135)
-def test_kill_9_then_sigterm_then_resume_loses_nothing_and_matches_an_uninterrupted_run(teacher_model, tmp_path):
+def test_stops_and_kills_then_resumes_lose_nothing_and_match_an_uninterrupted_run(teacher_model, tmp_path):
     common = [f"model.path={teacher_model}", f"run.output_root={tmp_path}", *SETTINGS]
     straight_dir, faulty_dir = tmp_path / "straight", tmp_path / "faulty"
 
     straight = start([*common, "run.name=straight"])
     # While it runs: a second run on its name is refused at once, naming the holder, and a
-    # report reads its last commit.
+    # report reads its last commit. The driver is paused meanwhile (SIGSTOP), so that it neither
+    # ends nor commits again before both have looked.
     wait_for(
         straight, straight_dir, 0, lambda e: e["event"] == "commit" and (straight_dir / "state" / e["state"]).is_dir()
     )
     cli = [sys.executable, "-m", "cdscale.cli"]
-    second = subprocess.run([*cli, "run", *common, "run.name=straight"], capture_output=True, text=True, timeout=120)
+    os.kill(straight.pid, signal.SIGSTOP)
+    try:
+        second = subprocess.run([*cli, "run", *common, "run.name=straight"], capture_output=True, text=True)
+        report = [*cli, "report", str(straight_dir), "--out", str(tmp_path / "report")]
+        report = subprocess.run(report, capture_output=True, text=True)
+    finally:
+        os.kill(straight.pid, signal.SIGCONT)
     assert second.returncode == 2 and f"is in use by pid {straight.pid} on " in second.stderr, second.stderr
-    report = subprocess.run(
-        [*cli, "report", str(straight_dir), "--out", str(tmp_path / "report")], capture_output=True, text=True
-    )
     assert report.returncode == 0 and "| straight | addition |" in report.stdout, report.stderr[-3000:]
     out, _ = straight.communicate(timeout=900)
     assert straight.returncode == 0, out[-3000:]
     assert left_behind(straight, straight_dir) == []  # no Ray process, no Ray session folder
     kill_group(straight)
-    assert state_bytes(straight_dir) >= commit_bytes(str(teacher_model), "float32", lora=False)
+    assert state_bytes(straight_dir) >= commit_bytes(str(teacher_model), load_config(str(straight_dir / "config.yaml")))
 
     # 0. SIGTERM while the actors start (after ray.init, whose own SIGTERM handler would exit
     # mid-call): stopped within seconds, not after the models load; nothing committed, exit 0,

@@ -136,7 +136,7 @@ def test_a_second_run_on_a_run_directory_in_use_is_refused_naming_the_holder(tmp
     import subprocess
     import sys
 
-    from cdscale.checkpoint import RunDirInUse, hold_run_dir
+    from cdscale.checkpoint import RunDirInUse, check_not_in_use, hold_run_dir
 
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
@@ -155,9 +155,13 @@ def test_a_second_run_on_a_run_directory_in_use_is_refused_naming_the_holder(tmp
         with pytest.raises(RunDirInUse, match=f"in use by pid {holder.pid} on "):
             with hold_run_dir(run_dir):
                 pass
+        with pytest.raises(RunDirInUse, match=f"in use by pid {holder.pid} on "):  # the check before preflight
+            check_not_in_use(run_dir)
     finally:
         holder.kill()  # as kill -9: the kernel releases the lock
         holder.wait()
+    check_not_in_use(run_dir)
+    check_not_in_use(tmp_path / "never-made")
     with hold_run_dir(run_dir):
         assert (run_dir / ".lock").read_text().startswith(f"pid {os.getpid()} ")
 
