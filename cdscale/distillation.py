@@ -76,7 +76,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     # Before the run directory is written: a refused run can start again as it is. A cluster
     # the caller started is the caller's to check.
     check_not_in_use(cfg.run_dir)
-    preflight.check(cfg, resolve_model_path(cfg.model.path), resume, cluster=not ray.is_initialized())
+    preflight.check(cfg, resume, cluster=not ray.is_initialized())
     with hold_run_dir(cfg.run_dir):
         recipe = Distillation(cfg, resume)
         with recipe.cluster():

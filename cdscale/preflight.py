@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from safetensors import safe_open
 
 from cdscale.config import ConfigError, resolve_stages
+from cdscale.models import resolve_model_path
 
 if TYPE_CHECKING:
     from cdscale.config import Config
@@ -29,7 +30,7 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _BYTES_PER_INPUT = 1024
 
 
-def check(cfg: Config, model_path: str, resume: bool, cluster: bool) -> None:
+def check(cfg: Config, resume: bool, cluster: bool) -> None:
     """Every check that applies to `cfg` (`cluster`: those of the Ray cluster the run starts
     or joins, too); raises `ConfigError` at the first that fails."""
     if cluster and cfg.run.ray_address:
@@ -39,7 +40,7 @@ def check(cfg: Config, model_path: str, resume: bool, cluster: bool) -> None:
         if cfg.run.metrics_export_port is not None:
             check_port_free(cfg.run.metrics_export_port)
     check_input_counts(cfg)
-    check_output_dir(cfg, model_path, resume)
+    check_output_dir(cfg, resume)
 
 
 def check_reachable(address: str, timeout_s: float) -> None:
@@ -132,7 +133,7 @@ def commit_bytes(model_path: str, cfg: Config) -> int:
     return parameters * per_parameter
 
 
-def check_output_dir(cfg: Config, model_path: str, resume: bool) -> None:
+def check_output_dir(cfg: Config, resume: bool) -> None:
     """The run directory can be written, and its disk has room for the run's commits."""
     root = Path(cfg.run.output_root)
     where = cfg.run_dir if resume else root
@@ -146,6 +147,10 @@ def check_output_dir(cfg: Config, model_path: str, resume: bool) -> None:
     # A commit is written beside the one before it, which goes only then: two of them from
     # a new run's second round on; a resumed run's state is on disk already.
     commits = 1 if resume or sum(stage.rounds for stage in resolve_stages(cfg)) == 1 else 2
+    try:
+        model_path = resolve_model_path(cfg.model.path)
+    except FileNotFoundError:  # named by the run itself, after the errors in the config's own files
+        return
     needed = commits * commit_bytes(model_path, cfg)
     free = shutil.disk_usage(where).free
     if free < needed:
