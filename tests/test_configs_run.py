@@ -75,7 +75,7 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
             for op in stage.operations:
                 num_train = small["num_train"] if op.num_train else 0  # 0: evaluated only
                 merged_op = {**dataclasses.asdict(op), "name": f"{name}.{op.name}", "num_train": num_train}
-                merged_op["synthetic_top_up"] = num_train if op.synthetic_top_up else 0
+                merged_op["synthetic_top_up"] = 1 if op.synthetic_top_up and num_train else 0
                 if op.task.name == "addition" and "addition_max_digits" in small:
                     options = merged_op["task"]["options"]
                     # 8: the addition task's own default, when a config gives no max_digits.

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cdscale.checkpoint import read_shard
+from cdscale.cli import main
 from cdscale.config import load_config
 from cdscale.preflight import commit_bytes
 
@@ -120,7 +121,7 @@ def sha(path: Path) -> str:
 
 
 @pytest.mark.seconds(135)
-def test_stops_and_kills_then_resumes_lose_nothing_and_match_an_uninterrupted_run(teacher_model, tmp_path):
+def test_stops_and_kills_then_resumes_lose_nothing_and_match_an_uninterrupted_run(teacher_model, tmp_path, capsys):
     common = [f"model.path={teacher_model}", f"run.output_root={tmp_path}", *SETTINGS]
     straight_dir, faulty_dir = tmp_path / "straight", tmp_path / "faulty"
 
@@ -131,16 +132,14 @@ def test_stops_and_kills_then_resumes_lose_nothing_and_match_an_uninterrupted_ru
     wait_for(
         straight, straight_dir, 0, lambda e: e["event"] == "commit" and (straight_dir / "state" / e["state"]).is_dir()
     )
-    cli = [sys.executable, "-m", "cdscale.cli"]
     os.kill(straight.pid, signal.SIGSTOP)
-    try:
-        second = subprocess.run([*cli, "run", *common, "run.name=straight"], capture_output=True, text=True)
-        report = [*cli, "report", str(straight_dir), "--out", str(tmp_path / "report")]
-        report = subprocess.run(report, capture_output=True, text=True)
+    try:  # the CLI in this process: its imports are paid already
+        second = main(["run", *common, "run.name=straight"]), capsys.readouterr().err
+        report = main(["report", str(straight_dir), "--out", str(tmp_path / "report")]), capsys.readouterr()
     finally:
         os.kill(straight.pid, signal.SIGCONT)
-    assert second.returncode == 2 and f"is in use by pid {straight.pid} on " in second.stderr, second.stderr
-    assert report.returncode == 0 and "| straight | addition |" in report.stdout, report.stderr[-3000:]
+    assert second[0] == 2 and f"is in use by pid {straight.pid} on " in second[1], second[1]
+    assert report[0] == 0 and "| straight | addition |" in report[1].out, report[1].err[-3000:]
     out, _ = straight.communicate(timeout=900)
     assert straight.returncode == 0, out[-3000:]
     assert left_behind(straight, straight_dir) == []  # no Ray process, no Ray session folder
