@@ -11,7 +11,8 @@ training, sync and evaluation of the student. What the merge does not keep per c
 teacher's token cap and context length are the largest in the group, the student's answers
 are cut at STUDENT_TOKENS, an addition task's operands have at most 2 digits (what the tiny
 stand-in learned: one that writes 8-digit scratchpads costs a minute more to bootstrap), the
-teacher is not evaluated (`eval.before: false`), and the other settings (learning rate,
+teacher is not evaluated (`eval.before: false`), a chat response cut at the teacher's token
+cap is kept (`keep_truncated`), and the other settings (learning rate,
 top-k, ...) are the first config's, except that the student is a LoRA student when a config
 of the group has one (the SmolLM2 group: its training takes half the time, and full
 fine-tuning runs in the tiny groups and the stack tests); tests/test_config.py loads each
@@ -76,6 +77,8 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
                 num_train = small["num_train"] if op.num_train else 0  # 0: evaluated only
                 merged_op = {**dataclasses.asdict(op), "name": f"{name}.{op.name}", "num_train": num_train}
                 merged_op["synthetic_top_up"] = 1 if op.synthetic_top_up and num_train else 0
+                if op.task.name == "chat":  # a response cut at the token cap still trains: a run
+                    merged_op["task"]["options"]["keep_truncated"] = True  # of two inputs needs one kept
                 if op.task.name == "addition" and "addition_max_digits" in small:
                     options = merged_op["task"]["options"]
                     # 8: the addition task's own default, when a config gives no max_digits.

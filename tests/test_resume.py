@@ -126,20 +126,6 @@ def test_stops_and_kills_then_resumes_lose_nothing_and_match_an_uninterrupted_ru
     straight_dir, faulty_dir = tmp_path / "straight", tmp_path / "faulty"
 
     straight = start([*common, "run.name=straight"])
-    # While it runs: a second run on its name is refused at once, naming the holder, and a
-    # report reads its last commit. The driver is paused meanwhile (SIGSTOP), so that it neither
-    # ends nor commits again before both have looked.
-    wait_for(
-        straight, straight_dir, 0, lambda e: e["event"] == "commit" and (straight_dir / "state" / e["state"]).is_dir()
-    )
-    os.kill(straight.pid, signal.SIGSTOP)
-    try:  # the CLI in this process: its imports are paid already
-        second = main(["run", *common, "run.name=straight"]), capsys.readouterr().err
-        report = main(["report", str(straight_dir), "--out", str(tmp_path / "report")]), capsys.readouterr()
-    finally:
-        os.kill(straight.pid, signal.SIGCONT)
-    assert second[0] == 2 and f"is in use by pid {straight.pid} on " in second[1], second[1]
-    assert report[0] == 0 and "| straight | addition |" in report[1].out, report[1].err[-3000:]
     out, _ = straight.communicate(timeout=900)
     assert straight.returncode == 0, out[-3000:]
     assert left_behind(straight, straight_dir) == []  # no Ray process, no Ray session folder
@@ -181,6 +167,12 @@ def test_stops_and_kills_then_resumes_lose_nothing_and_match_an_uninterrupted_ru
     mark = after_last_commit(faulty_dir)
     proc = start(["--resume", str(faulty_dir)])
     wait_for(proc, faulty_dir, mark, lambda e: e["event"] == "train" and e["round"] == 1 and e["step"] >= 2)
+    # Meanwhile a second run on its name is refused at once, naming the holder, and a report
+    # reads its last commit (the CLI in this process: its imports are paid already).
+    second = main(["run", *common, "run.name=faulty"]), capsys.readouterr().err
+    report = main(["report", str(faulty_dir), "--out", str(tmp_path / "report")]), capsys.readouterr()
+    assert second[0] == 2 and f"is in use by pid {proc.pid} on " in second[1], second[1]
+    assert report[0] == 0 and "| faulty | addition |" in report[1].out, report[1].err[-3000:]
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
