@@ -31,8 +31,9 @@ class StopRequest:
         handler of its own (one that exits the process mid-call): call `install` again after it."""
         self.deadline = None if save_by_s is None else started + save_by_s
         self.reason: str | None = None
-        self.previous = signal.signal(signal.SIGTERM, self._on_signal)
-        self.previous_sigint = signal.signal(signal.SIGINT, self._on_signal)
+        self.previous = signal.getsignal(signal.SIGTERM)
+        self.previous_sigint = signal.getsignal(signal.SIGINT)
+        self.install()
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)

@@ -22,7 +22,7 @@ from cdscale.config import ConfigError, resolve_stages
 from cdscale.models import resolve_model_path
 
 if TYPE_CHECKING:
-    from cdscale.config import Config
+    from cdscale.config import Config, StageConfig
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # The driver's memory per input it draws before the first round: the Example (about 0.4 KiB
@@ -39,8 +39,9 @@ def check(cfg: Config, resume: bool, cluster: bool) -> None:
         check_local_gpus(cfg)
         if cfg.run.metrics_export_port is not None:
             check_port_free(cfg.run.metrics_export_port)
-    check_input_counts(cfg)
-    check_output_dir(cfg, resume)
+    stages = resolve_stages(cfg)
+    check_input_counts(cfg, stages)
+    check_output_dir(cfg, resume, stages)
 
 
 def check_reachable(address: str, timeout_s: float) -> None:
@@ -92,10 +93,9 @@ def check_port_free(port: int) -> None:
             ) from None
 
 
-def check_input_counts(cfg: Config) -> None:
+def check_input_counts(cfg: Config, stages: list[StageConfig]) -> None:
     """Every round's inputs are drawn before the first round: counts that the machine's memory
     cannot hold are refused here, rather than found by a driver that grows without output."""
-    stages = resolve_stages(cfg)
     inputs = sum(stage.rounds * sum(op.num_train or 0 for op in stage.operations) for stage in stages)
     inputs += (cfg.data.num_eval + cfg.data.num_validation) * len({op.name for s in stages for op in s.operations})
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -133,7 +133,7 @@ def commit_bytes(model_path: str, cfg: Config) -> int:
     return parameters * per_parameter
 
 
-def check_output_dir(cfg: Config, resume: bool) -> None:
+def check_output_dir(cfg: Config, resume: bool, stages: list[StageConfig]) -> None:
     """The run directory can be written, and its disk has room for the run's commits."""
     root = Path(cfg.run.output_root)
     where = cfg.run_dir if resume else root
@@ -146,7 +146,7 @@ def check_output_dir(cfg: Config, resume: bool) -> None:
         raise ConfigError(f"run.output_root: cannot write in {where} ({reason}); choose a writable folder") from None
     # A commit is written beside the one before it, which goes only then: two of them from
     # a new run's second round on; a resumed run's state is on disk already.
-    commits = 1 if resume or sum(stage.rounds for stage in resolve_stages(cfg)) == 1 else 2
+    commits = 1 if resume or sum(stage.rounds for stage in stages) == 1 else 2
     try:
         model_path = resolve_model_path(cfg.model.path)
     except FileNotFoundError:  # named by the run itself, after the errors in the config's own files

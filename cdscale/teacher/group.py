@@ -74,14 +74,14 @@ class EngineGroup:
 
     def wait_ready(self, stop: Callable[[], bool] | None = None) -> EngineGroup:
         """Wait until every launched engine has loaded its model (or fail after timeout_s;
-        raise `Preempted` within a second of a stop request)."""
+        raise `Preempted` within a second of a stop request). An engine that failed to start
+        raises its own error as soon as it has failed."""
         ready = [e.ready.remote() for e in self.engines]
         if not wait_or_stop(ready, stop, self.timeout_s, "stopped while the teacher engines were starting"):
             raise TimeoutError(
                 f"{len(self.engines)} teacher engine(s) with {self.cpus} CPUs and {self.gpus} GPUs each were not ready "
                 f"after {self.timeout_s:.0f}s (run.timeout_s); can the cluster place them?"
             )
-        ray.get(ready)  # an engine that failed to start raises its own error here
         self.loaded = True
         return self
 
