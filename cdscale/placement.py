@@ -13,10 +13,12 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -41,16 +43,50 @@ def init_ray(cfg: Config) -> Path | None:
     # Logical CPUs cover every actor (engines and trainers take turns on the cores:
     # generation and training never run at once).
     needed = cfg.teacher.num_engines * cfg.teacher.cpus_per_engine + cfg.student.num_ranks * cfg.student.cpus_per_rank
-    # "local": a cluster of its own, never one that `ray start` left on this machine (which
-    # ray.init() would otherwise join, and then refuse the num_cpus given here).
-    context = ray.init(
-        address="local",
-        num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
-        include_dashboard=True,
-        dashboard_host=cfg.run.dashboard_host,
-        _metrics_export_port=cfg.run.metrics_export_port,
-    )
-    return Path(context.address_info["session_dir"])
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        began = time.time()
+        try:
+            # "local": a cluster of its own, never one that `ray start` left on this machine
+            # (which ray.init() would otherwise join, and then refuse the num_cpus given here).
+            context = ray.init(
+                address="local",
+                num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
+                include_dashboard=True,
+                dashboard_host=cfg.run.dashboard_host,
+                _metrics_export_port=cfg.run.metrics_export_port,
+            )
+            return Path(context.address_info["session_dir"])
+        except Exception as error:
+            if "timed out during startup" not in str(error) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+            log.warning(
+                "the local Ray cluster did not start (attempt %d of %d: %s); starting it again",
+                attempt,
+                LOCAL_START_ATTEMPTS,
+                error,
+            )
+            _kill_processes_started_since(began)
+    raise AssertionError("unreachable")
+
+
+# Ray's raylet waits a fixed 15 s for its dashboard agent, a Python process, to report its
+# ports, and aborts when it misses that: ray.init then fails with "The current node timed out
+# during startup". The agent's imports alone took longer than that on a machine whose 2 CPUs
+# ran two other runs (2026-12-05, in `make test`); a second start finds the imports cached.
+LOCAL_START_ATTEMPTS = 3
+
+
+def _kill_processes_started_since(began: float) -> None:
+    """Kill what a failed `ray.init` left of its cluster: this process's descendants that
+    started after `began` (the GCS server, the dashboard, the agents, the log monitor; the
+    raylet has aborted). They would otherwise live until this process exits."""
+    left = [p for p in psutil.Process().children(recursive=True) if p.create_time() >= began - 1]
+    for process in left:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=10)
 
 
 def stop_ray(session: Path, keep_logs: bool) -> None:
