@@ -17,14 +17,14 @@ from pathlib import Path
 
 def main() -> None:
     os.environ["VLLM_CACHE_ROOT"] = tempfile.mkdtemp(prefix="vllm-cache-")  # an empty compile cache
-    import ray
 
     from cdscale.models.tiny import build_tiny_llama
+    from cdscale.placement import start_local_ray
     from cdscale.teacher.engine import EngineSettings
     from cdscale.teacher.group import EngineGroup
 
     model = str(build_tiny_llama(Path(tempfile.mkdtemp()) / "tiny", seed=0))
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    start_local_ray(num_cpus=2, include_dashboard=False)
     prompts = [[random.Random(i).randrange(3, 60) for _ in range(100)] for i in range(64)]
     sampled = {"temperature": 1.0, "max_tokens": 64, "ignore_eos": True}
     for label, eager in (("compiled, empty cache", False), ("compiled, warm cache", False), ("eager", True)):

@@ -14,6 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
+from cdscale.placement import start_local_ray
+
 CANDIDATES = [
     ("French", "Always reply in French.", [{"name": "french", "language": "fr"}]),
     (
@@ -66,7 +68,7 @@ def main() -> None:
         turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
         return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=False)
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    start_local_ray(num_cpus=2, include_dashboard=False)
     engines = Engines()
     try:
         group = engines.start(

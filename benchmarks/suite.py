@@ -24,6 +24,7 @@ from benchmarks import loss_memory, round_breakdown, student_training, teacher_g
 from benchmarks.common import Engines, machine
 from cdscale.models import resolve_model_path
 from cdscale.models.tiny import build_tiny_llama
+from cdscale.placement import start_local_ray
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 ALL = "generation,sync,training,loss_memory,round"
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     engines = Engines(share=args.smoke)
     started_ray = not ray.is_initialized()
     if started_ray:  # engines and trainers take turns on the cores, as in a run
-        ray.init(address="local", num_cpus=8, include_dashboard=False)
+        start_local_ray(num_cpus=8, include_dashboard=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             models = model_folders(Path(tmp), args.smoke, args.round_model)

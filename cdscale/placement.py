@@ -43,19 +43,23 @@ def init_ray(cfg: Config) -> Path | None:
     # Logical CPUs cover every actor (engines and trainers take turns on the cores:
     # generation and training never run at once).
     needed = cfg.teacher.num_engines * cfg.teacher.cpus_per_engine + cfg.student.num_ranks * cfg.student.cpus_per_rank
+    context = start_local_ray(
+        num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
+        include_dashboard=True,
+        dashboard_host=cfg.run.dashboard_host,
+        _metrics_export_port=cfg.run.metrics_export_port,
+    )
+    return Path(context.address_info["session_dir"])
+
+
+def start_local_ray(**options: Any) -> Any:
+    """`ray.init(address="local", **options)`: a cluster of its own, never one that `ray start`
+    left on this machine (which ray.init() would otherwise join, and then refuse a num_cpus).
+    A start that fails because Ray's dashboard agent missed its start window is tried again."""
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         began = time.time()
         try:
-            # "local": a cluster of its own, never one that `ray start` left on this machine
-            # (which ray.init() would otherwise join, and then refuse the num_cpus given here).
-            context = ray.init(
-                address="local",
-                num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
-                include_dashboard=True,
-                dashboard_host=cfg.run.dashboard_host,
-                _metrics_export_port=cfg.run.metrics_export_port,
-            )
-            return Path(context.address_info["session_dir"])
+            return ray.init(address="local", **options)
         except Exception as error:
             if "timed out during startup" not in str(error) or attempt == LOCAL_START_ATTEMPTS:
                 raise

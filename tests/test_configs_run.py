@@ -30,6 +30,7 @@ import ray
 import yaml
 
 from cdscale.config import Config, load_config, resolve_stages
+from cdscale.placement import start_local_ray
 
 pytestmark = pytest.mark.stack
 
@@ -173,7 +174,7 @@ def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request)
     family = group.split("-")[0]
     model = prepare_smollm2() if family == "smollm2" else request.getfixturevalue("tiny_stand_in")
     cfg = merged_config(GROUPS[group], Path(model), tmp_path, SMALL[family])
-    ray.init(address="local", num_cpus=1 + SMALL[family]["cpus_per_rank"], include_dashboard=False)
+    start_local_ray(num_cpus=1 + SMALL[family]["cpus_per_rank"], include_dashboard=False)
     try:
         summary = run(cfg)
     finally:

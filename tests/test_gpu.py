@@ -7,6 +7,8 @@ import pytest
 import ray
 import torch
 
+from cdscale.placement import start_local_ray
+
 pytestmark = [
     pytest.mark.stack,
     pytest.mark.skipif(
@@ -24,7 +26,7 @@ def test_a_zero3_rank_on_a_gpu_uses_nccl_and_exports_its_weights_in_buckets(teac
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
+    start_local_ray(num_cpus=2, num_gpus=1, include_dashboard=False)
     cfg = load_config(
         None,
         [
@@ -73,7 +75,7 @@ def test_rank_0_broadcasts_its_weights_over_nccl_to_a_receiver_on_another_gpu(te
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False)
+    start_local_ray(num_cpus=2, num_gpus=2, include_dashboard=False)
     cfg = load_config(
         None,
         [

@@ -14,6 +14,7 @@ import torch
 
 from cdscale.config import load_config
 from cdscale.eval import score_responses
+from cdscale.placement import start_local_ray
 from cdscale.preflight import commit_bytes
 from cdscale.sync import EngineWeights
 from cdscale.sync.adapter import AdapterSync
@@ -41,7 +42,7 @@ def test_lora_ranks_sync_their_adapter_and_the_teachers_path_stays_the_base_mode
     tokenizer = AutoTokenizer.from_pretrained(teacher_model)
     prompts = [tokenizer(task.teacher_prompt(x))["input_ids"] for x in task.sample_inputs(6, random.Random(9))]
     greedy = [{"temperature": 0.0, "max_tokens": 24, "logprobs": 5}] * len(prompts)
-    ray.init(address="local", num_cpus=3, include_dashboard=False)
+    start_local_ray(num_cpus=3, include_dashboard=False)
     settings = EngineSettings(str(teacher_model), "float32", 256, 0.25, 21, enforce_eager=True, max_lora_rank=RANK)
     engines = EngineGroup(settings, timeout_s=300, chunk_size=8).start(1)
     sync, groups = AdapterSync(300), []

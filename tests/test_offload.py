@@ -9,6 +9,7 @@ import torch
 
 from benchmarks.student_training import make_records
 from cdscale.config import ConfigError, load_config
+from cdscale.placement import start_local_ray
 from cdscale.student.group import TrainerGroup, deepspeed_config
 from cdscale.sync.object_store import export_weights
 
@@ -53,7 +54,7 @@ def test_offloaded_zero3_ranks_take_the_steps_of_ranks_without_offload(teacher_m
 
     vocab = AutoConfig.from_pretrained(teacher_model).vocab_size
     records = make_records(16, vocab, prompt_len=10, answer_len=6, top_k=20, seed=0)
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    start_local_ray(num_cpus=2, include_dashboard=False)
     weights = {}
     try:
         for offload in ("none", "optimizer_and_params"):

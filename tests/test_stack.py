@@ -16,6 +16,7 @@ import torch
 
 from cdscale.checkpoint import read_shard
 from cdscale.config import load_config
+from cdscale.placement import start_local_ray
 from cdscale.sync import EngineWeights
 from cdscale.sync.broadcast import BroadcastSync
 from cdscale.sync.object_store import ObjectStoreSync, export_weights, load_packed
@@ -30,7 +31,7 @@ TASK = {"min_digits": 1, "max_digits": 2}
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    start_local_ray(num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
 
