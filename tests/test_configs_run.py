@@ -15,8 +15,10 @@ teacher is not evaluated (`eval.before: false`), a chat response cut at the teac
 cap is kept (`keep_truncated`), and the other settings (learning rate,
 top-k, ...) are the first config's, except that the student is a LoRA student when a config
 of the group has one (the SmolLM2 group: its training takes half the time, and full
-fine-tuning runs in the tiny groups and the stack tests); tests/test_config.py loads each
-config as it is. The models are stand-ins of each family: a tiny Llama bootstrapped for a few
+fine-tuning runs in the tiny groups and the stack tests), synced merged into the base weights
+(`lora.sync: merged`): vLLM on CPU decoded and scored with the adapter about 5x more slowly,
+which took the run's evaluation from 20 s to 47 s alone on 2 CPUs (2026-12-05); the adapter
+transport runs in tests/test_lora.py. tests/test_config.py loads each config as it is. The models are stand-ins of each family: a tiny Llama bootstrapped for a few
 hundred steps on the tiny configs' tasks (answers in each task's format, and inputs for
 synthetic D), and the real SmolLM2-135M-Instruct.
 """
@@ -117,7 +119,11 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
             "until_accuracy": max(cfg.student.until_accuracy for _, cfg in configs),
             "max_extra_epochs": 1,
             "lora": next(
-                (dataclasses.asdict(cfg.student.lora) for _, cfg in configs if cfg.student.lora.r),
+                (
+                    {**dataclasses.asdict(cfg.student.lora), "sync": "merged"}
+                    for _, cfg in configs
+                    if cfg.student.lora.r
+                ),
                 dataclasses.asdict(first.student.lora),
             ),
         },
