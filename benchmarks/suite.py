@@ -36,11 +36,13 @@ def sizes(smoke: bool) -> dict[str, Any]:
         # Every engine of the smoke run, the round's too, has the round's model and these settings,
         # eager (no torch.compile at start-up: the smoke keeps the scripts alive, it measures
         # nothing), and the sync pushes into the generation benchmark's engine (shared: see `Engines`).
+        # One trainer rank each: a rank is a process of its own (its imports and DeepSpeed's set-up
+        # are most of what it costs here), and the stack tests run ZeRO across two ranks.
         engine = dict(max_model_len=512, max_num_seqs=512, kv_cache_gib=0.25, enforce_eager=True)
         return {
             "generation": {"tiny": dict(num_prompts=8, new_tokens=8, prefix_tokens=200, samples=2, reps=1, **engine)},
-            "sync": {"tiny": dict(num_engines=1, num_ranks=2, zero_stage=3, reps=1, **engine)},
-            "training": {"tiny": dict(batch_size=4, steps=3, stages=[3], ranks=[2], prompt_len=16, answer_len=4)},
+            "sync": {"tiny": dict(num_engines=1, num_ranks=1, zero_stage=3, reps=1, **engine)},
+            "training": {"tiny": dict(batch_size=4, steps=3, stages=[3], ranks=[1], prompt_len=16, answer_len=4)},
             "loss_memory": {"tiny": dict(batch_size=2, prompt_len=16, answer_len=4)},
             "round": [
                 "data.num_train=64",
@@ -50,6 +52,7 @@ def sizes(smoke: bool) -> dict[str, Any]:
                 "teacher.num_engines=1",
                 "teacher.max_new_tokens=64",
                 "task.options.max_digits=2",
+                "student.num_ranks=1",
                 *(f"teacher.{k}={v}" for k, v in engine.items()),
             ],
         }

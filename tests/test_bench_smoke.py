@@ -7,7 +7,7 @@ import pytest
 pytestmark = pytest.mark.stack
 
 
-@pytest.mark.seconds(120)  # with the tiny teacher's bootstrap, when it builds it
+@pytest.mark.seconds(160)  # with the tiny teacher's bootstrap, when it builds it
 def test_benchmark_suite_smoke(teacher_model, tmp_path):
     from benchmarks import suite
 

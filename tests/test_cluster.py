@@ -53,7 +53,7 @@ def _scrape(port: int, metric: str, run_name: str, timeout_s: float = 60.0) -> f
         time.sleep(2)
 
 
-@pytest.mark.seconds(50)
+@pytest.mark.seconds(85)
 def test_two_nodes_match_one_node_and_the_metrics_reach_the_dashboard(teacher_model, tmp_path):
     if ray.is_initialized():
         ray.shutdown()  # this test joins its own cluster

@@ -182,7 +182,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.stack
-@pytest.mark.seconds(55)
+@pytest.mark.seconds(90)
 def test_slurm_batch_job_starts_ray_runs_a_tiny_run_and_stops_ray(slurm, teacher_model, tmp_path):
     # Ray on ports and a temp dir of its own: a local Ray of another test on this machine (on
     # the default ports, in /tmp/ray) is neither disturbed nor joined. A short path: Ray's

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.stack
 RANK = 8
 
 
-@pytest.mark.seconds(65)
+@pytest.mark.seconds(85)
 def test_lora_ranks_sync_their_adapter_and_the_teachers_path_stays_the_base_model(teacher_model, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -152,7 +152,7 @@ def _train_step(group, batch):
     ray.get([t.train_step.remote(batch[r::2], 2e-2) for r, t in enumerate(group.actors)])
 
 
-@pytest.mark.seconds(70)
+@pytest.mark.seconds(150)
 def test_a_lora_run_killed_with_sigkill_resumes_and_loses_and_duplicates_nothing(teacher_model, tmp_path):
     """A LoRA run (adapter sync) whose driver is killed with SIGKILL in round 1's training
     resumes from round 0's commit: round 1's data comes from disk, every step of round 1 is

@@ -47,7 +47,7 @@ def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.seconds(70)
+@pytest.mark.seconds(140)
 def test_mixed_on_policy_refreshes_swap_the_engines_and_resume_after_kill_9(teacher_model, tmp_path):
     run_dir = tmp_path / "onpolicy"
     proc = start([f"model.path={teacher_model}", f"run.output_root={tmp_path}", "run.name=onpolicy", *SETTINGS])

@@ -120,7 +120,7 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.seconds(135)
+@pytest.mark.seconds(380)
 def test_stops_and_kills_then_resumes_lose_nothing_and_match_an_uninterrupted_run(teacher_model, tmp_path, capsys):
     common = [f"model.path={teacher_model}", f"run.output_root={tmp_path}", *SETTINGS]
     straight_dir, faulty_dir = tmp_path / "straight", tmp_path / "faulty"
