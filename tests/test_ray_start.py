@@ -52,5 +52,5 @@ def test_a_local_cluster_whose_agent_misses_rays_start_window_is_started_again(t
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     assert (tmp_path / "agent-was-late").exists()  # the first start did meet a late agent
-    assert "did not start (attempt 1 of 3" in out and "attempt 2" not in out, out[-3000:]
+    assert "did not start (attempt 1 of 3" in out, out[-3000:]
     assert "gcs servers: 1" in out, out[-3000:]  # the failed start's processes are gone
