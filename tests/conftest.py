@@ -41,6 +41,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items[: len(paired)] = paired
 
 
+# Each test's span, setup to teardown, per xdist worker: {(worker, test id): [start, stop]} (epoch s).
+_TIMELINE: dict[tuple[str, str], list[float]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    gateway = getattr(getattr(report, "node", None), "gateway", None)  # the worker that ran it, under xdist
+    span = _TIMELINE.setdefault((gateway.id if gateway else "main", report.nodeid), [report.start, report.stop])
+    span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Per worker, when its last test ended and its tests over 20 s in the order they ran (seconds
+    from the first test's start): whether a worker idled at the end, and which tests shared the
+    cores, which `--durations` does not show."""
+    if not _TIMELINE:
+        return
+    t0 = min(start for start, _ in _TIMELINE.values())
+    workers: dict[str, list[tuple[float, float, str]]] = {}
+    for (worker, test), (start, stop) in sorted(_TIMELINE.items(), key=lambda item: item[1][0]):
+        workers.setdefault(worker, []).append((start - t0, stop - t0, test))
+    terminalreporter.section("tests over 20 s, per worker")
+    for worker, spans in sorted(workers.items()):
+        terminalreporter.write_line(f"{worker}: its last test ended at {max(stop for _, stop, _ in spans):.0f} s")
+        for start, stop, test in spans:
+            if stop - start > 20:
+                terminalreporter.write_line(f"  {start:5.0f} - {stop:5.0f} s  {test}")
+
+
 @pytest.fixture(scope="session")
 def built_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[[Path], None]], Path]:
     """`built_once(name, build)`: a model folder that every pytest-xdist worker of this session
