@@ -81,10 +81,17 @@ LOCAL_START_ATTEMPTS = 3
 
 
 def _kill_processes_started_since(began: float) -> None:
-    """Kill what a failed `ray.init` left of its cluster: this process's descendants that
-    started after `began` (the GCS server, the dashboard, the agents, the log monitor; the
-    raylet has aborted). They would otherwise live until this process exits."""
-    left = [p for p in psutil.Process().children(recursive=True) if p.create_time() >= began - 1]
+    """Kill what a failed `ray.init` left of its cluster: this process's descendants that are
+    Ray's and started after `began` (the GCS server, the dashboard, the agents, the log
+    monitor; the raylet has aborted). They would otherwise live until this process exits.
+    A second of slack: psutil's start times count from a boot time in whole seconds."""
+    left = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.create_time() >= began - 1 and "ray" in " ".join(process.cmdline()):
+                left.append(process)
+        except psutil.NoSuchProcess:
+            pass
     for process in left:
         try:
             process.kill()
