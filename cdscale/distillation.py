@@ -149,7 +149,7 @@ class Distillation:
         try:
             with self.clock("startup"):
                 try:
-                    session = init_ray(cfg)
+                    session = init_ray(cfg, self.stop)
                 except SystemExit as exiting:  # from ray.init's own SIGTERM handler, in place while it runs
                     if exiting.code != signal.SIGTERM:
                         raise

@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from cdscale.config import Config
 
 
-def init_ray(cfg: Config) -> Path | None:
+def init_ray(cfg: Config, stop: Callable[[], bool] | None = None) -> Path | None:
     """Join `run.ray_address`, or start the embedded default: a local cluster. Returns the
     local cluster's session folder (its processes' logs) when this call started it, for
-    `stop_ray`; None when Ray was running already or the cluster is someone else's."""
+    `stop_ray`; None when Ray was running already or the cluster is someone else's. `stop`:
+    a stop request, which ends a local start that failed instead of trying it again."""
     if ray.is_initialized():
         return None
     if cfg.run.ray_address:
@@ -44,6 +45,7 @@ def init_ray(cfg: Config) -> Path | None:
     # generation and training never run at once).
     needed = cfg.teacher.num_engines * cfg.teacher.cpus_per_engine + cfg.student.num_ranks * cfg.student.cpus_per_rank
     context = start_local_ray(
+        stop,
         num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
         include_dashboard=True,
         dashboard_host=cfg.run.dashboard_host,
@@ -52,24 +54,30 @@ def init_ray(cfg: Config) -> Path | None:
     return Path(context.address_info["session_dir"])
 
 
-def start_local_ray(**options: Any) -> Any:
+def start_local_ray(stop: Callable[[], bool] | None = None, **options: Any) -> Any:
     """`ray.init(address="local", **options)`: a cluster of its own, never one that `ray start`
     left on this machine (which ray.init() would otherwise join, and then refuse a num_cpus).
-    A start that fails because Ray's dashboard agent missed its start window is tried again."""
+    A start that fails because Ray's node did not come up in time (its dashboard agent missed
+    its start window) is tried again, unless `stop()` says a stop was requested meanwhile."""
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         began = time.time()
         try:
             return ray.init(address="local", **options)
         except Exception as error:
+            # Also Ray's message for any raylet that dies while starting: then the same error
+            # comes three times, 30 s apart, before it is raised.
             if "timed out during startup" not in str(error) or attempt == LOCAL_START_ATTEMPTS:
                 raise
+            _kill_processes_started_since(began)
+            if stop is not None and stop():
+                raise Preempted("stopped while Ray started", getattr(stop, "reason", None)) from error
             log.warning(
-                "the local Ray cluster did not start (attempt %d of %d: %s); starting it again",
+                "the local Ray cluster did not start (attempt %d of %d: %s; its logs: %s); starting it again",
                 attempt,
                 LOCAL_START_ATTEMPTS,
                 error,
+                (Path(options.get("_temp_dir", "/tmp/ray")) / "session_latest").resolve(),
             )
-            _kill_processes_started_since(began)
     raise AssertionError("unreachable")
 
 
@@ -82,8 +90,9 @@ LOCAL_START_ATTEMPTS = 3
 
 def _kill_processes_started_since(began: float) -> None:
     """Kill what a failed `ray.init` left of its cluster: this process's descendants that are
-    Ray's and started after `began` (the GCS server, the dashboard, the agents, the log
-    monitor; the raylet has aborted). They would otherwise live until this process exits.
+    Ray's and started after `began` (the GCS server, the dashboard, the log monitor; the raylet
+    has aborted, and its agents, no longer this process's descendants, exit on their own when
+    they see it gone). They would otherwise live until this process exits.
     A second of slack: psutil's start times count from a boot time in whole seconds."""
     left = []
     for process in psutil.Process().children(recursive=True):

@@ -46,6 +46,8 @@ _TIMELINE: dict[tuple[str, str], list[float]] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if not report.start:  # xdist's report of a worker that crashed has no times
+        return
     gateway = getattr(getattr(report, "node", None), "gateway", None)  # the worker that ran it, under xdist
     span = _TIMELINE.setdefault((gateway.id if gateway else "main", report.nodeid), [report.start, report.stop])
     span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
