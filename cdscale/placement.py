@@ -23,7 +23,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cdscale.preemption import Preempted, wait_or_stop
+from cdscale.preemption import Preempted, raise_if_stopped, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ def start_local_ray(stop: Callable[[], bool] | None = None, **options: Any) -> A
             if "timed out during startup" not in str(error) or attempt == LOCAL_START_ATTEMPTS:
                 raise
             _kill_processes_started_since(began)
-            if stop is not None and stop():
-                raise Preempted("stopped while Ray started", getattr(stop, "reason", None)) from error
+            raise_if_stopped(stop, "stopped while Ray started")
             log.warning(
                 "the local Ray cluster did not start (attempt %d of %d: %s; its logs: %s); starting it again",
                 attempt,
@@ -94,19 +93,15 @@ def _kill_processes_started_since(began: float) -> None:
     has aborted, and its agents, no longer this process's descendants, exit on their own when
     they see it gone). They would otherwise live until this process exits.
     A second of slack: psutil's start times count from a boot time in whole seconds."""
-    left = []
+    killed = []
     for process in psutil.Process().children(recursive=True):
         try:
             if process.create_time() >= began - 1 and "ray" in " ".join(process.cmdline()):
-                left.append(process)
+                process.kill()
+                killed.append(process)
         except psutil.NoSuchProcess:
             pass
-    for process in left:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(left, timeout=10)
+    psutil.wait_procs(killed, timeout=10)
 
 
 def stop_ray(session: Path, keep_logs: bool) -> None:

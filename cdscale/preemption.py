@@ -55,6 +55,12 @@ class StopRequest:
         signal.signal(signal.SIGINT, self.previous_sigint)
 
 
+def raise_if_stopped(stop: Callable[[], bool] | None, stopped: str) -> None:
+    """`Preempted(stopped)`, with the stop's reason, when `stop()` says a stop was requested."""
+    if stop is not None and stop():
+        raise Preempted(stopped, getattr(stop, "reason", None))
+
+
 def wait_or_stop(
     refs: list[Any], stop: Callable[[], bool] | None, timeout_s: float, stopped: str, num_returns: int = 0
 ) -> list[Any]:
@@ -70,8 +76,7 @@ def wait_or_stop(
     num_returns = num_returns or len(refs)
     deadline, checked = time.monotonic() + timeout_s, set()
     while True:
-        if stop is not None and stop():
-            raise Preempted(stopped, getattr(stop, "reason", None))
+        raise_if_stopped(stop, stopped)
         left = deadline - time.monotonic()
         if left <= 0:
             return []

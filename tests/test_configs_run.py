@@ -72,8 +72,9 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
     configs = [(path.stem, load_config(str(path))) for path in paths]
     stages: dict = {}
     for name, cfg in configs:
-        apart = any(op.inputs == "mixed" for stage in resolve_stages(cfg) for op in stage.operations)
-        for k, stage in enumerate(resolve_stages(cfg)):
+        own = resolve_stages(cfg)
+        apart = any(op.inputs == "mixed" for stage in own for op in stage.operations)
+        for k, stage in enumerate(own):
             key = f"{name}.{stage.name}" if apart else f"stage{k}"
             merged = stages.setdefault(key, {"name": key, "rounds": stage.rounds, "operations": []})
             merged["rounds"] = max(merged["rounds"], stage.rounds)

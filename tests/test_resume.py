@@ -5,8 +5,9 @@ ranks from the last commit). Nothing committed is redone, no training step is us
 what is kept, and the result matches an uninterrupted run with the same seed.
 
 Each `cdscale run` is a real process (Ray, a vLLM engine, 2 DeepSpeed ranks), about a
-minute on 2 CPUs. A driver killed with SIGKILL after a commit, and resumed, is in
-tests/test_lora.py (a LoRA student) and tests/test_onpolicy.py (a full one, on-policy).
+minute on 2 CPUs. A driver killed with SIGKILL after a state commit, and resumed, is in
+tests/test_lora.py (a LoRA student); tests/test_onpolicy.py kills a full student's driver
+after a data commit, before its first state commit.
 """
 
 import hashlib
