@@ -155,12 +155,6 @@ def test_stops_and_kills_then_resumes_lose_nothing_and_match_an_uninterrupted_ru
     mark = 0  # nothing was committed: events are counted from the file's start
     proc = start(["--resume", str(faulty_dir)])
     wait_for(proc, faulty_dir, mark, lambda e: e["event"] == "train" and e["round"] == 1 and e["step"] >= 2)
-    # Meanwhile a second run on its name is refused at once, naming the holder, and a report
-    # reads its last commit (the CLI in this process: its imports are paid already).
-    second = main(["run", *common, "run.name=faulty"]), capsys.readouterr().err
-    report = main(["report", str(faulty_dir), "--out", str(tmp_path / "report")]), capsys.readouterr()
-    assert second[0] == 2 and f"is in use by pid {proc.pid} on " in second[1], second[1]
-    assert report[0] == 0 and "| faulty | addition |" in report[1].out, report[1].err[-3000:]
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
@@ -191,6 +185,14 @@ def test_stops_and_kills_then_resumes_lose_nothing_and_match_an_uninterrupted_ru
     ranks = subprocess.run(pgrep, capture_output=True, text=True).stdout.split()
     assert len(ranks) == 2, ranks
     os.kill(int(ranks[0]), signal.SIGKILL)
+    # While the driver starts new ranks (processes of their own: seconds), a second run on its
+    # name is refused at once, naming the holder, and a report reads its last commit (the CLI
+    # in this process: its imports are paid already). Done here, not before the Ctrl-C above:
+    # there round 1's 40 short steps could end before the checks did (2026-12-05, in CI).
+    second = main(["run", *common, "run.name=faulty"]), capsys.readouterr().err
+    report = main(["report", str(faulty_dir), "--out", str(tmp_path / "report")]), capsys.readouterr()
+    assert second[0] == 2 and f"is in use by pid {proc.pid} on " in second[1], second[1]
+    assert report[0] == 0 and "| faulty | addition |" in report[1].out, report[1].err[-3000:]
     code, out = finish(proc, 900)
     assert code == 0, out[-3000:]
     assert "reusing the" in out  # round 1's data came from disk, not from the teacher again
