@@ -55,6 +55,24 @@ def test_sampler_respects_the_digit_range_and_scorer_checks_the_sum():
     assert xs == task.sample_inputs(300, random.Random(0))  # reproducible from the seed
 
 
+def test_same_length_draws_one_digit_count_for_both_operands_and_keeps_the_default_stream():
+    same = build_task("addition", {"min_digits": 1, "max_digits": 8, "same_length": True})
+    xs = same.sample_inputs(4000, random.Random(0))
+    lengths = [(len(str(x.meta["a"])), len(str(x.meta["b"]))) for x in xs]
+    assert all(la == lb for la, lb in lengths)
+    counts = [sum(la == n for la, _ in lengths) for n in range(1, 9)]
+    assert min(counts) > 400 and max(counts) < 600  # uniform over the 8 counts (500 each)
+    # Independent lengths: both operands have 8 digits about 1 time in 64, not 1 in 8.
+    independent = build_task("addition", {"min_digits": 1, "max_digits": 8}).sample_inputs(4000, random.Random(0))
+    assert sum(len(str(x.meta["a"])) == len(str(x.meta["b"])) == 8 for x in independent) < 120
+    # The first operand and the digit count come from the same draws in both modes.
+    assert [x.meta["a"] for x in xs[:1]] == [x.meta["a"] for x in independent[:1]]
+    assert same.parse_input("1 2 + 3 4").input == "1 2 + 3 4"
+    assert same.parse_input("1 2 + 3") == "operands of different lengths"
+    with pytest.raises(ValueError, match="same_length"):
+        build_task("addition", {"same_length": "yes"})
+
+
 def test_templates_differ_only_in_what_they_ask_for():
     task = Addition(1, 3)
     [x] = task.sample_inputs(1, random.Random(1))

@@ -33,9 +33,8 @@ def spaced(digits: str) -> str:
     return " ".join(digits)
 
 
-def random_number(rng: random.Random, min_digits: int, max_digits: int) -> int:
-    """A digit count uniform in [min_digits, max_digits], then digits uniform (no leading zero)."""
-    n = rng.randint(min_digits, max_digits)
+def random_number(rng: random.Random, n: int) -> int:
+    """An n-digit number, digits uniform (no leading zero)."""
     return rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1)
 
 
@@ -63,19 +62,27 @@ def scratchpad(a: int, b: int) -> str:
 @register_task("addition")
 class Addition(Task):
     """D: each operand's digit count uniform in [min_digits, max_digits], then digits uniform
-    (the paper's "uniform over all 1 through 8 digit addition questions")."""
+    (the paper's prose: "uniform over all 1 through 8 digit addition questions"). With
+    `same_length`, one digit count uniform in the range for both operands: the distribution
+    of the authors' code and test set (`src/scratchpads.py`), where 8 + 8 digits is an eighth
+    of the problems rather than a sixty-fourth."""
 
     teacher_reasons_first = True
 
-    def __init__(self, min_digits: int = 1, max_digits: int = 8):
+    def __init__(self, min_digits: int = 1, max_digits: int = 8, same_length: bool = False):
         if not 1 <= min_digits <= max_digits:
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
-        self.min_digits, self.max_digits = min_digits, max_digits
+        if not isinstance(same_length, bool):
+            raise ValueError(f"same_length: must be true or false, got {same_length!r}")
+        self.min_digits, self.max_digits, self.same_length = min_digits, max_digits, same_length
 
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
         out = []
         for _ in range(n):
-            a, b = (random_number(rng, self.min_digits, self.max_digits) for _ in range(2))
+            # The draws in this order keep the independent-length stream of earlier versions.
+            digits = rng.randint(self.min_digits, self.max_digits)
+            a = random_number(rng, digits)
+            b = random_number(rng, digits if self.same_length else rng.randint(self.min_digits, self.max_digits))
             out.append(
                 Example(input=f"{spaced(str(a))} + {spaced(str(b))}", gold=spaced(str(a + b)), meta={"a": a, "b": b})
             )
@@ -116,6 +123,8 @@ class Addition(Task):
         a, b = (int(group.replace(" ", "")) for group in match.groups())
         if any(not self.min_digits <= len(str(n)) <= self.max_digits for n in (a, b)):
             return "operand outside the task's digit range"
+        if self.same_length and len(str(a)) != len(str(b)):
+            return "operands of different lengths"
         return Example(input=line.strip(), gold=spaced(str(a + b)), meta={"a": a, "b": b})
 
     def teacher_demonstration(self, x: Example) -> str:

@@ -47,9 +47,8 @@ class Arithmetic(Task):
         return Example(input=f"{spaced(str(a))} , {spaced(str(b))}", gold=spaced(str(answer)), meta={"a": a, "b": b})
 
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
-        return [
-            self._example(*(random_number(rng, self.min_digits, self.max_digits) for _ in range(2))) for _ in range(n)
-        ]
+        lo, hi = self.min_digits, self.max_digits
+        return [self._example(*(random_number(rng, rng.randint(lo, hi)) for _ in range(2))) for _ in range(n)]
 
     def teacher_prompt(self, x: Example) -> str:
         return f"Task: {self.operation}\nInput:\n{x.input}\nAnswer:\n"
