@@ -106,14 +106,22 @@ def _bootstrap(args: argparse.Namespace) -> int:
         if args.task != "addition" or (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS
         else f"-{args.min_digits}to{args.max_digits}"
     )
-    for name, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--min-digits", args.min_digits)):
-        if value < 1:
-            raise ConfigError(f"bootstrap {name}: must be at least 1, got {value}")
+    for name, value, least in (
+        ("--steps", args.steps, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--min-digits", args.min_digits, 1),
+        ("--eval-every", args.eval_every, 1),
+        ("--max-restarts", args.max_restarts, 0),
+    ):
+        if value < least:
+            raise ConfigError(f"bootstrap {name}: must be at least {least}, got {value}")
     if not args.lr > 0 or args.max_digits < args.min_digits:
         raise ConfigError(
             f"bootstrap: --lr must be positive and --max-digits at least --min-digits, "
             f"got {args.lr}, {args.min_digits}..{args.max_digits}"
         )
+    if not 0 <= args.until_sampled_accuracy <= 1:
+        raise ConfigError(f"bootstrap --until-sampled-accuracy: must be in [0, 1], got {args.until_sampled_accuracy}")
     out = prepared_path(f"tiny-{args.task}{digits}" + ("-inputs" if args.learn_inputs else ""))
     if (out / "config.json").is_file() and not args.force:
         log.info("%s already bootstrapped (use --force to redo)", out)
@@ -124,7 +132,16 @@ def _bootstrap(args: argparse.Namespace) -> int:
         from cdscale.tasks.arithmetic import OPERATIONS
 
         tasks = [build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5}) for op in OPERATIONS]
-    settings = BootstrapSettings(args.steps, args.batch_size, args.lr, args.seed, args.eval_every, args.learn_inputs)
+    settings = BootstrapSettings(
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        args.eval_every,
+        args.learn_inputs,
+        args.until_sampled_accuracy or None,  # 0: exactly --steps
+        args.max_restarts,
+    )
     info = bootstrap(tasks, out, settings)
     log.info("bootstrapped tiny model in %s: %s", out, info["history"][-1])
     return 0
@@ -144,7 +161,7 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run_dirs[0] / "report"
     path = write_report(run_dirs, out)
     print(path.read_text())
-    log.info("wrote %s, %s and %s", path, out / "accuracy.png", out / "loss.png")
+    log.info("wrote %s and its figures (*.png) in %s", path.name, out)
     return 0
 
 
@@ -163,7 +180,7 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
         help="addition: tiny-addition; "
         "arithmetic: tiny-arithmetic, the four instructed tasks of the task-id experiment",
     )
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=2000, help="one warm-up + cosine schedule of this many steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--min-digits", type=int, default=BOOTSTRAP_DIGITS[0])
@@ -172,10 +189,20 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eval-every",
         type=int,
-        default=10**9,
+        default=500,
         metavar="STEPS",
-        help="also measure the teacher's greedy accuracy every STEPS steps (always at the end)",
+        help="measure the teacher's greedy and sampled accuracy every STEPS steps (and at each schedule's end)",
     )
+    p.add_argument(
+        "--until-sampled-accuracy",
+        type=float,
+        default=0.95,
+        metavar="FRACTION",
+        help="train until the teacher's temperature-1 samples are right on this fraction of 200 held-out "
+        "problems (checked every --eval-every steps; --steps is one schedule, restarted at half "
+        "length up to --max-restarts times while below it; 0: exactly --steps)",
+    )
+    p.add_argument("--max-restarts", type=int, default=2)
     p.add_argument(
         "--learn-inputs",
         action="store_true",

@@ -40,6 +40,8 @@ def malformed(tmp_path) -> list[list[str]]:
         ["bootstrap", "--batch-size", "-4"],
         ["bootstrap", "--lr", "0"],
         ["bootstrap", "--min-digits", "5", "--max-digits", "2"],
+        ["bootstrap", "--until-sampled-accuracy", "1.5"],
+        ["bootstrap", "--max-restarts", "-1"],
         ["bootstrap", "--task", "nope"],
         ["report"],
         ["report", str(tmp_path / "missing-run")],

@@ -1,0 +1,40 @@
+"""`cdscale bootstrap` trains to a criterion: it stops at the first check that passes, and
+restarts its schedule (at most max_restarts times) while the teacher is below it."""
+
+import json
+import logging
+
+import torch
+
+from cdscale.bootstrap import BootstrapSettings, bootstrap
+from cdscale.tasks import build_task
+
+
+def _settings(until: float) -> BootstrapSettings:
+    return BootstrapSettings(
+        steps=6, batch_size=4, eval_every=3, until_sampled_accuracy=until, max_restarts=2, check_problems=4
+    )
+
+
+def test_training_stops_at_the_first_check_that_passes(tmp_path):
+    torch.set_num_threads(2)
+    info = bootstrap(build_task("addition", {"max_digits": 2}), tmp_path / "teacher", _settings(until=0.0))
+    assert [h["step"] for h in info["history"]] == [3]
+    assert info["steps"] == 3
+    saved = json.loads((tmp_path / "teacher" / "cdscale_bootstrap.json").read_text())
+    assert saved["steps"] == 3 and saved["until_sampled_accuracy"] == 0.0
+    assert (tmp_path / "teacher" / "model.safetensors").is_file()
+
+
+def test_a_teacher_below_the_criterion_gets_restarts_then_is_saved_with_a_warning(tmp_path, caplog):
+    torch.set_num_threads(2)
+    with caplog.at_level(logging.INFO, logger="cdscale.bootstrap"):
+        # A model 18 steps old answers none of the problems: the criterion 1.0 is never met.
+        info = bootstrap(build_task("addition", {"max_digits": 2}), tmp_path / "teacher", _settings(until=1.0))
+    # One schedule of 6 steps, then two restarts of 3; each ends with a check.
+    assert info["schedules"] == [6, 3, 3]
+    assert [h["step"] for h in info["history"]] == [3, 6, 9, 12]
+    assert info["steps"] == 12
+    assert sum("the schedule restarts" in r.message for r in caplog.records) == 2
+    assert any(r.levelno == logging.WARNING and "below the criterion" in r.message for r in caplog.records)
+    assert (tmp_path / "teacher" / "config.json").is_file()
