@@ -2,15 +2,25 @@
 and PNG plots, from what each run directory holds (summary.json, metrics.jsonl).
 
     report.md             one row per (run, operation): teacher with its context, student
-                          before, student after each stage, inference tokens and their ratio
-    accuracy.png          student accuracy per operation after each round (round -1: before), a panel per run
+                          before, student after each stage, inference tokens and their ratio;
+                          for addition, the same by operand length
+    accuracy.png          a panel per operation: teacher, before and after as grouped bars, the
+                          runs side by side
+    by_length.png         addition: accuracy after distillation by the longer operand's digits
+    learning_curve.png    validation accuracy against example passes (runs that trained to
+                          `student.until_accuracy`)
     loss.png              training loss per step, rounds one after another
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+_SUM = re.compile(r"(\d(?: \d)*) \+ (\d(?: \d)*)")
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -37,31 +47,94 @@ def _pct(metrics: dict[str, Any] | None, rule: str | None = None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _phases(runs: dict[str, dict[str, Any]]) -> list[tuple[str, Any]]:
+    """(label, summary -> {operation: metrics}) for teacher, before and after: after each stage
+    when a run has more than one."""
+    stage_names = list(dict.fromkeys(name for s in runs.values() for name in s.get("after_stage", {})))
+    phases = [("teacher", lambda s: s.get("teacher", {})), ("before", lambda s: s.get("student_before", {}))]
+    if len(stage_names) > 1:
+        return phases + [(f"after {n}", lambda s, n=n: s.get("after_stage", {}).get(n, {})) for n in stage_names]
+    return phases + [("after", lambda s: s.get("student_after", {}))]
+
+
+_TABLE_HEAD = {"teacher": "teacher (with context)", "before": "student before", "after": "student after"}
+
+
 def results_table(runs: dict[str, dict[str, Any]]) -> str:
     """Accuracy (%) per run and operation, the columns of the paper's tables; an operation
     with rules (a chat task's checks) has a row per rule, its compliance (%)."""
-    stage_names = list(dict.fromkeys(name for s in runs.values() for name in s.get("after_stage", {})))
-    head = ["run", "operation", "teacher (with context)", "student before"]
-    head += [f"after {name}" for name in stage_names] if len(stage_names) > 1 else ["student after"]
+    phases = _phases(runs)
+    head = ["run", "operation", *(_TABLE_HEAD.get(label, label) for label, _ in phases)]
     head += ["tokens per answer: teacher / student", "token ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for run, s in runs.items():
         ops = list(dict.fromkeys([*s.get("teacher", {}), *s.get("student_after", {})]))
         for op in ops:
-            teacher, last = s.get("teacher", {}).get(op), s.get("student_after", {}).get(op)
-            afters = [s.get("after_stage", {}).get(name, {}).get(op) for name in stage_names] or [last]
+            metrics = [get(s).get(op) for _, get in phases]
+            teacher, last = metrics[0], s.get("student_after", {}).get(op)
             tokens, ratio = "-", "-"
             if teacher and last:
                 tokens = f"{teacher['tokens_per_answer']:.1f} / {last['tokens_per_answer']:.1f}"
                 ratio = f"{teacher['tokens_per_answer'] / last['tokens_per_answer']:.1f}x"
-            before = s.get("student_before", {}).get(op)
             # A chat operation's rules get a row each (compliance in %); its gold accuracy a row when it has one.
-            rules = list(dict.fromkeys(name for m in (teacher, before, last) if m for name in m.get("rules", {})))
-            has_gold = any(m and m["accuracy"] is not None for m in (teacher, before, last))
+            rules = list(dict.fromkeys(name for m in metrics if m for name in m.get("rules", {})))
+            has_gold = any(m and m["accuracy"] is not None for m in metrics)
             for rule in ([None] if has_gold or not rules else []) + rules:
                 label = op if rule is None else f"{op} [rule: {rule}]"
-                cells = [_pct(m, rule) for m in (teacher, before, *afters)]
+                cells = [_pct(m, rule) for m in metrics]
                 lines.append("| " + " | ".join([run, label, *cells, tokens, ratio]) + " |")
+    return "\n".join(lines)
+
+
+def digit_counts(problem: str) -> tuple[int, int] | None:
+    """(shorter, longer) operand length of a spaced sum such as '2 9 + 5 7 1'; None for
+    another kind of input."""
+    match = _SUM.fullmatch(problem.strip())
+    return None if match is None else tuple(sorted(len(g.split()) for g in match.groups()))  # type: ignore[return-value]
+
+
+def by_length(rows: list[dict[str, Any]]) -> dict[tuple[int, int], list[float]] | None:
+    """An evaluation's scores grouped by operand lengths; None unless every input is a sum."""
+    groups: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for row in rows:
+        key = digit_counts(row["input"])
+        if key is None:
+            return None
+        groups[key].append(row["score"])
+    return dict(sorted(groups.items())) or None
+
+
+def _eval_rows(run_dir: Path, op: str, label: str) -> list[dict[str, Any]]:
+    path = run_dir / "eval" / op / f"{label}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def length_results(run_dir: Path) -> dict[str, dict[str, dict[tuple[int, int], list[float]]]]:
+    """{operation: {teacher / before / after: scores by operand lengths}} for a run's addition
+    operations, from its evaluation files (after: the last round's)."""
+    out = {}
+    for op_dir in sorted(p for p in (run_dir / "eval").glob("*") if p.is_dir()):
+        rounds = [int(f.stem.rsplit("_", 1)[1]) for f in op_dir.glob("student_after_round_*.jsonl")]
+        labels = {"teacher": "teacher", "before": "student_before"}
+        if rounds:
+            labels["after"] = f"student_after_round_{max(rounds)}"
+        groups = {phase: by_length(_eval_rows(run_dir, op_dir.name, label)) for phase, label in labels.items()}
+        if any(g is not None for g in groups.values()):
+            out[op_dir.name] = {phase: g for phase, g in groups.items() if g is not None}
+    return out
+
+
+def length_table(runs: dict[str, dict[str, dict[tuple[int, int], list[float]]]]) -> str:
+    """Accuracy (%) by operand lengths, a row per (run, operation, lengths)."""
+    head = ["run", "operation", "digits", "problems", "teacher", "before", "after"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for run, ops in runs.items():
+        for op, phases in ops.items():
+            for key in sorted({k for groups in phases.values() for k in groups}):
+                scores = [phases.get(p, {}).get(key) for p in ("teacher", "before", "after")]
+                n = max(len(v) for v in scores if v)
+                cells = ["-" if not v else f"{100 * sum(v) / len(v):.1f}" for v in scores]
+                lines.append("| " + " | ".join([run, op, f"{key[0]}+{key[1]}", str(n), *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -109,28 +182,67 @@ def _save(fig: Any, axes: list[Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """One panel per run, one line per operation."""
-    fig, axes = _axes(len(runs))
-    for ax, (run, events) in zip(axes, runs.items()):
-        curves: dict[str, list[tuple[int, float]]] = {}
-        for e in events:
-            if e["event"] != "eval" or "operation" not in e:
-                continue
-            if e.get("accuracy") is None:  # no gold answers: the rules table has its results
-                continue
-            if e["name"] == "student_before":
-                curves.setdefault(e["operation"], []).append((-1, e["accuracy"]))
-            elif e["name"].startswith("student_after_round_"):
-                curves.setdefault(e["operation"], []).append((int(e["name"].rsplit("_", 1)[1]), e["accuracy"]))
-        for op, points in curves.items():
-            points = sorted(dict(points).items())  # a resumed run may have evaluated a round twice: keep the last
-            ax.plot([r for r, _ in points], [100 * a for _, a in points], marker="o", label=op)
-        ax.set_xlabel("after round (-1: before distillation)")
-        ax.set_ylabel("student accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.set_title(f"{run}: student accuracy, without context")
+def plot_accuracy(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    """A panel per operation with gold answers: teacher, before and after as groups of bars,
+    one bar per run, so a distillation run stands beside its baselines."""
+    phases = _phases(runs)
+    ops = [
+        op
+        for op in dict.fromkeys(op for s in runs.values() for _, get in phases for op in get(s))
+        if any((get(s).get(op) or {}).get("accuracy") is not None for s in runs.values() for _, get in phases)
+    ]
+    fig, axes = _axes(max(1, len(ops)))
+    width = 0.8 / len(runs)
+    for ax, op in zip(axes, ops):
+        for j, (run, s) in enumerate(runs.items()):
+            offset = (j - (len(runs) - 1) / 2) * width
+            bars = [(i + offset, get(s).get(op, {}).get("accuracy")) for i, (_, get) in enumerate(phases)]
+            bars = [(x, 100 * a) for x, a in bars if a is not None]
+            drawn = ax.bar([x for x, _ in bars], [a for _, a in bars], width, label=run)
+            ax.bar_label(drawn, fmt="%.1f", fontsize=7)  # a 0% bar has no height to see
+        ax.set_xticks(range(len(phases)), [label for label, _ in phases])
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 108)
+        ax.set_title(f"{op}: the teacher with its context, the student without")
+    if not ops:  # rules only (a chat task): report.md has their compliance
+        axes[0].text(0.5, 0.5, "no operation with gold answers", ha="center", transform=axes[0].transAxes)
+        axes[0].bar([], [], label="-")
     _save(fig, axes, path)
+
+
+def plot_by_length(runs: dict[str, dict[str, dict[str, dict[tuple[int, int], list[float]]]]], path: Path) -> None:
+    """Addition: accuracy after distillation (and the teacher's, dashed) by the longer
+    operand's digit count, a line per run and operation."""
+    fig, [ax] = _axes()
+    for run, ops in runs.items():
+        for op, phases in ops.items():
+            for phase, style in (("after", "-"), ("teacher", ":")):
+                longer: dict[int, list[float]] = defaultdict(list)
+                for (_, n), scores in phases.get(phase, {}).items():
+                    longer[n] += scores
+                xs = sorted(longer)
+                label = f"{run}, {op}: " + ("student after" if phase == "after" else "teacher")
+                ax.plot(xs, [100 * sum(longer[n]) / len(longer[n]) for n in xs], style, marker="o", label=label)
+    ax.set_xlabel("digits of the longer operand")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Addition by operand length")
+    _save(fig, [ax], path)
+
+
+def plot_learning_curve(runs: dict[str, dict[str, Any]], batch_sizes: dict[str, int], path: Path) -> None:
+    """Validation accuracy (the `student.until_accuracy` checks) against example passes."""
+    fig, [ax] = _axes()
+    for run, s in runs.items():
+        for op, points in s.get("validation", {}).items():
+            points = sorted(points, key=lambda p: (p["round"], p["step"]))
+            xs = [p["step"] * batch_sizes[run] for p in points]
+            ax.plot(xs, [100 * p["accuracy"] for p in points], marker="o", label=f"{run}: {op}")
+    ax.set_xlabel("example passes (optimizer steps x batch size)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Learning curve")
+    _save(fig, [ax], path)
 
 
 def plot_loss(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -147,16 +259,32 @@ def plot_loss(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
 
 def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
-    """report.md, accuracy.png and loss.png in out_dir; returns the markdown's path."""
-    summaries, events = {}, {}
+    """report.md and the plots of the module's docstring in out_dir (by_length.png for
+    addition runs, learning_curve.png for runs with validation checks); returns report.md."""
+    import yaml
+
+    summaries, events, lengths, batch_sizes = {}, {}, {}, {}
     for run_dir in run_dirs:
         name = run_dir.resolve().name
         if name in summaries:
             name = str(run_dir)
         summaries[name], events[name] = load_run(run_dir)
+        lengths[name] = length_results(run_dir)
+        config = run_dir / "config.yaml"
+        student = yaml.safe_load(config.read_text()).get("student", {}) if config.is_file() else {}
+        batch_sizes[name] = student.get("batch_size", 1)
+    lengths = {run: ops for run, ops in lengths.items() if ops}
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_accuracy(events, out_dir / "accuracy.png")
+    plot_accuracy(summaries, out_dir / "accuracy.png")
     plot_loss(events, out_dir / "loss.png")
+    figures = ["![student accuracy](accuracy.png)"]
+    if lengths:
+        plot_by_length(lengths, out_dir / "by_length.png")
+        figures.append("![addition by operand length](by_length.png)")
+    if any(s.get("validation") for s in summaries.values()):
+        plot_learning_curve(summaries, batch_sizes, out_dir / "learning_curve.png")
+        figures.append("![learning curve](learning_curve.png)")
+    figures.append("![training loss](loss.png)")
     sources = "\n".join(f"- `{name}`: {run_dir}" for name, run_dir in zip(summaries, run_dirs))
     text = (
         "# cdscale report\n\nAccuracy (a rule: its compliance) in % on each operation's held-out inputs (greedy).\n\n"
@@ -166,7 +294,9 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
             if any("context_gap" in s or "drift" in s for s in summaries.values())
             else ""
         )
-        + f"![student accuracy](accuracy.png)\n\n![training loss](loss.png)\n\nRuns:\n{sources}\n"
+        + (f"Addition by operand length (%):\n\n{length_table(lengths)}\n\n" if lengths else "")
+        + "\n\n".join(figures)
+        + f"\n\nRuns:\n{sources}\n"
     )
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"
