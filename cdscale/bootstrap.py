@@ -99,6 +99,7 @@ class BootstrapSettings:
     until_sampled_accuracy: float | None = None
     max_restarts: int = 2
     check_problems: int = 200  # held-out problems per check, split over the tasks
+    spaced_pieces: bool = True  # False: the character tokenizer of models bootstrapped before 2026-12-05
 
 
 def _check(model, tokenizer, tasks: list[Task], n: int, seed: int) -> dict[str, float]:
@@ -119,7 +120,7 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
     rng = random.Random(f"bootstrap-{s.seed}")
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_llama(tmp, seed=s.seed)
+    build_tiny_llama(tmp, seed=s.seed, spaced_pieces=s.spaced_pieces)
     tokenizer = AutoTokenizer.from_pretrained(tmp)
     model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -165,6 +166,7 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
     info = {
         "task": [t.name for t in tasks],
         "learn_inputs": s.learn_inputs,
+        "spaced_pieces": s.spaced_pieces,
         "steps": step,
         "schedules": schedules,
         "until_sampled_accuracy": criterion,

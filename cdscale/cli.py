@@ -133,14 +133,15 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
         tasks = [build_task("arithmetic", {"operation": op, "min_digits": 2, "max_digits": 5}) for op in OPERATIONS]
     settings = BootstrapSettings(
-        args.steps,
-        args.batch_size,
-        args.lr,
-        args.seed,
-        args.eval_every,
-        args.learn_inputs,
-        args.until_sampled_accuracy or None,  # 0: exactly --steps
-        args.max_restarts,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        learn_inputs=args.learn_inputs,
+        until_sampled_accuracy=args.until_sampled_accuracy or None,  # 0: exactly --steps
+        max_restarts=args.max_restarts,
+        spaced_pieces=not args.character_tokenizer,
     )
     info = bootstrap(tasks, out, settings)
     log.info("bootstrapped tiny model in %s: %s", out, info["history"][-1])
@@ -203,6 +204,11 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
         "length up to --max-restarts times while below it; 0: exactly --steps)",
     )
     p.add_argument("--max-restarts", type=int, default=2)
+    p.add_argument(
+        "--character-tokenizer",
+        action="store_true",
+        help="one token per character, as models bootstrapped before 2026-12-05 (to reproduce their results)",
+    )
     p.add_argument(
         "--learn-inputs",
         action="store_true",
