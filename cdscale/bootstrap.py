@@ -117,15 +117,48 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
     s = settings or BootstrapSettings()
     tasks = task if isinstance(task, list) else [task]
     torch.manual_seed(s.seed)
-    rng = random.Random(f"bootstrap-{s.seed}")
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     build_tiny_llama(tmp, seed=s.seed, spaced_pieces=s.spaced_pieces)
     tokenizer = AutoTokenizer.from_pretrained(tmp)
     model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    schedules = [s.steps] + ([s.steps // 2] * s.max_restarts if s.until_sampled_accuracy is not None else [])
+    history = _train(model, tokenizer, tasks, s, schedules)
+    last = history[-1]
+    if s.until_sampled_accuracy is not None and last["sampled_accuracy"] < s.until_sampled_accuracy:
+        log.warning(
+            "bootstrap: the teacher's sampled accuracy is %.3f after %d steps, below the criterion %.2f; "
+            "saved anyway (more --steps or --max-restarts train it further)",
+            last["sampled_accuracy"],
+            last["step"],
+            s.until_sampled_accuracy,
+        )
+    model.save_pretrained(tmp, safe_serialization=True)
+    info = {
+        "task": [t.name for t in tasks],
+        "learn_inputs": s.learn_inputs,
+        "spaced_pieces": s.spaced_pieces,
+        "steps": last["step"],
+        "schedules": schedules,
+        "until_sampled_accuracy": s.until_sampled_accuracy,
+        "batch_size": s.batch_size,
+        "lr": s.lr,
+        "seed": s.seed,
+        "history": history,
+    }
+    (tmp / "cdscale_bootstrap.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return info
+
+
+def _train(model, tokenizer, tasks: list[Task], s: BootstrapSettings, schedules: list[int]) -> list[dict]:
+    """Warm-up + cosine schedules of the given lengths, one after another, with a check every
+    `s.eval_every` steps and at each schedule's end; stops at the first check that meets the
+    criterion. Returns the checks."""
+    rng = random.Random(f"bootstrap-{s.seed}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.98))
     criterion = s.until_sampled_accuracy
-    schedules = [s.steps] + ([s.steps // 2] * s.max_restarts if criterion is not None else [])
     start, step, history = time.time(), 0, []
     for n, length in enumerate(schedules):
         warmup = min(100, length // 10)
@@ -150,32 +183,7 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
                     check["sampled_accuracy"],
                 )
                 if criterion is not None and check["sampled_accuracy"] >= criterion:
-                    break
-        if criterion is None or history[-1]["sampled_accuracy"] >= criterion or n == len(schedules) - 1:
-            break
-        log.info("bootstrap: sampled accuracy below %.2f at step %d; the schedule restarts", criterion, step)
-    if criterion is not None and history[-1]["sampled_accuracy"] < criterion:
-        log.warning(
-            "bootstrap: the teacher's sampled accuracy is %.3f after %d steps, below the criterion %.2f; "
-            "saved anyway (more --steps or --max-restarts train it further)",
-            history[-1]["sampled_accuracy"],
-            step,
-            criterion,
-        )
-    model.save_pretrained(tmp, safe_serialization=True)
-    info = {
-        "task": [t.name for t in tasks],
-        "learn_inputs": s.learn_inputs,
-        "spaced_pieces": s.spaced_pieces,
-        "steps": step,
-        "schedules": schedules,
-        "until_sampled_accuracy": criterion,
-        "batch_size": s.batch_size,
-        "lr": s.lr,
-        "seed": s.seed,
-        "history": history,
-    }
-    (tmp / "cdscale_bootstrap.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return info
+                    return history
+        if n < len(schedules) - 1:
+            log.info("bootstrap: sampled accuracy below %.2f at step %d; the schedule restarts", criterion, step)
+    return history

@@ -15,11 +15,13 @@ and PNG plots, from what each run directory holds (summary.json, metrics.jsonl).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 _SUM = re.compile(r"(\d(?: \d)*) \+ (\d(?: \d)*)")
 
 
@@ -97,16 +99,29 @@ def by_length(rows: list[dict[str, Any]]) -> dict[tuple[int, int], list[float]] 
     """An evaluation's scores grouped by operand lengths; None unless every input is a sum."""
     groups: dict[tuple[int, int], list[float]] = defaultdict(list)
     for row in rows:
-        key = digit_counts(row["input"])
-        if key is None:
+        key = digit_counts(str(row.get("input")))
+        if key is None or not isinstance(row.get("score"), (int, float)):
             return None
         groups[key].append(row["score"])
     return dict(sorted(groups.items())) or None
 
 
 def _eval_rows(run_dir: Path, op: str, label: str) -> list[dict[str, Any]]:
+    """An evaluation file's rows; none (and a warning naming the line) when it is damaged."""
     path = run_dir / "eval" / op / f"{label}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            log.warning("%s:%d: not a JSON line (%s); its file is left out of the report", path, number, err)
+            return []
+        if not isinstance(rows[-1], dict):
+            log.warning("%s:%d: not a JSON object; its file is left out of the report", path, number)
+            return []
+    return rows
 
 
 def length_results(run_dir: Path) -> dict[str, dict[str, dict[tuple[int, int], list[float]]]]:

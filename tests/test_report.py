@@ -66,3 +66,13 @@ def test_report_draws_the_runs_side_by_side_by_length_and_a_learning_curve(tmp_p
     assert "| distilled | addition | 100.0 | 0.0 | 75.0 |" in text
     for figure in ("accuracy.png", "by_length.png", "learning_curve.png", "loss.png"):
         assert (tmp_path / "out" / figure).stat().st_size > 1000 and f"({figure})" in text
+
+
+def test_a_damaged_evaluation_file_is_left_out_of_the_length_table_with_a_warning(tmp_path, caplog):
+    from cdscale.report import length_results
+
+    run = _run_dir(tmp_path, "distilled", after=[1, 1, 1, 0])
+    (run / "eval" / "addition" / "student_before.jsonl").write_text('{"input": "1 + 2", "score": 0}\n{"inpu')
+    (run / "eval" / "addition" / "teacher.jsonl").write_text('{"input": "1 + 1"}\n')  # no score
+    assert set(length_results(run)["addition"]) == {"after"}
+    assert "student_before.jsonl:2: not a JSON line" in caplog.text

@@ -342,19 +342,21 @@ def test_simultaneous_then_sequential_stages_with_a_recursive_teacher(teacher_mo
             )
     assert "long_again" in on_disk["teacher_round_2"] and "short" in on_disk["teacher_round_1"]
 
-    # `cdscale report` on this run: one row per operation in the paper's layout, and two plots.
+    # `cdscale report` on this run: one row per operation in the paper's layout, and the plots.
     from cdscale.cli import main
 
     assert main(["report", str(run_dir)]) == 0
     rows = {
         line.split(" | ")[1]: line
-        for line in (run_dir / "report" / "report.md").read_text().splitlines()
+        # The results table, not the table by operand length below it.
+        for line in (run_dir / "report" / "report.md").read_text().split("by operand length")[0].splitlines()
         if line.startswith("| e2e | ")
     }
     assert sorted(rows) == sorted(ops)
     assert f"| {100 * on_disk['teacher']['long']['accuracy']:.1f} |" in rows["long"]
     assert "| - |" in rows["long_again"]  # not yet an operation after stage "both"
-    for png in ("accuracy.png", "loss.png"):
+    assert "| e2e | long | 2+2 |" in (run_dir / "report" / "report.md").read_text()  # the table by length
+    for png in ("accuracy.png", "by_length.png", "loss.png"):
         data = (run_dir / "report" / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
 

@@ -52,7 +52,6 @@ def build_tiny_llama(
     num_layers: int = 4,
     num_heads: int = 2,
     intermediate_size: int = 512,
-    max_positions: int = 512,
     seed: int = 0,
     spaced_pieces: bool = True,
 ) -> Path:
@@ -69,7 +68,7 @@ def build_tiny_llama(
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
         head_dim=hidden_size // num_heads,
-        max_position_embeddings=max_positions,
+        max_position_embeddings=512,
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
