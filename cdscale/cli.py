@@ -99,13 +99,13 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from cdscale.models import prepared_path
     from cdscale.tasks import build_task
 
-    # The default digit range keeps the plain name; another range gets its own folder, so an
-    # 8-digit teacher never overwrites the 1-3 digit one.
+    # The default digit range keeps the plain name; another range or equal-length operands get
+    # their own folder, so an 8-digit teacher never overwrites the 1-3 digit one.
     digits = (
         ""
         if args.task != "addition" or (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS
         else f"-{args.min_digits}to{args.max_digits}"
-    )
+    ) + ("-same" if args.task == "addition" and args.same_length else "")
     for name, value, least in (
         ("--steps", args.steps, 1),
         ("--batch-size", args.batch_size, 1),
@@ -127,7 +127,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
         log.info("%s already bootstrapped (use --force to redo)", out)
         return 0
     if args.task == "addition":
-        tasks = build_task("addition", {"min_digits": args.min_digits, "max_digits": args.max_digits})
+        options = {"min_digits": args.min_digits, "max_digits": args.max_digits, "same_length": args.same_length}
+        tasks = build_task("addition", options)
     else:  # the four tasks of the task-id experiment, each on 2- to 5-digit pairs
         from cdscale.tasks.arithmetic import OPERATIONS
 
@@ -186,6 +187,11 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--min-digits", type=int, default=BOOTSTRAP_DIGITS[0])
     p.add_argument("--max-digits", type=int, default=BOOTSTRAP_DIGITS[1])
+    p.add_argument(
+        "--same-length",
+        action="store_true",
+        help="addition: both operands of one digit count (task.options.same_length; saved as tiny-addition-...-same)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--eval-every",
