@@ -84,19 +84,20 @@ def exact_match_accuracy(
 
 @dataclass
 class BootstrapSettings:
-    steps: int = 1200  # one warm-up + cosine schedule of this many steps
+    # The defaults are `cdscale bootstrap`'s (tests/test_bootstrap.py checks that they agree).
+    steps: int = 2000  # one warm-up + cosine schedule of this many steps
     batch_size: int = 64
     lr: float = 3e-3
     seed: int = 0
-    eval_every: int = 10**9  # also measure the teacher's accuracy every this many steps (always at the end)
+    eval_every: int = 500  # measure the teacher's accuracy every this many steps (and always at the end)
     learn_inputs: bool = False  # see `demonstration_batch`
     # Train until the teacher's temperature-1 samples are right on at least this fraction of
     # the held-out problems it is checked on: the student learns from those samples, and a
     # fixed step count gave teachers from 84.5% to 98.5% greedy on different CPUs of one
     # machine kind. Checked every `eval_every` steps; training stops at the first check that
     # passes. A schedule that ends below it is followed by another of `steps // 2` steps (a
-    # warm restart), at most `max_restarts` times.
-    until_sampled_accuracy: float | None = None
+    # warm restart), at most `max_restarts` times. None: exactly `steps`.
+    until_sampled_accuracy: float | None = 0.95
     max_restarts: int = 2
     check_problems: int = 200  # held-out problems per check, split over the tasks
     spaced_pieces: bool = True  # False: the character tokenizer of models bootstrapped before 2026-12-05

@@ -197,29 +197,56 @@ def _save(fig: Any, axes: list[Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy(runs: dict[str, dict[str, Any]], path: Path) -> None:
-    """A panel per operation with gold answers: teacher, before and after as groups of bars,
-    one bar per run, so a distillation run stands beside its baselines."""
+def _intermediate_rounds(events: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """{operation: {round: accuracy}} of the student after each round that is not its stage's
+    last (a stage's last round is its "after" bar), from the run's evaluation events."""
+    stage_of = {e["round"]: e["stage"] for e in events if e["event"] == "round_start"}
+    last = {stage: max(r for r, s in stage_of.items() if s == stage) for stage in stage_of.values()}
+    rounds: dict[str, dict[int, float]] = defaultdict(dict)
+    for e in events:
+        if e["event"] == "eval" and e.get("accuracy") is not None and e["name"].startswith("student_after_round_"):
+            r = int(e["name"].rsplit("_", 1)[1])
+            if r in stage_of and r != last[stage_of[r]]:
+                rounds[e["operation"]][r] = e["accuracy"]  # a resumed run may evaluate a round twice: the last
+    return dict(rounds)
+
+
+def accuracy_bars(
+    runs: dict[str, dict[str, Any]], events: dict[str, list[dict[str, Any]]]
+) -> tuple[list[str], dict[str, dict[str, list[float | None]]]]:
+    """The bar groups of accuracy.png: the labels (teacher, before, after each intermediate round
+    of a multi-round run, after) and {operation with gold answers: {run: accuracy per label}}."""
     phases = _phases(runs)
-    ops = [
-        op
-        for op in dict.fromkeys(op for s in runs.values() for _, get in phases for op in get(s))
-        if any((get(s).get(op) or {}).get("accuracy") is not None for s in runs.values() for _, get in phases)
-    ]
-    fig, axes = _axes(max(1, len(ops)))
+    rounds = {run: _intermediate_rounds(events.get(run, [])) for run in runs}
+    round_numbers = sorted({r for ops in rounds.values() for by_round in ops.values() for r in by_round})
+    labels = [phases[0][0], phases[1][0], *(f"after round {r}" for r in round_numbers), *(p[0] for p in phases[2:])]
+    bars: dict[str, dict[str, list[float | None]]] = {}
+    for op in dict.fromkeys(op for s in runs.values() for _, get in phases for op in get(s)):
+        for run, s in runs.items():  # every run, with or without op: a run keeps its place and colour
+            values = [(get(s).get(op) or {}).get("accuracy") for _, get in phases]
+            values[2:2] = [rounds[run].get(op, {}).get(r) for r in round_numbers]
+            bars.setdefault(op, {})[run] = values
+    gold = {op for op, by_run in bars.items() if any(v is not None for vs in by_run.values() for v in vs)}
+    return labels, {op: by_run for op, by_run in bars.items() if op in gold}
+
+
+def plot_accuracy(runs: dict[str, dict[str, Any]], events: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """A panel per operation with gold answers: `accuracy_bars`' groups, one bar per run, so a
+    distillation run stands beside its baselines."""
+    labels, bars = accuracy_bars(runs, events)
+    fig, axes = _axes(max(1, len(bars)))
     width = 0.8 / len(runs)
-    for ax, op in zip(axes, ops):
-        for j, (run, s) in enumerate(runs.items()):
+    for ax, (op, by_run) in zip(axes, bars.items()):
+        for j, (run, values) in enumerate(by_run.items()):
             offset = (j - (len(runs) - 1) / 2) * width
-            bars = [(i + offset, get(s).get(op, {}).get("accuracy")) for i, (_, get) in enumerate(phases)]
-            bars = [(x, 100 * a) for x, a in bars if a is not None]
-            drawn = ax.bar([x for x, _ in bars], [a for _, a in bars], width, label=run)
-            ax.bar_label(drawn, fmt="%.1f", fontsize=7)  # a 0% bar has no height to see
-        ax.set_xticks(range(len(phases)), [label for label, _ in phases])
+            drawn = [(i + offset, 100 * a) for i, a in enumerate(values) if a is not None]
+            bar = ax.bar([x for x, _ in drawn], [a for _, a in drawn], width, label=run)
+            ax.bar_label(bar, fmt="%.1f", fontsize=7)  # a 0% bar has no height to see
+        ax.set_xticks(range(len(labels)), labels)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 108)
         ax.set_title(f"{op}: the teacher with its context, the student without")
-    if not ops:  # rules only (a chat task): report.md has their compliance
+    if not bars:  # rules only (a chat task): report.md has their compliance
         axes[0].text(0.5, 0.5, "no operation with gold answers", ha="center", transform=axes[0].transAxes)
         axes[0].bar([], [], label="-")
     _save(fig, axes, path)
@@ -290,7 +317,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
         batch_sizes[name] = student.get("batch_size", 1)
     lengths = {run: ops for run, ops in lengths.items() if ops}
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_accuracy(summaries, out_dir / "accuracy.png")
+    plot_accuracy(summaries, events, out_dir / "accuracy.png")
     plot_loss(events, out_dir / "loss.png")
     figures = ["![student accuracy](accuracy.png)"]
     if lengths:

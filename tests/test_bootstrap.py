@@ -38,3 +38,20 @@ def test_a_teacher_below_the_criterion_gets_restarts_then_is_saved_with_a_warnin
     assert sum("the schedule restarts" in r.message for r in caplog.records) == 2
     assert any(r.levelno == logging.WARNING and "below the criterion" in r.message for r in caplog.records)
     assert (tmp_path / "teacher" / "config.json").is_file()
+
+
+def test_the_library_defaults_are_the_commands_defaults():
+    """`bootstrap(task, out)` from Python trains the teacher that `cdscale bootstrap` trains."""
+    from cdscale.cli import _parser
+
+    args = _parser().parse_args(["bootstrap"])
+    s = BootstrapSettings()
+    assert (s.steps, s.batch_size, s.lr, s.seed, s.eval_every, s.max_restarts) == (
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        args.eval_every,
+        args.max_restarts,
+    )
+    assert s.until_sampled_accuracy == args.until_sampled_accuracy and s.spaced_pieces != args.character_tokenizer

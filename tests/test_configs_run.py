@@ -160,7 +160,11 @@ def tiny_stand_in(built_once):
                 for op in ("max", "min", "first", "second")
             ),
         ]
-        bootstrap(tasks, out, BootstrapSettings(steps=300, batch_size=16, lr=3e-3, learn_inputs=True))
+        bootstrap(
+            tasks,
+            out,
+            BootstrapSettings(steps=300, batch_size=16, lr=3e-3, learn_inputs=True, until_sampled_accuracy=None),
+        )
 
     return built_once("tiny-stand-in", build)
 

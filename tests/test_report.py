@@ -76,3 +76,23 @@ def test_a_damaged_evaluation_file_is_left_out_of_the_length_table_with_a_warnin
     (run / "eval" / "addition" / "teacher.jsonl").write_text('{"input": "1 + 1"}\n')  # no score
     assert set(length_results(run)["addition"]) == {"after"}
     assert "student_before.jsonl:2: not a JSON line" in caplog.text
+
+
+def test_a_multi_round_run_gets_a_bar_after_each_intermediate_round():
+    from cdscale.report import accuracy_bars
+
+    def metrics(accuracy):
+        return {"addition": {"n": 4, "accuracy": accuracy}}
+
+    two_rounds = {"teacher": metrics(1.0), "student_before": metrics(0.0), "student_after": metrics(0.75)}
+    one_round = {"teacher": metrics(1.0), "student_before": metrics(0.0), "student_after": metrics(0.5)}
+    events = [
+        {"event": "round_start", "round": 0, "stage": "main"},
+        {"event": "eval", "operation": "addition", "name": "student_after_round_0", "accuracy": 0.25},
+        {"event": "eval", "operation": "addition", "name": "student_after_round_0", "accuracy": 0.5},  # resumed
+        {"event": "round_start", "round": 1, "stage": "main"},
+        {"event": "eval", "operation": "addition", "name": "student_after_round_1", "accuracy": 0.75},
+    ]
+    labels, bars = accuracy_bars({"two": two_rounds, "one": one_round}, {"two": events, "one": events[:3]})
+    assert labels == ["teacher", "before", "after round 0", "after"]
+    assert bars == {"addition": {"two": [1.0, 0.0, 0.5, 0.75], "one": [1.0, 0.0, None, 0.5]}}
