@@ -4,11 +4,11 @@ and PNG plots, from what each run directory holds (summary.json, metrics.jsonl).
     report.md             one row per (run, operation): teacher with its context, student
                           before, student after each stage, inference tokens and their ratio;
                           for addition, the same by operand length
-    accuracy.png          a panel per operation: teacher, before and after as grouped bars, the
-                          runs side by side
+    accuracy.png          a panel per operation: teacher, before, after each intermediate round
+                          and after, as grouped bars, the runs side by side
     by_length.png         addition: accuracy after distillation by the longer operand's digits
-    learning_curve.png    validation accuracy against example passes (runs that trained to
-                          `student.until_accuracy`)
+    learning_curve.png    held-out accuracy against example passes (runs evaluated during a
+                          round, `eval.every_refreshes`, or trained to `student.until_accuracy`)
     loss.png              training loss per step, rounds one after another
 """
 
@@ -273,15 +273,18 @@ def plot_by_length(runs: dict[str, dict[str, dict[str, dict[tuple[int, int], lis
 
 
 def plot_learning_curve(runs: dict[str, dict[str, Any]], batch_sizes: dict[str, int], path: Path) -> None:
-    """Validation accuracy (the `student.until_accuracy` checks) against example passes."""
+    """Held-out accuracy against example passes: the evaluation inside a round
+    (`eval.every_refreshes`, the summary's curve; solid) and the `student.until_accuracy` checks
+    on the validation inputs (dashed)."""
     fig, [ax] = _axes()
     for run, s in runs.items():
-        for op, points in s.get("validation", {}).items():
-            points = sorted(points, key=lambda p: (p["round"], p["step"]))
-            xs = [p["step"] * batch_sizes[run] for p in points]
-            ax.plot(xs, [100 * p["accuracy"] for p in points], marker="o", label=f"{run}: {op}")
-    ax.set_xlabel("example passes (optimizer steps x batch size)")
-    ax.set_ylabel("validation accuracy (%)")
+        for key, style, what in (("curve", "-", "held-out"), ("validation", "--", "validation")):
+            for op, points in s.get(key, {}).items():
+                points = sorted(points, key=lambda p: (p["round"], p["step"]))
+                xs = [p["step"] * batch_sizes[run] for p in points]
+                ax.plot(xs, [100 * p["accuracy"] for p in points], style, marker="o", label=f"{run}: {op} ({what})")
+    ax.set_xlabel("example passes in the round (optimizer steps x batch size)")
+    ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.set_title("Learning curve")
     _save(fig, [ax], path)
@@ -302,7 +305,7 @@ def plot_loss(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
 def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
     """report.md and the plots of the module's docstring in out_dir (by_length.png for
-    addition runs, learning_curve.png for runs with validation checks); returns report.md."""
+    addition runs, learning_curve.png for runs with evaluations during training); returns report.md."""
     import yaml
 
     summaries, events, lengths, batch_sizes = {}, {}, {}, {}
@@ -323,7 +326,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
     if lengths:
         plot_by_length(lengths, out_dir / "by_length.png")
         figures.append("![addition by operand length](by_length.png)")
-    if any(s.get("validation") for s in summaries.values()):
+    if any(s.get("validation") or s.get("curve") for s in summaries.values()):
         plot_learning_curve(summaries, batch_sizes, out_dir / "learning_curve.png")
         figures.append("![learning curve](learning_curve.png)")
     figures.append("![training loss](loss.png)")

@@ -1,6 +1,8 @@
 """`cdscale report` refuses a folder that is not a finished run (its output on a real run is
 checked in tests/test_stack.py)."""
 
+import pytest
+
 from cdscale.cli import main
 
 
@@ -9,7 +11,7 @@ def test_report_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys)
     assert "no summary.json and no committed state" in capsys.readouterr().err
 
 
-def _run_dir(root, name, after, validation=None):
+def _run_dir(root, name, after, validation=None, curve=None):
     """A run folder as a finished run leaves it, with made-up results: summary.json, metrics.jsonl,
     config.yaml and the evaluation files of one addition operation."""
     import json
@@ -34,6 +36,8 @@ def _run_dir(root, name, after, validation=None):
     }
     if validation:
         summary["validation"] = {"addition": validation}
+    if curve:
+        summary["curve"] = {"addition": curve}
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "metrics.jsonl").write_text(json.dumps({"time": 0, "event": "train", "round": 0, "step": 1, "loss": 1.0}))
     (run / "config.yaml").write_text("student:\n  batch_size: 8\n")
@@ -49,14 +53,15 @@ def test_sums_are_grouped_by_operand_lengths_and_other_inputs_are_not():
     assert by_length([*rows, {"input": "Bonjour", "score": 1}]) is None
 
 
-def test_report_draws_the_runs_side_by_side_by_length_and_a_learning_curve(tmp_path):
+@pytest.mark.parametrize("key", ["validation", "curve"])
+def test_report_draws_the_runs_side_by_side_by_length_and_a_learning_curve(tmp_path, key):
     from cdscale.cli import main
 
-    curve = [
+    curve = [  # `student.until_accuracy`'s checks, or `eval.every_refreshes`' evaluations
         {"round": 0, "step": 20, "epochs": 3, "accuracy": 0.5},
         {"round": 0, "step": 10, "epochs": 2, "accuracy": 0.25},
     ]
-    distilled = _run_dir(tmp_path, "distilled", after=[1, 1, 1, 0], validation=curve)
+    distilled = _run_dir(tmp_path, "distilled", after=[1, 1, 1, 0], **{key: curve})
     baseline = _run_dir(tmp_path, "baseline", after=[1, 0, 0, 0])
     assert main(["report", str(distilled), str(baseline), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "report.md").read_text()
