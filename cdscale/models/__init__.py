@@ -16,7 +16,10 @@ PREPARED = {
     "tiny-addition": "cdscale bootstrap",
     "tiny-arithmetic": "cdscale bootstrap --task arithmetic",
     "tiny-addition-inputs": "cdscale bootstrap --learn-inputs",
-    "tiny-addition-1to8": "cdscale bootstrap --max-digits 8 --steps 1000",
+    # docs/results.md's 1-8 digit runs: the character tokenizer, exactly 1,000 steps
+    "tiny-addition-1to8": "cdscale bootstrap --max-digits 8 --steps 1000 --character-tokenizer "
+    "--until-sampled-accuracy 0",
+    "tiny-addition-1to8-same": "cdscale bootstrap --max-digits 8 --same-length --steps 3000 --max-restarts 0",
     "smollm2-135m": "cdscale prepare-model smollm2-135m",
 }
 
