@@ -94,6 +94,14 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return recipe.finish()
 
 
+def engines_return_to_model(cfg: Config, rounds: int, on_policy: bool) -> bool:
+    """Whether the engines, once they hold a student, must load the model's own weights again:
+    a frozen teacher that generates after a student was on them, in a later round, at an
+    on-policy refresh, or at the refresh after an evaluation inside a round (`eval.every_refreshes`,
+    off-policy too). The driver then keeps those weights from the start."""
+    return cfg.teacher.mode == "frozen" and (rounds > 1 or on_policy or cfg.eval.every_refreshes > 0)
+
+
 class Distillation:
     def __init__(self, cfg: Config, resume: bool = False) -> None:
         """Everything that needs no cluster: the stages, tasks (a bad records file fails
@@ -222,9 +230,7 @@ class Distillation:
         Either way the engines then hold what round `progress.round` generates with."""
         state = self.committed
         frozen = self.cfg.teacher.mode == "frozen"
-        # Frozen teachers beside on-policy students swap the engines between both within a round.
-        swaps = frozen and (len(self.plan) > 1 or self.on_policy)
-        if self.engines.weights.version != 0 or swaps:
+        if self.engines.weights.version != 0 or engines_return_to_model(self.cfg, len(self.plan), self.on_policy):
             # The ranks hold the model's own weights until a state is loaded: keep them for
             # the frozen teacher, and for engines that hold a student no commit knows of.
             with self.clock("sync"):

@@ -254,6 +254,21 @@ def test_bootstrap_commands_name_their_own_prepared_folder(folder, capsys, monke
     assert f"{prepared_path(folder)} already bootstrapped" in capsys.readouterr().out
 
 
+def test_a_frozen_teacher_keeps_the_models_weights_when_a_student_goes_on_the_engines_before_it_samples():
+    """An off-policy run of one round that evaluates inside it (eval.every_refreshes) puts the
+    student on the engines between two refreshes of the teacher: the teacher's weights must be
+    kept (a one-round configs/table3.yaml failed at its third refresh without them)."""
+    from cdscale.distillation import engines_return_to_model
+
+    refreshes = ["data.refresh_every_steps=8"]
+    assert engines_return_to_model(load_config(None, [*refreshes, "eval.every_refreshes=2"]), 1, False)
+    assert engines_return_to_model(load_config(None, refreshes), 1, True)  # on-policy
+    assert engines_return_to_model(load_config(None, []), 2, False)  # a second round
+    assert not engines_return_to_model(load_config(None, refreshes), 1, False)
+    recursive = load_config(None, [*refreshes, "eval.every_refreshes=2", "teacher.mode=recursive"])
+    assert not engines_return_to_model(recursive, 2, True)  # the teacher is the student
+
+
 def test_the_weight_transport_follows_the_devices_unless_chosen():
     from cdscale.config import weight_transport
 
