@@ -272,17 +272,30 @@ def plot_by_length(runs: dict[str, dict[str, dict[str, dict[tuple[int, int], lis
     _save(fig, [ax], path)
 
 
-def plot_learning_curve(runs: dict[str, dict[str, Any]], batch_sizes: dict[str, int], path: Path) -> None:
-    """Held-out accuracy against example passes: the evaluation inside a round
-    (`eval.every_refreshes`, the summary's curve; solid) and the `student.until_accuracy` checks
-    on the validation inputs (dashed)."""
-    fig, [ax] = _axes()
+def learning_curves(
+    runs: dict[str, dict[str, Any]], batch_sizes: dict[str, int]
+) -> list[tuple[str, str, list[int], list[float]]]:
+    """(label, line style, example passes, accuracy %) per run and operation: the evaluations
+    inside a round (`eval.every_refreshes`, the summary's curve; solid), ending at the accuracy
+    after the run's last round, and the `student.until_accuracy` checks (dashed)."""
+    lines = []
     for run, s in runs.items():
         for key, style, what in (("curve", "-", "held-out"), ("validation", "--", "validation")):
             for op, points in s.get(key, {}).items():
                 points = sorted(points, key=lambda p: (p["round"], p["step"]))
+                last, after = points[-1]["round"], s.get("student_after", {}).get(op)
+                if key == "curve" and after and f"round_{last + 1}" not in s and f"round_{last}" in s:
+                    points.append({"round": last, "step": s[f"round_{last}"]["steps"], "accuracy": after["accuracy"]})
                 xs = [p["step"] * batch_sizes[run] for p in points]
-                ax.plot(xs, [100 * p["accuracy"] for p in points], style, marker="o", label=f"{run}: {op} ({what})")
+                lines.append((f"{run}: {op} ({what})", style, xs, [100 * p["accuracy"] for p in points]))
+    return lines
+
+
+def plot_learning_curve(runs: dict[str, dict[str, Any]], batch_sizes: dict[str, int], path: Path) -> None:
+    """`learning_curves`: held-out accuracy against example passes."""
+    fig, [ax] = _axes()
+    for label, style, xs, ys in learning_curves(runs, batch_sizes):
+        ax.plot(xs, ys, style, marker="o", label=label)
     ax.set_xlabel("example passes in the round (optimizer steps x batch size)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)

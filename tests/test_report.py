@@ -101,3 +101,16 @@ def test_a_multi_round_run_gets_a_bar_after_each_intermediate_round():
     labels, bars = accuracy_bars({"two": two_rounds, "one": one_round}, {"two": events, "one": events[:3]})
     assert labels == ["teacher", "before", "after round 0", "after"]
     assert bars == {"addition": {"two": [1.0, 0.0, 0.5, 0.75], "one": [1.0, 0.0, None, 0.5]}}
+
+
+def test_a_curve_ends_at_the_accuracy_after_the_runs_last_round():
+    from cdscale.report import learning_curves
+
+    curve = [{"round": 0, "step": 20, "accuracy": 0.5}, {"round": 0, "step": 10, "accuracy": 0.25}]
+    checks = [{"round": 0, "step": 30, "epochs": 3, "accuracy": 0.5}]
+    summary = {"curve": {"add": curve}, "validation": {"add": checks}, "round_0": {"steps": 40}}
+    summary["student_after"] = {"add": {"accuracy": 0.75}}
+    assert learning_curves({"run": summary}, {"run": 8}) == [
+        ("run: add (held-out)", "-", [80, 160, 320], [25.0, 50.0, 75.0]),
+        ("run: add (validation)", "--", [240], [50.0]),
+    ]
