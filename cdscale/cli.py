@@ -92,9 +92,6 @@ def _run(args: argparse.Namespace) -> int:
 
 # The digit range of the default tiny-addition teacher; other ranges are saved under their own name.
 BOOTSTRAP_DIGITS = (1, 3)
-# An addition teacher trains until this fraction of its temperature-1 samples is right
-# (BootstrapSettings.until_sampled_accuracy's default, kept equal by tests/test_bootstrap.py).
-ADDITION_CRITERION = 0.95
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
@@ -123,8 +120,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
             f"bootstrap: --lr must be positive and --max-digits at least --min-digits, "
             f"got {args.lr}, {args.min_digits}..{args.max_digits}"
         )
-    if args.until_sampled_accuracy is None:
-        args.until_sampled_accuracy = ADDITION_CRITERION if args.task == "addition" else 0.0
+    if args.until_sampled_accuracy is None:  # an addition teacher: the library's criterion
+        args.until_sampled_accuracy = BootstrapSettings.until_sampled_accuracy if args.task == "addition" else 0.0
     if not 0 <= args.until_sampled_accuracy <= 1:
         raise ConfigError(f"bootstrap --until-sampled-accuracy: must be in [0, 1], got {args.until_sampled_accuracy}")
     out = prepared_path(f"tiny-{args.task}{digits}" + ("-inputs" if args.learn_inputs else ""))

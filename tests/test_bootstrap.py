@@ -42,7 +42,7 @@ def test_a_teacher_below_the_criterion_gets_restarts_then_is_saved_with_a_warnin
 
 def test_the_library_defaults_are_the_commands_defaults():
     """`bootstrap(task, out)` from Python trains the teacher that `cdscale bootstrap` trains."""
-    from cdscale.cli import ADDITION_CRITERION, _parser
+    from cdscale.cli import _parser
 
     args = _parser().parse_args(["bootstrap"])
     s = BootstrapSettings()
@@ -54,8 +54,9 @@ def test_the_library_defaults_are_the_commands_defaults():
         args.eval_every,
         args.max_restarts,
     )
-    assert s.until_sampled_accuracy == ADDITION_CRITERION and s.spaced_pieces != args.character_tokenizer
-    assert args.until_sampled_accuracy is None  # 0.95 for addition, 0 for arithmetic: `_bootstrap`
+    assert s.spaced_pieces != args.character_tokenizer
+    # None: `_bootstrap` takes the library's criterion for addition, 0 for arithmetic
+    assert args.until_sampled_accuracy is None and s.until_sampled_accuracy == 0.95
 
 
 def test_the_arithmetic_teacher_trains_exactly_its_steps_by_default(tmp_path, monkeypatch):
