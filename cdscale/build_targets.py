@@ -434,7 +434,7 @@ class TargetBuilder:
                     continue
                 prompt_ids = self.tokenizer(prompt)["input_ids"]
                 target_ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
-            rec = gold_record(prompt_ids, target_ids, self.tokenizer.eos_token_id, self.cfg.teacher.top_k)
+            rec = gold_record(prompt_ids, target_ids, self.tokenizer.eos_token_id)
             if self.student_max_len is not None and len(rec.input_ids) > self.student_max_len:
                 counts.too_long += 1
                 continue

@@ -146,15 +146,19 @@ def build_student_record(
     )
 
 
-def gold_record(prompt_ids: list[int], target_ids: list[int], eos_token_id: int | None, top_k: int) -> StudentRecord:
+def gold_record(prompt_ids: list[int], target_ids: list[int], eos_token_id: int | None) -> StudentRecord:
     """A supervised example in the distillation format: the target tokens (then EOS) as
     one-hot teacher rows, so forward KL on it is the negative log-likelihood of the target.
-    Lets gold-label baselines and replay data share a batch with distillation records."""
+    Lets gold-label baselines and replay data share a batch with distillation records.
+
+    Each row holds the one target token, not top_k + 1 padded entries: `collate` pads a
+    batch's rows to its widest. Padded rows held 65,536 gold scratchpads of 1-8 digit
+    addition in about 6.7 GB per trainer rank (and as much in the driver), which a 24 GB
+    machine could not hold (2026-12-05)."""
     answer = list(target_ids) + ([eos_token_id] if eos_token_id is not None else [])
-    width = top_k + 1
     return StudentRecord(
         input_ids=list(prompt_ids) + answer,
         answer_start=len(prompt_ids),
-        topk_ids=[[t] + [0] * (width - 1) for t in answer],
-        topk_logprobs=[[0.0] + [float("-inf")] * (width - 1) for _ in answer],
+        topk_ids=[[t] for t in answer],
+        topk_logprobs=[[0.0] for _ in answer],
     )

@@ -132,15 +132,47 @@ def test_a_gold_record_trains_the_negative_log_likelihood_of_its_target():
     from cdscale.student.trainer import collate
     from cdscale.targets import gold_record
 
-    rec = gold_record([5, 6, 7], [8, 9], eos_token_id=2, top_k=4)
+    rec = gold_record([5, 6, 7], [8, 9], eos_token_id=2)
     assert rec.input_ids == [5, 6, 7, 8, 9, 2] and rec.answer_ids == [8, 9, 2]
-    assert all(len(row) == 5 for row in rec.topk_ids + rec.topk_logprobs)
+    assert rec.topk_ids == [[8], [9], [2]] and rec.topk_logprobs == [[0.0]] * 3  # one entry a row
     batch = collate([rec.__dict__], pad_id=0)
     torch.manual_seed(0)
     logits = torch.randn(len(batch["target_ids"]), 12)
     loss = distillation_loss("forward_kl_topk", logits, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"])
     nll = -torch.log_softmax(logits, -1)[torch.arange(3), torch.tensor([8, 9, 2])].mean()
     assert loss.item() == pytest.approx(nll.item(), rel=1e-6)
+
+
+def test_gold_and_teacher_records_in_one_batch_lose_what_each_loses_alone():
+    """A gold record's one-entry rows share a batch with top-k rows: collate pads them, and
+    the batch's per-token loss is the token-weighted mean of each record's own loss."""
+    import math
+
+    import torch
+
+    from cdscale.student.losses import distillation_loss
+    from cdscale.student.trainer import collate
+    from cdscale.targets import gold_record
+
+    gold = vars(gold_record([5, 6], [8, 9], eos_token_id=2))
+    teacher = {
+        "input_ids": [4, 7, 3],
+        "answer_start": 2,
+        "topk_ids": [[3, 1, 0]],
+        "topk_logprobs": [[-0.2, -2.5, -math.inf]],
+    }
+    torch.manual_seed(0)
+    logits = torch.randn(4, 12)  # the answer tokens in record order: gold's three, teacher's one
+
+    def loss(records: list[dict], rows: torch.Tensor) -> float:
+        batch = collate(records, pad_id=0)
+        return distillation_loss(
+            "forward_kl_topk", rows, batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
+        ).item()
+
+    both = loss([gold, teacher], logits)
+    assert collate([gold, teacher], pad_id=0)["topk_ids"].shape == (4, 3)
+    assert both == pytest.approx((3 * loss([gold], logits[:3]) + loss([teacher], logits[3:])) / 4, rel=1e-6)
 
 
 def test_the_ensemble_target_is_the_mean_of_the_prompts_distributions():

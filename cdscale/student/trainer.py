@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import socket
@@ -95,7 +96,7 @@ def collate(records: list[dict[str, Any]], pad_id: int, pack_tokens: int = 0) ->
     input_ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(groups), width), dtype=torch.long)
     attention = torch.zeros((len(groups), width), dtype=torch.long)
-    rows, cols, targets, topk_ids, topk_lps = [], [], [], [], []
+    rows, cols, targets = [], [], []
     for i, r in enumerate(records):
         ids = r["input_ids"]
         row, at = where[i]
@@ -106,8 +107,6 @@ def collate(records: list[dict[str, Any]], pad_id: int, pack_tokens: int = 0) ->
             rows.append(row)
             cols.append(at + j - 1)
             targets.append(ids[j])
-        topk_ids.extend(r["topk_ids"])
-        topk_lps.extend(r["topk_logprobs"])
     keep = sorted(set(cols))
     kept_index = {c: i for i, c in enumerate(keep)}
     # The student's own samples carry the logprob the sampling weights gave each answer token.
@@ -126,8 +125,22 @@ def collate(records: list[dict[str, Any]], pad_id: int, pack_tokens: int = 0) ->
         "rows": torch.tensor(rows),
         "cols": torch.tensor([kept_index[c] for c in cols]),
         "target_ids": torch.tensor(targets),
-        "topk_ids": torch.tensor(topk_ids, dtype=torch.long),
-        "topk_logprobs": torch.tensor(topk_lps, dtype=torch.float32),
+        **_teacher_rows(records),
+    }
+
+
+def _teacher_rows(records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The teacher's rows at the answer tokens, in record order, padded to the batch's widest:
+    gold records (one entry a row) share batches with the teacher's (top_k + 1 entries). Id 0
+    with logprob -inf is the padding the losses skip."""
+    ids = [row for r in records for row in r["topk_ids"]]
+    logprobs = [row for r in records for row in r["topk_logprobs"]]
+    support = max(map(len, ids), default=0)
+    return {
+        "topk_ids": torch.tensor([row + [0] * (support - len(row)) for row in ids], dtype=torch.long),
+        "topk_logprobs": torch.tensor(
+            [row + [-math.inf] * (support - len(row)) for row in logprobs], dtype=torch.float32
+        ),
     }
 
 

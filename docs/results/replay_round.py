@@ -62,7 +62,7 @@ for line in open(eval_files[0]):
     row = json.loads(line)
     prompt = tokenizer(task.student_prompt(Example(input=row["input"], gold=row["gold"])))["input_ids"]
     answer = tokenizer(row["gold"], add_special_tokens=False)["input_ids"]
-    eval_records.append(dataclasses.asdict(gold_record(prompt, answer, tokenizer.eos_token_id, top_k=0)))
+    eval_records.append(dataclasses.asdict(gold_record(prompt, answer, tokenizer.eos_token_id)))
 
 
 def exact_match() -> float:
