@@ -34,6 +34,7 @@ def _log_to_console() -> None:
 
 RESUMABLE_WITH = (
     "run.ray_address",
+    "run.dashboard",
     "run.dashboard_host",
     "run.metrics_export_port",
     "run.timeout_s",

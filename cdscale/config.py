@@ -336,6 +336,11 @@ class RunConfig:
     output_root: str = _f("runs", "where run directories are created")
     rounds: int = _f(1, "distillation rounds (generate, train, sync, evaluate)")
     ray_address: str | None = _f(None, "join this Ray cluster; default: start a local one")
+    dashboard: bool = _f(
+        True,
+        "start the local Ray cluster's dashboard (the run's actors, logs and cdscale_* metrics in a browser); "
+        "false: one process fewer, for headless batch runs",
+    )
     dashboard_host: str = _f("127.0.0.1", "host the local Ray dashboard binds to")
     metrics_export_port: int | None = _f(
         None,

@@ -47,7 +47,7 @@ def init_ray(cfg: Config, stop: Callable[[], bool] | None = None) -> Path | None
     context = start_local_ray(
         stop,
         num_cpus=max(os.cpu_count() or 1, math.ceil(needed)),
-        include_dashboard=True,
+        include_dashboard=cfg.run.dashboard,
         dashboard_host=cfg.run.dashboard_host,
         _metrics_export_port=cfg.run.metrics_export_port,
     )

@@ -41,6 +41,7 @@ SETTINGS = [
     "teacher.max_answer_skip_fraction=0.75",
     "run.timeout_s=300",
     "teacher.enforce_eager=true",
+    "run.dashboard=false",
 ]
 
 

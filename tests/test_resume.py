@@ -41,6 +41,7 @@ SETTINGS = [
     "teacher.max_new_tokens=64",
     "run.timeout_s=300",
     "teacher.enforce_eager=true",
+    "run.dashboard=false",  # a process fewer per run; tests/test_cluster.py reads the dashboard
 ]
 
 
