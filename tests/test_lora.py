@@ -176,7 +176,6 @@ def test_a_lora_run_killed_with_sigkill_resumes_and_loses_and_duplicates_nothing
         "teacher.max_new_tokens=64",
         "teacher.enforce_eager=true",
         "run.timeout_s=300",
-        "run.dashboard=false",
     ]
     proc = start(settings)
     wait_for(proc, run_dir, 0, lambda e: e["event"] == "train" and e["round"] == 1 and e["step"] >= 2)

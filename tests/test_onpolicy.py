@@ -41,7 +41,6 @@ SETTINGS = [
     "teacher.max_answer_skip_fraction=0.75",
     "run.timeout_s=300",
     "teacher.enforce_eager=true",
-    "run.dashboard=false",
 ]
 
 

@@ -41,7 +41,6 @@ SETTINGS = [
     "teacher.max_new_tokens=64",
     "run.timeout_s=300",
     "teacher.enforce_eager=true",
-    "run.dashboard=false",  # a process fewer per run; tests/test_cluster.py reads the dashboard
 ]
 
 
@@ -51,9 +50,11 @@ def steps_of_round(run_dir: Path, r: int) -> int:
 
 
 def start(args: list[str]) -> subprocess.Popen:
-    # A session of its own, so the test can clean up the Ray processes a killed driver leaves.
+    """`cdscale run *args` as a process of its own session, so the test can clean up the Ray
+    processes a killed driver leaves. Without Ray's dashboard: a process fewer per run
+    (tests/test_cluster.py reads the dashboard)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "cdscale.cli", "run", *args],
+        [sys.executable, "-m", "cdscale.cli", "run", *args, "run.dashboard=false"],
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
