@@ -2,8 +2,9 @@
 
 The paper's addition teacher is T5-small fine-tuned on scratchpad examples (section 3.3).
 Here a randomly initialised tiny Llama learns scratchpad addition from the task's own
-demonstrations (fresh samples every step), with a plain PyTorch loop: this prepares a
-model once; distillation itself runs on the Ray + vLLM + DeepSpeed stack.
+demonstrations (fresh samples every step, or a fixed set of problems as the paper's 499),
+with a plain PyTorch loop: this prepares a model once; distillation itself runs on the
+Ray + vLLM + DeepSpeed stack.
 """
 
 from __future__ import annotations
@@ -21,26 +22,37 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cdscale.models.tiny import build_tiny_llama
 from cdscale.student.schedule import warmup_cosine
-from cdscale.tasks import Task, sample_where
+from cdscale.tasks import Example, Task, sample_where
 
 log = logging.getLogger(__name__)
 
+TRAIN_PROBLEMS = "train_problems.jsonl"  # with `problems`: the teacher's gold training set
+
 
 def demonstration_batch(
-    tasks: list[Task], tokenizer, n: int, rng: random.Random, learn_inputs: bool = False
+    tasks: list[Task],
+    tokenizer,
+    n: int,
+    rng: random.Random,
+    learn_inputs: bool = False,
+    pool: list[tuple[Task, Example]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Teacher prompt + gold completion + EOS, each from a task chosen uniformly; loss on the
-    completion only. With `learn_inputs`, every fourth sequence is instead a list of 1-4
-    inputs in the task's input-generation layout, with the loss on all of it: a tiny model
-    has no pretraining that taught it to continue such a list, and this lets it write new
-    inputs when few-shot prompted (synthetic D, `inputs: synthetic`)."""
+    """Teacher prompt + gold completion + EOS, each from a task chosen uniformly (or n
+    problems of `pool`, drawn without repeats); loss on the completion only. With
+    `learn_inputs`, every fourth sequence is instead a list of 1-4 inputs in the task's
+    input-generation layout, with the loss on all of it: a tiny model has no pretraining that
+    taught it to continue such a list, and this lets it write new inputs when few-shot
+    prompted (synthetic D, `inputs: synthetic`)."""
     seqs, starts = [], []
     # One task draws its n inputs as before (the same stream, so the same tiny-addition).
-    picked = (
-        [(tasks[0], x) for x in sample_where(tasks[0], n, rng, held_out=False)]
-        if len(tasks) == 1
-        else [(task, sample_where(task, 1, rng, held_out=False)[0]) for task in (rng.choice(tasks) for _ in range(n))]
-    )
+    if pool is not None:
+        picked = rng.sample(pool, n)
+    elif len(tasks) == 1:
+        picked = [(tasks[0], x) for x in sample_where(tasks[0], n, rng, held_out=False)]
+    else:
+        picked = [
+            (task, sample_where(task, 1, rng, held_out=False)[0]) for task in (rng.choice(tasks) for _ in range(n))
+        ]
     for j, (task, x) in enumerate(picked):
         if learn_inputs and j % 4 == 3:
             shots = sample_where(task, rng.randint(1, 4), rng, held_out=False)
@@ -100,6 +112,11 @@ class BootstrapSettings:
     until_sampled_accuracy: float | None = 0.95
     max_restarts: int = 2
     check_problems: int = 200  # held-out problems per check, split over the tasks
+    # A fixed set of this many distinct training problems (split evenly over the tasks), each
+    # batch drawn from it, as the paper's teacher learned from 499 examples; saved beside the
+    # model as `train_problems.jsonl` (a `records` file), so a baseline can be fine-tuned on
+    # the same gold labels. None: fresh problems every step.
+    problems: int | None = None
     spaced_pieces: bool = True  # False: the character tokenizer of models bootstrapped before 2026-12-05
 
 
@@ -117,6 +134,8 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
     several) and save it to out_dir atomically. Progress goes to the `cdscale.bootstrap` logger."""
     s = settings or BootstrapSettings()
     tasks = task if isinstance(task, list) else [task]
+    if s.problems is not None and s.problems < s.batch_size:
+        raise ValueError(f"bootstrap problems: at least batch_size={s.batch_size} problems, got {s.problems}")
     torch.manual_seed(s.seed)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -124,7 +143,15 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
     tokenizer = AutoTokenizer.from_pretrained(tmp)
     model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
     schedules = [s.steps] + ([s.steps // 2] * s.max_restarts if s.until_sampled_accuracy is not None else [])
-    history = _train(model, tokenizer, tasks, s, schedules)
+    pool = None
+    if s.problems is not None:
+        pool = training_problems(tasks, s.problems, random.Random(f"problems-{s.seed}"))
+        with open(tmp / TRAIN_PROBLEMS, "w") as f:
+            for task, x in pool:
+                named = {"task": task.name} if len(tasks) > 1 else {}
+                f.write(json.dumps({"input": x.input, "gold": x.gold, **named}))
+                f.write("\n")
+    history = _train(model, tokenizer, tasks, s, schedules, pool)
     last = history[-1]
     if s.until_sampled_accuracy is not None and last["sampled_accuracy"] < s.until_sampled_accuracy:
         log.warning(
@@ -140,6 +167,7 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
         "learn_inputs": s.learn_inputs,
         "spaced_pieces": s.spaced_pieces,
         "steps": last["step"],
+        "problems": s.problems,
         "schedules": schedules,
         "until_sampled_accuracy": s.until_sampled_accuracy,
         "batch_size": s.batch_size,
@@ -153,7 +181,20 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
     return info
 
 
-def _train(model, tokenizer, tasks: list[Task], s: BootstrapSettings, schedules: list[int]) -> list[dict]:
+def training_problems(tasks: list[Task], n: int, rng: random.Random) -> list[tuple[Task, Example]]:
+    """n distinct training-side problems, n // len(tasks) of each task (the first tasks take
+    the remainder)."""
+    share = [n // len(tasks) + (i < n % len(tasks)) for i in range(len(tasks))]
+    return [
+        (task, x)
+        for task, k in zip(tasks, share)
+        for x in sample_where(task, k, rng, held_out=False, distinct=True, what="bootstrap --problems")
+    ]
+
+
+def _train(
+    model, tokenizer, tasks: list[Task], s: BootstrapSettings, schedules: list[int], pool: list | None
+) -> list[dict]:
     """Warm-up + cosine schedules of the given lengths, one after another, with a check every
     `s.eval_every` steps and at each schedule's end; stops at the first check that meets the
     criterion. Returns the checks."""
@@ -166,7 +207,7 @@ def _train(model, tokenizer, tasks: list[Task], s: BootstrapSettings, schedules:
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i, n=length, w=warmup: warmup_cosine(i, n, w))
         for i in range(1, length + 1):
             step += 1
-            loss = model(**demonstration_batch(tasks, tokenizer, s.batch_size, rng, s.learn_inputs)).loss
+            loss = model(**demonstration_batch(tasks, tokenizer, s.batch_size, rng, s.learn_inputs, pool)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -95,18 +95,11 @@ def _run(args: argparse.Namespace) -> int:
 BOOTSTRAP_DIGITS = (1, 3)
 
 
-def _bootstrap(args: argparse.Namespace) -> int:
-    from cdscale.bootstrap import BootstrapSettings, bootstrap
-    from cdscale.models import prepared_path
-    from cdscale.tasks import build_task
+def _bootstrap_folder(args: argparse.Namespace) -> str:
+    """Checks `cdscale bootstrap`'s arguments (a ConfigError naming the option; the default
+    criterion filled in) and returns the model's name in the cache."""
+    from cdscale.bootstrap import BootstrapSettings
 
-    # The default digit range keeps the plain name; another range or equal-length operands get
-    # their own folder, so an 8-digit teacher never overwrites the 1-3 digit one.
-    digits = (
-        ""
-        if args.task != "addition" or (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS
-        else f"-{args.min_digits}to{args.max_digits}"
-    ) + ("-same" if args.task == "addition" and args.same_length else "")
     for name, value, least in (
         ("--steps", args.steps, 1),
         ("--batch-size", args.batch_size, 1),
@@ -116,6 +109,10 @@ def _bootstrap(args: argparse.Namespace) -> int:
     ):
         if value < least:
             raise ConfigError(f"bootstrap {name}: must be at least {least}, got {value}")
+    if args.problems is not None and args.problems < args.batch_size:
+        raise ConfigError(
+            f"bootstrap --problems: must be at least --batch-size ({args.batch_size}), got {args.problems}"
+        )
     if not args.lr > 0 or args.max_digits < args.min_digits:
         raise ConfigError(
             f"bootstrap: --lr must be positive and --max-digits at least --min-digits, "
@@ -125,7 +122,23 @@ def _bootstrap(args: argparse.Namespace) -> int:
         args.until_sampled_accuracy = BootstrapSettings.until_sampled_accuracy if args.task == "addition" else 0.0
     if not 0 <= args.until_sampled_accuracy <= 1:
         raise ConfigError(f"bootstrap --until-sampled-accuracy: must be in [0, 1], got {args.until_sampled_accuracy}")
-    out = prepared_path(f"tiny-{args.task}{digits}" + ("-inputs" if args.learn_inputs else ""))
+    # The default digit range keeps the plain name; another range, equal-length operands or a
+    # fixed problem set get their own folder, so an 8-digit teacher never overwrites the 1-3 digit one.
+    suffix = (
+        ""
+        if args.task != "addition" or (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS
+        else f"-{args.min_digits}to{args.max_digits}"
+    ) + ("-same" if args.task == "addition" and args.same_length else "")
+    suffix += f"-p{args.problems}" if args.problems is not None else ""
+    return f"tiny-{args.task}{suffix}" + ("-inputs" if args.learn_inputs else "")
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from cdscale.bootstrap import BootstrapSettings, bootstrap
+    from cdscale.models import prepared_path
+    from cdscale.tasks import build_task
+
+    out = prepared_path(_bootstrap_folder(args))
     if (out / "config.json").is_file() and not args.force:
         log.info("%s already bootstrapped (use --force to redo)", out)
         return 0
@@ -146,6 +159,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
         until_sampled_accuracy=args.until_sampled_accuracy or None,  # 0: exactly --steps
         max_restarts=args.max_restarts,
         spaced_pieces=not args.character_tokenizer,
+        problems=args.problems,
     )
     info = bootstrap(tasks, out, settings)
     log.info("bootstrapped tiny model in %s: %s", out, info["history"][-1])
@@ -214,6 +228,14 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
         "addition, 0 for arithmetic (its tiny teacher stays near 42%%: docs/results.md)",
     )
     p.add_argument("--max-restarts", type=int, default=2)
+    p.add_argument(
+        "--problems",
+        type=int,
+        default=None,
+        metavar="N",
+        help="learn N fixed problems (the paper's teacher had 499), not fresh ones every step; saved with "
+        "the model as train_problems.jsonl, records for a baseline (folder tiny-addition-...-pN)",
+    )
     p.add_argument(
         "--character-tokenizer",
         action="store_true",

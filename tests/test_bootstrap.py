@@ -4,6 +4,7 @@ restarts its schedule (at most max_restarts times) while the teacher is below it
 import json
 import logging
 
+import pytest
 import torch
 
 from cdscale.bootstrap import BootstrapSettings, bootstrap
@@ -69,3 +70,53 @@ def test_the_arithmetic_teacher_trains_exactly_its_steps_by_default(tmp_path, mo
     assert main(["bootstrap", "--task", "arithmetic", "--steps", "4", "--batch-size", "2"]) == 0
     saved = json.loads((tmp_path / "models" / "tiny-arithmetic" / "cdscale_bootstrap.json").read_text())
     assert saved["steps"] == 4 and saved["schedules"] == [4] and not saved["until_sampled_accuracy"]
+
+
+def test_a_teacher_of_a_fixed_problem_set_learns_only_those_and_saves_them_as_records(tmp_path):
+    """`--problems N`: N distinct training-side problems, saved with the model as a records file
+    that a baseline can be fine-tuned on; every batch comes from them."""
+    import random
+
+    from cdscale.bootstrap import TRAIN_PROBLEMS, demonstration_batch, training_problems
+    from cdscale.tasks import is_held_out
+    from cdscale.tasks.records import load_records
+
+    torch.set_num_threads(2)
+    task = build_task("addition", {"max_digits": 3})
+    settings = BootstrapSettings(steps=2, batch_size=4, eval_every=2, until_sampled_accuracy=None, check_problems=4)
+    settings.problems = 12
+    info = bootstrap(task, tmp_path / "teacher", settings)
+    assert info["problems"] == 12
+    records = [x for _, x in load_records(tmp_path / "teacher" / TRAIN_PROBLEMS)]
+    assert len({x.input for x in records}) == 12
+    pool = training_problems([task], 12, random.Random("problems-0"))
+    assert [(x.input, x.gold) for _, x in pool] == [(x.input, x.gold) for x in records]
+    assert not any(is_held_out(x, task.held_out_per_mille) for _, x in pool)
+    # Every sequence of a batch is one of the pool's problems, with its scratchpad.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "teacher")
+    batch = demonstration_batch([task], tokenizer, 4, random.Random(1), pool=pool)
+    texts = {task.teacher_prompt(x) + task.teacher_demonstration(x) for _, x in pool}
+    for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+        assert tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).replace(" ", "") in {
+            t.replace(" ", "") for t in texts
+        }
+    with pytest.raises(ValueError, match="at least batch_size=4 problems, got 3"):
+        settings.problems = 3
+        bootstrap(task, tmp_path / "small", settings)
+
+
+def test_the_table3_baselines_labels_are_the_problems_its_teacher_learned():
+    """configs/table3_sc_then_dir_labels.yaml fine-tunes on configs/data/table3_labels.jsonl: the
+    problems `cdscale bootstrap --max-digits 8 --same-length --problems 4096` (seed 0) teaches."""
+    import random
+    from pathlib import Path
+
+    from cdscale.bootstrap import training_problems
+    from cdscale.tasks.records import load_records
+
+    task = build_task("addition", {"min_digits": 1, "max_digits": 8, "same_length": True})
+    pool = training_problems([task], 4096, random.Random("problems-0"))
+    committed = load_records(Path(__file__).resolve().parent.parent / "configs" / "data" / "table3_labels.jsonl")
+    assert [(x.input, x.gold) for _, x in committed] == [(x.input, x.gold) for _, x in pool]

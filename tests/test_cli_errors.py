@@ -42,6 +42,7 @@ def malformed(tmp_path) -> list[list[str]]:
         ["bootstrap", "--min-digits", "5", "--max-digits", "2"],
         ["bootstrap", "--until-sampled-accuracy", "1.5"],
         ["bootstrap", "--max-restarts", "-1"],
+        ["bootstrap", "--problems", "10"],
         ["bootstrap", "--task", "nope"],
         ["report"],
         ["report", str(tmp_path / "missing-run")],
