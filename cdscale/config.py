@@ -58,6 +58,11 @@ class OperationConfig:
         "raw inputs drawn per round for this operation (default: data.num_train); "
         "0: evaluated only, e.g. a wrong task id (H3)",
     )
+    num_eval: int | None = _f(
+        None,
+        "held-out inputs this operation is scored on (default: data.num_eval); 0: trained, never scored, e.g. a "
+        "fixed file of labelled problems for a baseline while another operation scores the task",
+    )
     inputs: str = _f(
         "own",
         "own: x ~ this task's D (the paper's 'naive'); mixed: x ~ a uniform mixture of the D of every operation "
@@ -324,9 +329,10 @@ class EvalConfig:
     )
     every_refreshes: int = _f(
         0,
-        "also evaluate the student at every N-th refresh of a round (data.refresh_every_steps), into the "
-        "summary's curve: a learning curve from one run. On-policy the engines hold the student there anyway; "
-        "otherwise each costs a sync and the teacher's reload (0: after each round only)",
+        "also evaluate the student on the stage's scored operations at every N-th refresh of a round "
+        "(data.refresh_every_steps), into the summary's curve: a learning curve from one run. On-policy the "
+        "engines hold the student there anyway; otherwise each costs a sync and the teacher's reload (0: after "
+        "each round only)",
     )
 
 
@@ -704,6 +710,7 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
             name=cfg.task.name,
             task=cfg.task,
             num_train=cfg.data.num_train,
+            num_eval=cfg.data.num_eval,
             source=cfg.data.source,
             student_fraction=cfg.data.student_fraction,
             synthetic_top_up=cfg.data.synthetic_top_up,
@@ -728,31 +735,41 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
                 name=op.name or task.name,
                 task=task,
                 num_train=num_train,
+                num_eval=cfg.data.num_eval if op.num_eval is None else op.num_eval,
                 source=op.source or cfg.data.source,
                 student_fraction=cfg.data.student_fraction if op.student_fraction is None else op.student_fraction,
                 synthetic_top_up=_top_up(cfg, op, num_train),
             )
-            _check_source(cfg, op, where)
             if op.name in names:
                 raise ConfigError(f"{where}.name: {op.name!r} is used twice; operation names are unique in a run")
-            if 0 < op.num_train < cfg.student.batch_size or op.num_train < 0:
-                raise ConfigError(
-                    f"{where}.num_train: {op.num_train} is below student.batch_size={cfg.student.batch_size} "
-                    "(0: evaluate only)"
-                )
-            for name in ("ensemble", "synthetic_shots", "synthetic_max_new_tokens", "synthetic_max_passes"):
-                if getattr(op, name) < 1:
-                    raise ConfigError(f"{where}.{name}: must be at least 1, got {getattr(op, name)}")
-            if not 0 <= op.synthetic_temperature < math.inf:
-                raise ConfigError(
-                    f"{where}.synthetic_temperature: must be a finite number >= 0, got {op.synthetic_temperature}"
-                )
+            _check_operation(cfg, op, where)
             names.add(op.name)
             operations.append(op)
         if not any(op.num_train for op in operations):
             raise ConfigError(f"stages[{k}].operations: every operation has num_train 0; a stage needs one to train")
         stages.append(dataclasses.replace(stage, name=stage.name or f"stage{k}", operations=operations))
     return stages
+
+
+def _check_operation(cfg: Config, op: OperationConfig, where: str) -> None:
+    """One resolved operation's own settings (a ConfigError naming the field)."""
+    _check_source(cfg, op, where)
+    if 0 < op.num_train < cfg.student.batch_size or op.num_train < 0:
+        raise ConfigError(
+            f"{where}.num_train: {op.num_train} is below student.batch_size={cfg.student.batch_size} (0: evaluate only)"
+        )
+    if op.num_eval < 0 or op.num_eval == op.num_train == 0:
+        raise ConfigError(
+            f"{where}.num_eval: {op.num_eval} with num_train {op.num_train}; an operation is trained "
+            "(num_train > 0), scored (num_eval > 0) or both"
+        )
+    for name in ("ensemble", "synthetic_shots", "synthetic_max_new_tokens", "synthetic_max_passes"):
+        if getattr(op, name) < 1:
+            raise ConfigError(f"{where}.{name}: must be at least 1, got {getattr(op, name)}")
+    if not 0 <= op.synthetic_temperature < math.inf:
+        raise ConfigError(
+            f"{where}.synthetic_temperature: must be a finite number >= 0, got {op.synthetic_temperature}"
+        )
 
 
 def _top_up(cfg: Config, op: OperationConfig, num_train: int) -> int:

@@ -353,7 +353,7 @@ class Distillation:
                 counts[j] = (read_shard(self.run_dir, r, j) or ([], {}))[1]
                 continue
             if j and cfg.eval.every_refreshes and j % cfg.eval.every_refreshes == 0:
-                self.evaluate_mid_round(r, [op.name for op in training])
+                self.evaluate_mid_round(r, [op.name for op in stage.operations if op.num_eval > 0])
             share = {name: xs[j * len(xs) // refreshes : (j + 1) * len(xs) // refreshes] for name, xs in inputs.items()}
             records, counts[j] = self.build_targets(r, stage, share, refresh=j)
             part = RoundPart(steps, total, refresh=j)
@@ -545,11 +545,12 @@ class Distillation:
         self, ops: list[str], role: str, label: str, inputs: dict[str, list[Example]] | None = None
     ) -> dict[str, dict[str, float]]:
         """Greedy accuracy of the teacher (with its context) or the student (without) on each
-        of `ops`' held-out inputs (or on `inputs`, e.g. the validation inputs), in one engine call."""
+        of `ops`' held-out inputs (or on `inputs`, e.g. the validation inputs), in one engine call.
+        An operation without inputs (num_eval 0) is left out."""
         t = self.cfg.teacher
         max_new_tokens = t.max_new_tokens if role == "teacher" else self.cfg.eval.max_new_tokens_student
         inputs = self.eval_sets if inputs is None else inputs
-        sets = {op: (self.tasks[op], inputs[op]) for op in ops}
+        sets = {op: (self.tasks[op], inputs[op]) for op in ops if inputs[op]}
         results = {}
         with self.clock("eval"):
             for op, (metrics, rows) in evaluate(self.engines, self.tokenizer, sets, role, max_new_tokens).items():

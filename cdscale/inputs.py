@@ -25,8 +25,8 @@ def build_tasks(stages: list[StageConfig]) -> dict[str, Task]:
 def sample_splits(
     cfg: Config, stages: list[StageConfig], tasks: dict[str, Task]
 ) -> tuple[dict[str, list[Example]], list[dict[str, list[Example]]]]:
-    """Distinct held-out eval inputs per operation, then for each round of the run the
-    training inputs of each operation of its stage (never held out).
+    """Distinct held-out eval inputs per operation (none for one with num_eval 0), then for
+    each round of the run the training inputs of each operation of its stage (never held out).
 
     Training inputs are drawn from D as it is, repeats included. Drawing them distinct
     instead skews addition's mix towards 3-digit sums (the 1- and 2-digit ones run out), and
@@ -37,8 +37,9 @@ def sample_splits(
     """
     seed = cfg.data.seed
     suffix = (lambda name: "") if len(tasks) == 1 else (lambda name: f"-{name}")  # a one-task run keeps its streams
+    num_eval = {op.name: op.num_eval for stage in stages for op in stage.operations}
     eval_sets = {
-        name: _held_out(task, cfg.data.num_eval, f"{seed}-eval{suffix(name)}", f"data.num_eval ({name})")
+        name: _held_out(task, num_eval[name], f"{seed}-eval{suffix(name)}", f"data.num_eval ({name})")
         for name, task in tasks.items()
     }
     rounds: list[dict[str, list[Example]]] = []

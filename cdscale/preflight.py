@@ -97,7 +97,7 @@ def check_input_counts(cfg: Config, stages: list[StageConfig]) -> None:
     """Every round's inputs are drawn before the first round: counts that the machine's memory
     cannot hold are refused here, rather than found by a driver that grows without output."""
     inputs = sum(stage.rounds * sum(op.num_train or 0 for op in stage.operations) for stage in stages)
-    inputs += (cfg.data.num_eval + cfg.data.num_validation) * len({op.name for s in stages for op in s.operations})
+    inputs += sum(op.num_eval + cfg.data.num_validation for s in stages for op in s.operations)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if inputs * _BYTES_PER_INPUT > memory:
         raise ConfigError(

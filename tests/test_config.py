@@ -189,7 +189,8 @@ def test_every_shipped_config_loads(path, monkeypatch):
     stages = resolve_stages(cfg)
     eval_sets, rounds = sample_splits(cfg, stages, build_tasks(stages))  # the tasks and their input spaces fit too
     assert len(rounds) == sum(stage.rounds for stage in stages)
-    assert all(len(examples) == cfg.data.num_eval for examples in eval_sets.values())
+    num_eval = {op.name: op.num_eval for stage in stages for op in stage.operations}
+    assert {name: len(examples) for name, examples in eval_sets.items()} == num_eval
 
 
 def test_stages_are_checked_with_the_field_named():
@@ -204,6 +205,10 @@ def test_stages_are_checked_with_the_field_named():
         load_config(None, ["stages=[{operations: [{inputs: all}]}]"])
     with pytest.raises(ConfigError, match=r"stages\[1\].operations\[0\].num_train: 8 is below student.batch_size"):
         load_config(None, ["stages=[{operations: [{name: a}]}, {operations: [{name: b, num_train: 8}]}]"])
+    with pytest.raises(ConfigError, match=r"stages\[0\].operations\[0\].num_eval: 0 with num_train 0; an operation is"):
+        load_config(None, ["stages=[{operations: [{name: a, num_train: 0, num_eval: 0}]}]"])
+    with pytest.raises(ConfigError, match=r"stages\[0\].operations\[0\].num_eval: -1 with num_train"):
+        load_config(None, ["stages=[{operations: [{name: a, num_eval: -1}]}]"])
     with pytest.raises(ConfigError, match="run.rounds: with stages given"):
         load_config(None, ["stages=[{operations: [{name: a}]}]", "run.rounds=2"])
     with pytest.raises(ConfigError, match=r"stages\[0\].operations: every operation has num_train 0"):
