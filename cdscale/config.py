@@ -605,6 +605,12 @@ def validate(cfg: Config) -> Config:
     stages = resolve_stages(cfg)
     _check_loss_source(cfg.student, stages)
     _check_teacher_reasoning(cfg.data, stages)
+    for k, stage in enumerate(stages):
+        if cfg.student.until_accuracy and not any(op.num_train and op.num_eval for op in stage.operations):
+            raise ConfigError(
+                f"student.until_accuracy: stage {stage.name!r} (stages[{k}]) trains only operations with num_eval 0, "
+                "so nothing measures the criterion"
+            )
     return cfg
 
 

@@ -636,9 +636,9 @@ class Distillation:
             curve[:] = [p for p in curve if (p["round"], p["step"]) != (r, step)] + [point]  # once after a resume
 
     def evaluate_round(self, r: int, k: int, stage: StageConfig, last_of_stage: bool) -> None:
-        """The student on every operation seen so far; a recursive teacher on the stage's."""
+        """The student on every scored operation seen so far; a recursive teacher on the stage's."""
         summary = self.progress.summary
-        seen = [op.name for earlier in self.stages[: k + 1] for op in earlier.operations]
+        seen = [op.name for earlier in self.stages[: k + 1] for op in earlier.operations if op.num_eval]
         summary["student_after"].update(self.evaluate(seen, "student", f"student_after_round_{r}"))
         self.measure_gaps(seen, f"student_after_round_{r}")
         if last_of_stage:

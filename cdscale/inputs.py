@@ -57,11 +57,14 @@ def sample_splits(
 def sample_validation(
     cfg: Config, tasks: dict[str, Task], eval_sets: dict[str, list[Example]]
 ) -> dict[str, list[Example]]:
-    """Per operation, `data.num_validation` distinct held-out inputs that are not evaluation
+    """Per scored operation, `data.num_validation` distinct held-out inputs that are not evaluation
     inputs (what `student.until_accuracy` is checked on), with gold answers; drawn from a
     stream of their own, so the other draws stay what they were without them."""
     validation = {}
     for name, task in tasks.items():
+        if not eval_sets[name]:  # num_eval 0: the operation is never scored
+            validation[name] = []
+            continue
         stream, what = f"{cfg.data.seed}-validation-{name}", f"data.num_validation ({name})"
         validation[name] = _held_out(task, cfg.data.num_validation, stream, what, {x.input for x in eval_sets[name]})
         if any(x.gold is None for x in validation[name]):

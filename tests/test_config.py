@@ -209,6 +209,9 @@ def test_stages_are_checked_with_the_field_named():
         load_config(None, ["stages=[{operations: [{name: a, num_train: 0, num_eval: 0}]}]"])
     with pytest.raises(ConfigError, match=r"stages\[0\].operations\[0\].num_eval: -1 with num_train"):
         load_config(None, ["stages=[{operations: [{name: a, num_eval: -1}]}]"])
+    with pytest.raises(ConfigError, match=r"student.until_accuracy: stage 'stage0' \(stages\[0\]\) trains only"):
+        unscored = "stages=[{operations: [{name: a, num_eval: 0}]}]"
+        load_config(None, [unscored, "student.until_accuracy=0.5", "data.num_validation=8"])
     with pytest.raises(ConfigError, match="run.rounds: with stages given"):
         load_config(None, ["stages=[{operations: [{name: a}]}]", "run.rounds=2"])
     with pytest.raises(ConfigError, match=r"stages\[0\].operations: every operation has num_train 0"):

@@ -224,7 +224,7 @@ def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request)
         assert summary["round_0"]["sync_s"] > 0
     if cfg.student.until_accuracy:  # each round checked after its epoch, and after an extra one when below
         points = [(op, p) for op, ps in summary["validation"].items() for p in ps]
-        assert {op for op, p in points} == {name for name, op in operations if op.num_train}
+        assert {op for op, p in points} == {name for name, op in operations if op.num_train and op.num_eval}
         for r in {p["round"] for _, p in points}:
             first = [p["accuracy"] for _, p in points if p["round"] == r and p["epochs"] == 1]
             extra = [p for _, p in points if p["round"] == r and p["epochs"] == 2]
