@@ -20,6 +20,8 @@ PREPARED = {
     "tiny-addition-1to8": "cdscale bootstrap --max-digits 8 --steps 1000 --character-tokenizer "
     "--until-sampled-accuracy 0",
     "tiny-addition-1to8-same": "cdscale bootstrap --max-digits 8 --same-length --steps 3000 --max-restarts 0",
+    "tiny-addition-1to8-same-p4096": "cdscale bootstrap --max-digits 8 --same-length --problems 4096 --steps 3000 "
+    "--max-restarts 0",
     "smollm2-135m": "cdscale prepare-model smollm2-135m",
 }
 
