@@ -280,10 +280,10 @@ class StudentConfig:
     until_accuracy: float = _f(
         0.0,
         "train to a criterion: after `epochs`, while the student's greedy accuracy on the validation inputs "
-        "(data.num_validation) of any of the round's operations is below this, train one more epoch and check "
-        "again, at most max_extra_epochs times. Each extra epoch is a warm restart: the cosine again from "
-        "student.lr down to its last rate. The evaluation's inputs (data.num_eval) are not looked at. "
-        "0: exactly `epochs`",
+        "(data.num_validation) of any of the round's scored operations (num_eval > 0) is below this, train one "
+        "more epoch and check again, at most max_extra_epochs times. Each extra epoch is a warm restart: the "
+        "cosine again from student.lr down to its last rate. The evaluation's inputs (data.num_eval) are not "
+        "looked at. 0: exactly `epochs`",
     )
     max_extra_epochs: int = _f(2, "until_accuracy: the most epochs trained after `epochs`")
     grad_clip: float = _f(1.0, "gradient norm clip")

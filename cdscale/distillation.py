@@ -352,8 +352,9 @@ class Distillation:
             if self.progress.step >= steps.stop:  # trained before this run resumed
                 counts[j] = (read_shard(self.run_dir, r, j) or ([], {}))[1]
                 continue
-            if j and cfg.eval.every_refreshes and j % cfg.eval.every_refreshes == 0:
-                self.evaluate_mid_round(r, [op.name for op in stage.operations if op.num_eval > 0])
+            scored = [op.name for op in stage.operations if op.num_eval > 0]
+            if j and cfg.eval.every_refreshes and j % cfg.eval.every_refreshes == 0 and scored:
+                self.evaluate_mid_round(r, scored)
             share = {name: xs[j * len(xs) // refreshes : (j + 1) * len(xs) // refreshes] for name, xs in inputs.items()}
             records, counts[j] = self.build_targets(r, stage, share, refresh=j)
             part = RoundPart(steps, total, refresh=j)
@@ -570,7 +571,7 @@ class Distillation:
         "drift" the drift prompts without any context on both sides."""
         task, held_out = self.tasks[op], self.eval_sets[op]
         student = eval_prompts(self.tokenizer, task, held_out, "student")
-        drift = eval_prompts(self.tokenizer, task, task.drift_examples[: self.cfg.data.num_eval], "student")
+        drift = eval_prompts(self.tokenizer, task, task.drift_examples[: len(held_out)], "student")  # none unscored
         return {
             "context_gap": (eval_prompts(self.tokenizer, task, held_out, "teacher"), student),
             "drift": (drift, drift),

@@ -38,8 +38,9 @@ def sample_splits(
     seed = cfg.data.seed
     suffix = (lambda name: "") if len(tasks) == 1 else (lambda name: f"-{name}")  # a one-task run keeps its streams
     num_eval = {op.name: op.num_eval for stage in stages for op in stage.operations}
+    field = {name: "data.num_eval" if n == cfg.data.num_eval else "num_eval" for name, n in num_eval.items()}
     eval_sets = {
-        name: _held_out(task, num_eval[name], f"{seed}-eval{suffix(name)}", f"data.num_eval ({name})")
+        name: _held_out(task, num_eval[name], f"{seed}-eval{suffix(name)}", f"{field[name]} ({name})")
         for name, task in tasks.items()
     }
     rounds: list[dict[str, list[Example]]] = []
