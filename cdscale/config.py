@@ -591,7 +591,6 @@ def validate(cfg: Config) -> Config:
             f"{cfg.eval.every_refreshes} with data.refresh_every_steps={cfg.data.refresh_every_steps}"
         )
     _check_lora(cfg.student.lora)
-    _check_criterion(cfg)
     if cfg.run.max_trainer_restarts < 0:
         raise ConfigError(f"run.max_trainer_restarts: must not be negative, got {cfg.run.max_trainer_restarts}")
     if cfg.run.timeout_s <= 0 or (cfg.run.save_by_s is not None and cfg.run.save_by_s <= 0):
@@ -605,12 +604,7 @@ def validate(cfg: Config) -> Config:
     stages = resolve_stages(cfg)
     _check_loss_source(cfg.student, stages)
     _check_teacher_reasoning(cfg.data, stages)
-    for k, stage in enumerate(stages):
-        if cfg.student.until_accuracy and not any(op.num_train and op.num_eval for op in stage.operations):
-            raise ConfigError(
-                f"student.until_accuracy: stage {stage.name!r} (stages[{k}]) trains only operations with num_eval 0, "
-                "so nothing measures the criterion"
-            )
+    _check_criterion(cfg, stages)
     return cfg
 
 
@@ -625,8 +619,8 @@ def _check_memory_features(s: StudentConfig) -> None:
         raise ConfigError(f"student.pack_tokens: must not be negative (0: no packing), got {s.pack_tokens}")
 
 
-def _check_criterion(cfg: Config) -> None:
-    """Training to an accuracy needs inputs to measure it on and room to train further."""
+def _check_criterion(cfg: Config, stages: list[StageConfig]) -> None:
+    """Training to an accuracy needs inputs to measure it on, in every stage, and room to train further."""
     s, data = cfg.student, cfg.data
     if data.num_validation < 0 or s.max_extra_epochs < 0:
         raise ConfigError(
@@ -649,6 +643,12 @@ def _check_criterion(cfg: Config) -> None:
             "student.until_accuracy: a round split into refreshes (data.refresh_every_steps) trains each refresh's "
             "own data; train to a criterion with one generation per round (data.refresh_every_steps=0)"
         )
+    for k, stage in enumerate(stages):
+        if not any(op.num_train and op.num_eval for op in stage.operations):
+            raise ConfigError(
+                f"student.until_accuracy: stage {stage.name!r} (stages[{k}]) trains only operations with num_eval 0, "
+                "so nothing measures the criterion"
+            )
 
 
 def _check_loss(s: StudentConfig) -> None:

@@ -338,6 +338,7 @@ class Distillation:
         refresh, each generating with the weights the previous one left. The round's stats
         (None when a stop came) and its target counts."""
         cfg, training = self.cfg, [op for op in stage.operations if op.num_train > 0]
+        scored = [op.name for op in stage.operations if op.num_eval > 0]  # the curve's operations
         every = cfg.data.refresh_every_steps
         if not every:
             records, counts = self.build_targets(r, stage)
@@ -352,7 +353,6 @@ class Distillation:
             if self.progress.step >= steps.stop:  # trained before this run resumed
                 counts[j] = (read_shard(self.run_dir, r, j) or ([], {}))[1]
                 continue
-            scored = [op.name for op in stage.operations if op.num_eval > 0]
             if j and cfg.eval.every_refreshes and j % cfg.eval.every_refreshes == 0 and scored:
                 self.evaluate_mid_round(r, scored)
             share = {name: xs[j * len(xs) // refreshes : (j + 1) * len(xs) // refreshes] for name, xs in inputs.items()}

@@ -83,8 +83,9 @@ def test_a_teacher_of_a_fixed_problem_set_learns_only_those_and_saves_them_as_re
 
     torch.set_num_threads(2)
     task = build_task("addition", {"max_digits": 3})
-    settings = BootstrapSettings(steps=2, batch_size=4, eval_every=2, until_sampled_accuracy=None, check_problems=4)
-    settings.problems = 12
+    settings = BootstrapSettings(
+        steps=2, batch_size=4, eval_every=2, until_sampled_accuracy=None, check_problems=4, problems=12
+    )
     info = bootstrap(task, tmp_path / "teacher", settings)
     assert info["problems"] == 12
     records = [x for _, x in load_records(tmp_path / "teacher" / TRAIN_PROBLEMS)]
