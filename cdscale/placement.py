@@ -93,15 +93,36 @@ def _kill_processes_started_since(began: float) -> None:
     has aborted, and its agents, no longer this process's descendants, exit on their own when
     they see it gone). They would otherwise live until this process exits.
     A second of slack: psutil's start times count from a boot time in whole seconds."""
-    killed = []
+    _kill([p for p in _ray_descendants() if _started_at(p) >= began - 1])
+
+
+def _ray_descendants() -> list[psutil.Process]:
+    """This process's descendants that are Ray's: its cluster's processes, and the actors'
+    worker processes while the raylet is alive to parent them."""
+    found = []
     for process in psutil.Process().children(recursive=True):
         try:
-            if process.create_time() >= began - 1 and "ray" in " ".join(process.cmdline()):
-                process.kill()
-                killed.append(process)
+            if "ray" in " ".join(process.cmdline()):
+                found.append(process)
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(killed, timeout=10)
+    return found
+
+
+def _started_at(process: psutil.Process) -> float:
+    try:
+        return process.create_time()
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def _kill(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=10)
 
 
 def stop_ray(session: Path, keep_logs: bool) -> None:
@@ -109,7 +130,13 @@ def stop_ray(session: Path, keep_logs: bool) -> None:
     the run, and remove its session folder unless `keep_logs` (a failed run: the actors' logs
     are there). Ray leaves every session folder in its temp dir otherwise: 486 of them, 519 MB,
     had piled up on a test machine."""
+    ours = _ray_descendants()
     ray.shutdown()
+    # The actors' workers exit on their own once the raylet is gone, but one that the raylet
+    # had just started (a stop while the actors start) was still alive 10 s after such a run
+    # ended, on a new machine whose 2 CPUs ran two other tests (2026-12-06, tests/test_resume.py).
+    _, alive = psutil.wait_procs(ours, timeout=3)
+    _kill(alive)
     if keep_logs:
         log.warning("the Ray processes' logs of this run: %s", session)
     else:
