@@ -186,8 +186,9 @@ class TeacherConfig:
     enable_prefix_caching: bool = _f(True, "reuse the KV cache of shared prompt prefixes")
     enforce_eager: bool = _f(
         False,
-        "run the engines' model eagerly (vLLM's enforce_eager): no torch.compile at start-up (and no CUDA graphs on "
-        "GPUs); an engine starts sooner and decodes more slowly. For tiny models and tests",
+        "run the engines eagerly (vLLM's enforce_eager, and no torch.compile of its sampler either): no compile at "
+        "start-up or first use (and no CUDA graphs on GPUs); an engine starts sooner and decodes more slowly. For tiny "
+        "models and tests",
     )
     max_num_seqs: int = _f(512, "sequences an engine decodes at once (larger batches amortize per-step overhead)")
     max_answer_skip_fraction: float = _f(

@@ -76,6 +76,15 @@ class TeacherEngine:
             # vLLM's CPU backend binds each worker's threads to a NUMA node of its own and refuses
             # more workers than nodes; Ray has already reserved this engine's CPUs.
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        if settings.enforce_eager:
+            # No torch.compile at all. vLLM otherwise still compiles a sampler op (the logprobs'
+            # ranks) at the first generation with logprobs: 10 s of every eager engine's first
+            # round on 2 CPUs, compile cache warm (tiny model, 2026-12-06); eager, the same counts.
+            # The variable reaches a tensor-parallel engine's worker processes.
+            os.environ["TORCH_COMPILE_DISABLE"] = "1"
+            import torch._dynamo
+
+            torch._dynamo.config.disable = True
         from vllm import LLM
 
         lora = {}
