@@ -187,8 +187,8 @@ class TeacherConfig:
     enforce_eager: bool = _f(
         False,
         "run the engines eagerly (vLLM's enforce_eager, and no torch.compile of its sampler either): no compile at "
-        "start-up or first use (and no CUDA graphs on GPUs); an engine starts sooner and decodes more slowly. For tiny "
-        "models and tests",
+        "start-up or first use (and no CUDA graphs on GPUs); an engine starts sooner and decodes more slowly, and on "
+        "a GPU its logprobs' ranks take a temporary the size of the logprobs. For tiny models and tests",
     )
     max_num_seqs: int = _f(512, "sequences an engine decodes at once (larger batches amortize per-step overhead)")
     max_answer_skip_fraction: float = _f(

@@ -104,7 +104,7 @@ def _ray_descendants() -> list[psutil.Process]:
         try:
             if "ray" in " ".join(process.cmdline()):
                 found.append(process)
-        except psutil.NoSuchProcess:
+        except psutil.Error:  # gone, a zombie, or not ours to read: not one to kill
             pass
     return found
 
@@ -112,7 +112,7 @@ def _ray_descendants() -> list[psutil.Process]:
 def _started_at(process: psutil.Process) -> float:
     try:
         return process.create_time()
-    except psutil.NoSuchProcess:
+    except psutil.Error:
         return 0.0
 
 
@@ -120,7 +120,7 @@ def _kill(processes: list[psutil.Process]) -> None:
     for process in processes:
         try:
             process.kill()
-        except psutil.NoSuchProcess:
+        except psutil.Error:  # gone already, or not ours to signal
             pass
     psutil.wait_procs(processes, timeout=10)
 
