@@ -122,7 +122,27 @@ def _kill(processes: list[psutil.Process]) -> None:
             process.kill()
         except psutil.Error:  # gone already, or not ours to signal
             pass
-    psutil.wait_procs(processes, timeout=10)
+    still_running(processes, timeout_s=10)
+
+
+def still_running(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Those of `processes` still running after at most `timeout_s`. This process's own children
+    are reaped; a process that has exited but that only its own parent can reap (a zombie: an
+    actor's worker whose raylet is gone, in a container whose first process reaps nothing) counts
+    as ended, where psutil.wait_procs would wait for it to the timeout."""
+    deadline = time.monotonic() + timeout_s
+    running = processes
+    while running and time.monotonic() < deadline:
+        _, running = psutil.wait_procs(running, timeout=0.1)
+        running = [p for p in running if _status(p) != psutil.STATUS_ZOMBIE]
+    return running
+
+
+def _status(process: psutil.Process) -> str:
+    try:
+        return process.status()
+    except psutil.Error:  # gone meanwhile, or not ours to read
+        return psutil.STATUS_ZOMBIE
 
 
 def stop_ray(session: Path, keep_logs: bool) -> None:
@@ -135,8 +155,7 @@ def stop_ray(session: Path, keep_logs: bool) -> None:
     # The actors' workers exit on their own once the raylet is gone, but one that the raylet
     # had just started (a stop while the actors start) was still alive 10 s after such a run
     # ended, on a new machine whose 2 CPUs ran two other tests (2026-12-06, tests/test_resume.py).
-    _, alive = psutil.wait_procs(ours, timeout=3)
-    _kill(alive)
+    _kill(still_running(ours, timeout_s=3))
     if keep_logs:
         log.warning("the Ray processes' logs of this run: %s", session)
     else:
