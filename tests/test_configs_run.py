@@ -215,10 +215,11 @@ def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request)
     assert {op for op, n in kept.items() if n > 0} == {name for name, op in operations if op.num_train}
     open_ended = {name for name, op in operations if op.task.name == "chat"}
     assert set(summary.get("context_gap", {})) == open_ended
+    by_transformers = _context_gaps_by_transformers(cfg, Path(model), tmp_path, sorted(open_ended))
     for name in open_ended:
         gap = summary["context_gap"][name]
         assert gap["before"] > 0 and gap["after"] is not None
-        assert gap["before"] == pytest.approx(_context_gap_by_transformers(cfg, Path(model), tmp_path, name), abs=2e-3)
+        assert gap["before"] == pytest.approx(by_transformers[name], abs=2e-3)
     if cfg.student.lora.r:  # the merged student, and its adapter in peft's format
         assert (tmp_path / "smoke" / "student" / "adapter" / "adapter_config.json").is_file()
         assert summary["round_0"]["sync_s"] > 0
@@ -237,23 +238,24 @@ def test_every_config_runs_at_small_sizes(group, tmp_path, monkeypatch, request)
         assert summary["round_0"]["by_operation"][name]["generated"] > SMALL[family]["num_train"]
 
 
-def _context_gap_by_transformers(cfg: Config, model: Path, out: Path, op: str) -> float:
-    """The run's context gap before distillation, computed again with transformers: the model's
-    logprob of each token of the run's reference responses (kept in its first commit) after the
-    teacher's prompt and after the student's, and the mean difference over the tokens. The
-    teacher's side must equal what vLLM reported when it sampled them."""
+def _context_gaps_by_transformers(cfg: Config, model: Path, out: Path, ops: list[str]) -> dict[str, float]:
+    """Each operation's context gap before distillation, computed again with transformers: the
+    model's logprob of each token of the run's reference responses (kept in its first commit)
+    after the teacher's prompt and after the student's, and the mean difference over the
+    tokens. The teacher's side must equal what vLLM reported when it sampled them."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cdscale.inputs import build_tasks, sample_splits
 
     first = sorted((out / "smoke" / "state").glob("0*"))[0]
-    references = json.loads((first / "progress.json").read_text())["references"][op]["context_gap"]
+    references = json.loads((first / "progress.json").read_text())["references"]
     stages = resolve_stages(cfg)
     tasks = build_tasks(stages)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    tasks[op].use_tokenizer(tokenizer, cfg.teacher.max_model_len)
-    held_out = sample_splits(cfg, stages, tasks)[0][op]
+    for op in ops:
+        tasks[op].use_tokenizer(tokenizer, cfg.teacher.max_model_len)
+    held_out = sample_splits(cfg, stages, tasks)[0]
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
 
     def logprobs(prompt: str, response: list[int]) -> list[float]:
@@ -262,12 +264,15 @@ def _context_gap_by_transformers(cfg: Config, model: Path, out: Path, op: str) -
             logits = hf(torch.tensor([ids + response])).logits[0, len(ids) - 1 : -1]
         return torch.log_softmax(logits, -1).gather(1, torch.tensor(response)[:, None])[:, 0].tolist()
 
-    differences = []
-    for x, ref in zip(held_out, references):
-        if ref is None:
-            continue
-        teacher = logprobs(tasks[op].teacher_prompt(x), ref["token_ids"])
-        assert teacher == pytest.approx(ref["logprobs"], abs=2e-3)
-        student = logprobs(tasks[op].student_prompt(x), ref["token_ids"])
-        differences += [t - s for t, s in zip(ref["logprobs"], student)]
-    return sum(differences) / len(differences)
+    gaps = {}
+    for op in ops:
+        differences = []
+        for x, ref in zip(held_out[op], references[op]["context_gap"]):
+            if ref is None:
+                continue
+            teacher = logprobs(tasks[op].teacher_prompt(x), ref["token_ids"])
+            assert teacher == pytest.approx(ref["logprobs"], abs=2e-3)
+            student = logprobs(tasks[op].student_prompt(x), ref["token_ids"])
+            differences += [t - s for t, s in zip(ref["logprobs"], student)]
+        gaps[op] = sum(differences) / len(differences)
+    return gaps

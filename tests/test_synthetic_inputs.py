@@ -3,13 +3,26 @@ task; malformed, held-out and duplicate candidates are dropped and counted by re
 
 from cdscale.tasks import Example, is_held_out
 from cdscale.tasks.addition import Addition
-from cdscale.teacher.synthetic_inputs import first_line, keep_inputs
+from cdscale.teacher.synthetic_inputs import first_line, keep_inputs, line_break_token_ids
 
 
 def test_first_line_of_a_continuation():
     assert first_line("2 9 + 5 7\nTarget:", finished=False) == "2 9 + 5 7"
     assert first_line("2 9 + 5 7", finished=True) == "2 9 + 5 7"  # ended (EOS) on its only line
     assert first_line("2 9 + 5", finished=False) is None  # cut off by the token cap inside the line
+
+
+def test_the_engines_stop_at_every_token_that_holds_a_line_break(tiny_tokenizer, smollm2_tokenizer):
+    for tokenizer in (tiny_tokenizer, smollm2_tokenizer):
+        stop_ids = set(line_break_token_ids(tokenizer))
+        # Against decoding each token on its own, on an even sample of the vocabulary.
+        sample = set(range(0, len(tokenizer), max(1, len(tokenizer) // 3000)))
+        assert stop_ids & sample == {i for i in sample if "\n" in tokenizer.decode([i])}
+        # The tokens a line break is written with in running text.
+        for text in ("2 9 + 5 7\nInput:", "What is the capital of France?\n\nAnswer"):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert any(i in stop_ids for i in ids)
+            assert all(i not in stop_ids for i in tokenizer(text.split("\n")[0], add_special_tokens=False)["input_ids"])
 
 
 def test_addition_parses_generated_problems_and_computes_the_gold():

@@ -24,6 +24,14 @@ if TYPE_CHECKING:
     from cdscale.teacher.group import EngineGroup
 
 
+def line_break_token_ids(tokenizer: Any) -> list[int]:
+    """Every token whose text holds a line break. Only a continuation's first line is a
+    candidate, so the engines stop at it rather than sample on to the token cap: a pass of
+    the SmolLM2 instructions ran up to 48 tokens for inputs of about 10."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return [i for i, text in enumerate(texts) if "\n" in text]
+
+
 def first_line(completion: str, finished: bool) -> str | None:
     """The continuation's first line; None when the generation was cut off inside it."""
     if "\n" in completion:
@@ -55,9 +63,15 @@ def keep_inputs(task: Task, lines: list[str | None], seen: set[str]) -> tuple[li
 class _Synthesis:
     """One operation's synthetic inputs, gathered pass by pass."""
 
-    def __init__(self, tokenizer: Any, task: Task, op: OperationConfig, rng: random.Random, desc: str) -> None:
+    def __init__(
+        self, tokenizer: Any, task: Task, op: OperationConfig, rng: random.Random, stop_ids: list[int], desc: str
+    ):
         self.tokenizer, self.task, self.op, self.rng = tokenizer, task, op, rng
-        self.sampling = {"temperature": op.synthetic_temperature, "max_tokens": op.synthetic_max_new_tokens}
+        self.sampling = {
+            "temperature": op.synthetic_temperature,
+            "max_tokens": op.synthetic_max_new_tokens,
+            "stop_token_ids": stop_ids,
+        }
         self.pool = sample_where(task, 16 * op.synthetic_shots, rng, held_out=False, what=f"{desc} shots")
         self.examples: list[Example] = []
         self.seen: set[str] = set()
@@ -103,7 +117,8 @@ def synthesize_inputs(
     """For each (task, operation, rng): up to op.num_train distinct new inputs in at most
     `op.synthetic_max_passes` generations, and the counts. Each pass of every operation goes
     to the engines in one call (one batch, instead of a short call per operation)."""
-    jobs_state = [_Synthesis(tokenizer, task, op, rng, f"{desc}, {op.name}") for task, op, rng in jobs]
+    stop_ids = line_break_token_ids(tokenizer)
+    jobs_state = [_Synthesis(tokenizer, task, op, rng, stop_ids, f"{desc}, {op.name}") for task, op, rng in jobs]
     for pass_index in range(max(op.synthetic_max_passes for _, op, _ in jobs)):
         asked = [(job, job.prompts(pass_index)) for job in jobs_state]
         prompts = [p for _, ps in asked for p in ps]
