@@ -8,12 +8,14 @@ its operations renamed `<config>.<operation>`, with small sizes (a few inputs pe
 one or two held-out problems, one epoch, a greedy teacher). Every stage and operation of
 every config then goes through its task (options and data files), inputs, targets,
 training, sync and evaluation of the student. What the merge does not keep per config: the
-teacher's token cap and context length are the largest in the group, the student's answers
-are cut at STUDENT_TOKENS, an addition task's operands have at most 2 digits (what the tiny
-stand-in learned: one that writes 8-digit scratchpads costs a minute more to bootstrap), the
-teacher is not evaluated (`eval.before: false`), a chat response cut at the teacher's token
-cap is kept (`keep_truncated`), and the other settings (learning rate,
-top-k, ...) are the first config's, except that the student is a LoRA student when a config
+teacher's token cap and context length are the largest in the group (the SmolLM2 group's cap
+at most 48 tokens: its chat responses, which run to the cap, are kept cut, and a SQL answer,
+8 to 39 tokens in CI, still fits), the student's answers are cut at STUDENT_TOKENS, an
+addition task's operands have at most 2 digits (what the tiny stand-in learned: one that
+writes 8-digit scratchpads costs a minute more to bootstrap), the teacher is not evaluated
+(`eval.before: false`), a chat response cut at the teacher's token cap is kept
+(`keep_truncated`), and the other settings (learning rate, top-k, ...) are the first
+config's, except that the student is a LoRA student when a config
 of the group has one (the SmolLM2 group: its training takes half the time, and full
 fine-tuning runs in the tiny groups and the stack tests), synced merged into the base weights
 (`lora.sync: merged`): vLLM on CPU decoded and scored with the adapter about 5x more slowly,
@@ -26,6 +28,7 @@ SmolLM2-135M-Instruct.
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -47,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # both cores (Ray is told of one CPU more than the machine has): its training is most of the run.
 SMALL = {
     "tiny": {"num_train": 8, "num_eval": 2, "batch_size": 2, "cpus_per_rank": 1, "addition_max_digits": 2},
-    "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 1, "cpus_per_rank": 2},
+    "smollm2": {"num_train": 2, "num_eval": 1, "batch_size": 1, "cpus_per_rank": 2, "teacher_tokens": 48},
 }
 STUDENT_TOKENS = 24  # the student's answers in the smoke's evaluation: its accuracy is not what it checks
 
@@ -108,7 +111,9 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
             "max_answer_skip_fraction": 1.0,
             "kv_cache_gib": 0.25,
             "enforce_eager": True,  # no torch.compile at start-up
-            "max_new_tokens": max(cfg.teacher.max_new_tokens for _, cfg in configs),
+            "max_new_tokens": min(
+                small.get("teacher_tokens", math.inf), max(cfg.teacher.max_new_tokens for _, cfg in configs)
+            ),
             "max_model_len": max(cfg.teacher.max_model_len for _, cfg in configs),
         },
         "student": {
