@@ -7,6 +7,11 @@ import os
 # (benchmarks/omp_wait.py). Set before torch loads; Ray actors and `cdscale run` subprocesses
 # inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The one compiled engine of the suite (tests/test_stack.py's sync test) compiles its graphs in
+# its own process rather than in a pool of compile workers, each importing torch again: with the
+# compile cache empty, 65 CPU-seconds and 61 s to start and generate, against 79 and 76 with the
+# pool, alone on 2 CPUs (2026-12-06). A Ray cluster started here passes it on to the engines.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
