@@ -36,11 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     from cdscale.teacher.engine import EngineSettings
     from cdscale.teacher.group import EngineGroup
 
-    cfg = load_config(str(ROOT / "configs" / "instructions.yaml"))
-    ops = [
-        dataclasses.replace(op, num_train=args.num_train) for stage in resolve_stages(cfg) for op in stage.operations
-    ]
-    tasks = build_tasks(resolve_stages(cfg))
+    stages = resolve_stages(load_config(str(ROOT / "configs" / "instructions.yaml")))
+    ops = [dataclasses.replace(op, num_train=args.num_train) for stage in stages for op in stage.operations]
+    tasks = build_tasks(stages)
     model = str(prepare_smollm2())
     tokenizer = AutoTokenizer.from_pretrained(model)
     start_local_ray(num_cpus=2, include_dashboard=False)
