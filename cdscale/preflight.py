@@ -97,7 +97,12 @@ def check_input_counts(cfg: Config, stages: list[StageConfig]) -> None:
     """Every round's inputs are drawn before the first round: counts that the machine's memory
     cannot hold are refused here, rather than found by a driver that grows without output."""
     inputs = sum(stage.rounds * sum(op.num_train or 0 for op in stage.operations) for stage in stages)
-    inputs += sum(op.num_eval + cfg.data.num_validation for s in stages for op in s.operations)
+    # Held-out sets are drawn once per operation name, and validation sets only for a run that
+    # trains to a criterion, and only for operations that are scored (`inputs.sample_validation`).
+    num_eval = {op.name: op.num_eval for stage in stages for op in stage.operations}
+    inputs += sum(num_eval.values())
+    if cfg.student.until_accuracy:
+        inputs += cfg.data.num_validation * sum(n > 0 for n in num_eval.values())
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if inputs * _BYTES_PER_INPUT > memory:
         raise ConfigError(

@@ -152,3 +152,26 @@ def test_a_read_only_or_nearly_full_output_root_is_refused_before_anything_is_wr
         line = refused(["run", f"model.path={model}", f"run.output_root={root}"], capsys)
         assert f"run.output_root: {root} has 1.0 MiB free, and this run's commits need at least" in line
         assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("until_accuracy,refused", [(0.0, False), (0.5, True)])
+def test_the_input_count_has_validation_sets_only_for_a_run_trained_to_a_criterion(until_accuracy, refused):
+    """`data.num_validation` inputs are drawn only when `student.until_accuracy` is set: 10^8 of
+    them (about 95 GiB by preflight's estimate) refuse such a run alone."""
+    from cdscale.config import ConfigError, load_config, resolve_stages
+    from cdscale.preflight import check_input_counts
+
+    cfg = load_config(
+        None,
+        [
+            "data.num_train=128",
+            "data.num_eval=16",
+            "data.num_validation=100000000",
+            f"student.until_accuracy={until_accuracy}",
+        ],
+    )
+    if not refused:
+        check_input_counts(cfg, resolve_stages(cfg))
+        return
+    with pytest.raises(ConfigError, match=r"100,000,144 inputs over the run's rounds and operations"):
+        check_input_counts(cfg, resolve_stages(cfg))
