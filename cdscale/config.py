@@ -758,6 +758,16 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
     return stages
 
 
+def count_field(cfg: Config, operation: str, count: str) -> str:
+    """Where the resolved operation `operation` took its `count` ("num_train" or "num_eval")
+    from: its own entry in `stages`, or the `data` default, so that an error names what to change."""
+    for k, stage in enumerate(cfg.stages):
+        for i, op in enumerate(stage.operations):
+            if (op.name or (op.task or cfg.task).name) == operation and getattr(op, count) is not None:
+                return f"stages[{k}].operations[{i}].{count}"
+    return f"data.{count}"
+
+
 def _check_operation(cfg: Config, op: OperationConfig, where: str) -> None:
     """One resolved operation's own settings (a ConfigError naming the field)."""
     _check_source(cfg, op, where)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from cdscale.config import ConfigError, OperationConfig, StageConfig
+from cdscale.config import ConfigError, OperationConfig, StageConfig, count_field
 from cdscale.tasks import Example, Task, build_task, sample_where
 
 if TYPE_CHECKING:
@@ -38,9 +38,10 @@ def sample_splits(
     seed = cfg.data.seed
     suffix = (lambda name: "") if len(tasks) == 1 else (lambda name: f"-{name}")  # a one-task run keeps its streams
     num_eval = {op.name: op.num_eval for stage in stages for op in stage.operations}
-    field = {name: "data.num_eval" if n == cfg.data.num_eval else "num_eval" for name, n in num_eval.items()}
     eval_sets = {
-        name: _held_out(task, num_eval[name], f"{seed}-eval{suffix(name)}", f"{field[name]} ({name})")
+        name: _held_out(
+            task, num_eval[name], f"{seed}-eval{suffix(name)}", f"{count_field(cfg, name, 'num_eval')} ({name})"
+        )
         for name, task in tasks.items()
     }
     rounds: list[dict[str, list[Example]]] = []
@@ -50,7 +51,8 @@ def sample_splits(
             for op in stage.operations:
                 if op.inputs != "synthetic" and op.num_train > 0:
                     rng = random.Random(f"{seed}-train-{len(rounds)}{suffix(op.name)}")
-                    inputs[op.name] = _training_inputs(op, stage, tasks, eval_sets[op.name], rng)
+                    what = f"{count_field(cfg, op.name, 'num_train')} ({op.name})"
+                    inputs[op.name] = _training_inputs(op, stage, tasks, eval_sets[op.name], rng, what)
             rounds.append(inputs)
     return eval_sets, rounds
 
@@ -83,11 +85,16 @@ def _held_out(task: Task, n: int, stream: str, what: str, exclude: set[str] | No
 
 
 def _training_inputs(
-    op: OperationConfig, stage: StageConfig, tasks: dict[str, Task], eval_set: list[Example], rng: random.Random
+    op: OperationConfig,
+    stage: StageConfig,
+    tasks: dict[str, Task],
+    eval_set: list[Example],
+    rng: random.Random,
+    what: str,
 ) -> list[Example]:
     """`inputs: own` draws from the operation's D; `demonstrations` from its task's in-context
-    examples; `mixed` each input from the D of a uniformly chosen training operation of the stage."""
-    what = f"num_train ({op.name})"
+    examples; `mixed` each input from the D of a uniformly chosen training operation of the stage.
+    `what`: the count's field, for errors."""
     if op.inputs == "own":
         return sample_where(tasks[op.name], op.num_train, rng, held_out=False, what=what)
     if op.inputs == "demonstrations":

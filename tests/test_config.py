@@ -193,6 +193,35 @@ def test_every_shipped_config_loads(path, monkeypatch):
     assert {name: len(examples) for name, examples in eval_sets.items()} == num_eval
 
 
+@pytest.mark.parametrize(
+    "operations,field",
+    [
+        # One-digit addition has 100 questions: 500 held-out ones cannot be found.
+        ("[{name: a, num_eval: 500}]", r"stages\[0\]\.operations\[0\]\.num_eval \(a\)"),
+        ("[{name: a, num_eval: 4}, {name: b}]", r"data\.num_eval \(b\)"),
+        ("[{name: a, num_eval: 500}, {name: b}]", r"stages\[0\]\.operations\[0\]\.num_eval \(a\)"),
+    ],
+)
+def test_a_count_the_input_space_cannot_meet_names_the_field_it_came_from(operations, field):
+    """An operation's own num_eval is named as its own, even when it equals data.num_eval; one it
+    took from `data` is named there."""
+    from cdscale.config import resolve_stages
+    from cdscale.inputs import build_tasks, sample_splits
+
+    cfg = load_config(
+        None,
+        [
+            "task.options={min_digits: 1, max_digits: 1}",
+            "data.num_eval=500",
+            "data.num_train=128",
+            f"stages=[{{operations: {operations}}}]",
+        ],
+    )
+    stages = resolve_stages(cfg)
+    with pytest.raises(ConfigError, match=field + ": found only"):
+        sample_splits(cfg, stages, build_tasks(stages))
+
+
 def test_stages_are_checked_with_the_field_named():
     from cdscale.config import resolve_stages
 
