@@ -12,13 +12,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # compile cache empty, 65 CPU-seconds and 61 s to start and generate, against 79 and 76 with the
 # pool, alone on 2 CPUs (2026-12-06). A Ray cluster started here passes it on to the engines.
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
-# A new Ray node starts two idle Python workers for its first driver. A trainer rank takes one
-# when it starts; an engine never does (it asks for its own environment). Most of the suite's
-# clusters have one rank or none, so their spare workers only start and poll: a local cluster
-# alive for 30 s without actors took 7.2-8.7 CPU-seconds without them and 9.7-10.1 with them,
-# alone on 2 CPUs (2026-12-06). Every cluster started here or by a `cdscale run` subprocess
-# inherits this; a rank then starts its worker itself.
-os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
