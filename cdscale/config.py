@@ -739,7 +739,7 @@ def resolve_stages(cfg: Config) -> list[StageConfig]:
             num_train = cfg.data.num_train if op.num_train is None else op.num_train
             op = dataclasses.replace(
                 op,
-                name=op.name or task.name,
+                name=_operation_name(cfg, op),
                 task=task,
                 num_train=num_train,
                 num_eval=cfg.data.num_eval if op.num_eval is None else op.num_eval,
@@ -763,9 +763,14 @@ def count_field(cfg: Config, operation: str, count: str) -> str:
     from: its own entry in `stages`, or the `data` default, so that an error names what to change."""
     for k, stage in enumerate(cfg.stages):
         for i, op in enumerate(stage.operations):
-            if (op.name or (op.task or cfg.task).name) == operation and getattr(op, count) is not None:
+            if _operation_name(cfg, op) == operation and getattr(op, count) is not None:
                 return f"stages[{k}].operations[{i}].{count}"
     return f"data.{count}"
+
+
+def _operation_name(cfg: Config, op: OperationConfig) -> str:
+    """An operation's name as given in `stages`, or its task's (its own task, else `task`)."""
+    return op.name or (op.task or cfg.task).name
 
 
 def _check_operation(cfg: Config, op: OperationConfig, where: str) -> None:
