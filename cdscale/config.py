@@ -276,7 +276,11 @@ class StudentConfig:
     lr: float = _f(6e-4, "peak learning rate (AdamW); the demo's, chosen in docs/results.md#learning-rate-of-the-demo")
     weight_decay: float = _f(0.0, "AdamW weight decay (paper: 0)")
     warmup_steps: int = _f(50, "linear warm-up steps, then cosine decay to 10% of lr")
-    batch_size: int = _f(64, "global batch size (sequences), split evenly across ranks")
+    batch_size: int = _f(
+        64,
+        "global batch size (sequences), split evenly across ranks; the demo's, chosen in "
+        "docs/results.md#batch-size-of-the-demo",
+    )
     epochs: int = _f(3, "passes over each round's distillation data")
     until_accuracy: float = _f(
         0.0,

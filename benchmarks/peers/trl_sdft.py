@@ -74,7 +74,7 @@ def sdft_config_kwargs(
     weight_decay: float = 0.0,
     warmup_steps: int = 50,
     grad_clip: float = 1.0,
-    batch_size: int = 128,
+    batch_size: int = 64,
     sampling_temperature: float = 1.0,
     loss_temperature: float = 1.0,
     teacher_mode: str = "frozen",
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="/tmp/tiny-addition", help="HF folder (a copy of the cdscale tiny teacher)")
     p.add_argument("--mode", choices=["on_policy", "off_policy"], default="on_policy")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps (max_steps)")
-    p.add_argument("--batch-size", type=int, default=128, help="completions per step (cdscale student.batch_size)")
+    p.add_argument("--batch-size", type=int, default=64, help="completions per step (cdscale student.batch_size)")
     p.add_argument("--num-prompts", type=int, default=0, help="training inputs (0: steps * batch size, all used once)")
     p.add_argument("--lr", type=float, default=6e-4, help="peak lr (cdscale student.lr)")
     p.add_argument("--warmup-steps", type=int, default=50, help="cdscale student.warmup_steps")
