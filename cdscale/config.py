@@ -250,7 +250,7 @@ class StudentConfig:
     offload: str = _f(
         "none",
         "ZeRO-Offload for GPU ranks: optimizer keeps the optimizer states in CPU memory and steps them there "
-        "(DeepSpeed's CPU Adam, compiled on first use; ZeRO-2 or 3); optimizer_and_params also keeps the "
+        "(torch's fused CPU AdamW; ZeRO-2 or 3); optimizer_and_params also keeps the "
         "parameters there between uses (ZeRO-3). Less GPU memory for a slower step; on CPU ranks nothing moves",
         ("none", "optimizer", "optimizer_and_params"),
     )

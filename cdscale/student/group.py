@@ -40,6 +40,9 @@ def deepspeed_config(cfg: Config) -> dict[str, Any]:
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
         "fp16": {"enabled": cfg.model.dtype == "float16"},
         "steps_per_print": 10**9,
+        # An offloaded optimizer steps with torch's fused CPU AdamW (`StudentTrainer._optimizer`),
+        # which DeepSpeed would refuse, asking for its own CPU Adam.
+        "zero_force_ds_cpu_optimizer": False,
     }
 
 
