@@ -158,7 +158,7 @@ def tiny_stand_in(built_once):
         from cdscale.bootstrap import BootstrapSettings, bootstrap
         from cdscale.tasks import build_task
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(1)  # as the tiny teacher's bootstrap (tests/conftest.py): fewer CPU-seconds
         tasks = [
             build_task("addition", {"min_digits": 1, "max_digits": SMALL["tiny"]["addition_max_digits"]}),
             *(
