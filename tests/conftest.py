@@ -116,8 +116,9 @@ def teacher_model(built_once):
         from cdscale.tasks import build_task
 
         # One thread: the suite keeps both cores busy, so CPU-seconds are its time, and this
-        # bootstrap took 59 of them on one thread against 73 on two (alone, slow AMD EPYC draw,
-        # OMP_WAIT_POLICY=PASSIVE, 2026-12-06); the other workers' tests use the second core.
+        # bootstrap took 53-59 of them on one thread against 69-73 on two, with the same weights
+        # (alone, two runs each, slow AMD EPYC draw, OMP_WAIT_POLICY=PASSIVE, 2026-12-06); the
+        # other workers' tests use the second core.
         torch.set_num_threads(1)
         task = build_task("addition", {"min_digits": 1, "max_digits": 2})
         bootstrap(task, out, BootstrapSettings(steps=250, batch_size=32, lr=3e-3, until_sampled_accuracy=None))

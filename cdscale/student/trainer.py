@@ -305,8 +305,8 @@ class StudentTrainer:
     def _optimizer(self, trainable: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """torch's AdamW: works on CPU and GPU alike, no op compilation at start-up. With the
         optimizer offloaded (`student.offload`) its states live in CPU memory and it steps
-        there, with torch's fused CPU kernel: on 2 CPUs it stepped 135M parameters in 80 ms
-        against DeepSpeed's CPU Adam's 75, to the same weights within 3e-8
+        there, with torch's fused CPU kernel: on 2 CPUs it stepped 135M parameters in 80-88 ms
+        against DeepSpeed's CPU Adam's 75-78 (two runs), to the same weights within 6e-8
         (`benchmarks/offload_adam.py`), without that op's C++ build (a minute of 2 CPUs on every
         new machine, and a compiler on every node). `deepspeed_config` turns off DeepSpeed's
         refusal of a torch optimizer there."""
