@@ -11,6 +11,7 @@ from benchmarks.student_training import make_records
 from cdscale.config import ConfigError, load_config
 from cdscale.placement import start_local_ray
 from cdscale.student.group import TrainerGroup, deepspeed_config
+from cdscale.student.trainer import StudentTrainer, TrainerSettings
 from cdscale.sync.object_store import export_weights
 
 
@@ -45,6 +46,19 @@ def test_offload_writes_deepspeeds_offload_sections(offload, zero):
 def test_offload_needs_a_zero_stage_that_partitions_what_it_moves(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("offload,fused", [("none", None), ("optimizer", True), ("optimizer_and_params", True)])
+def test_an_offloaded_optimizer_is_torchs_fused_adamw_which_deepspeed_is_told_to_accept(offload, fused):
+    """No DeepSpeed CPU Adam: it compiles C++ on first use on every machine (about 100
+    CPU-seconds on 2 CPUs), which DeepSpeed asks for unless `zero_force_ds_cpu_optimizer` is off."""
+    cfg = load_config(None, [f"student.offload={offload}", "student.zero_stage=3"])
+    ds_config = deepspeed_config(cfg)
+    assert ds_config["zero_force_ds_cpu_optimizer"] is False
+    trainer = StudentTrainer(0, 1, TrainerSettings("unused", lr=1e-3, weight_decay=0.01), ds_config)
+    optimizer = trainer._optimizer([torch.nn.Parameter(torch.zeros(4))])
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["fused"] is fused
+    assert optimizer.defaults["lr"] == 1e-3 and optimizer.defaults["weight_decay"] == 0.01
 
 
 @pytest.mark.stack
