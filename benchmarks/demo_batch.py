@@ -8,29 +8,31 @@ are a finished run's round 0.
 
 import argparse
 import random
-import time
 from pathlib import Path
 
 import ray
 
-from benchmarks.common import machine
+from benchmarks.common import Timer, machine
 from cdscale.checkpoint import read_shard
 from cdscale.config import load_config
 from cdscale.placement import start_local_ray
 from cdscale.student.group import TrainerGroup
+from cdscale.student.loop import batch_plan
 
 SEQUENCES = 25_600  # per measurement, whatever the batch
 
 
-def ms_per_step(trainers: TrainerGroup, num_records: int, batch: int) -> float:
-    order = list(range(num_records))
-    random.Random(batch).shuffle(order)
-    steps = [order[i * batch : (i + 1) * batch] for i in range(SEQUENCES // batch + 25)]
-    trainers.call("train_steps", steps[:25], [1e-4] * 25)  # warm-up
-    start = time.perf_counter()
-    for first in range(25, len(steps), 25):
-        trainers.call("train_steps", steps[first : first + 25], [1e-4] * 25)
-    return (time.perf_counter() - start) / (len(steps) - 25) * 1000
+def ms_per_step(trainers: TrainerGroup, num_records: int, batch: int, per_call: int) -> float:
+    """The mean step time over SEQUENCES sequences, in calls of `per_call` steps as a round
+    makes them, after one call of warm-up."""
+    plan = batch_plan(num_records, batch, 1, random.Random(batch))[: SEQUENCES // batch + per_call]
+    steps = [indices for _, indices in plan]
+    trainers.call("train_steps", steps[:per_call], [1e-4] * per_call)
+    with Timer() as timed:
+        for first in range(per_call, len(steps), per_call):
+            chunk = steps[first : first + per_call]
+            trainers.call("train_steps", chunk, [1e-4] * len(chunk))
+    return timed.seconds / (len(steps) - per_call) * 1000
 
 
 def main() -> None:
@@ -49,7 +51,7 @@ def main() -> None:
                 cfg = load_config(str(args.run_dir / "config.yaml"), [f"student.batch_size={batch}"])
                 trainers = TrainerGroup.from_config(cfg, str(args.model_dir)).start()
                 trainers.call("set_records", ray.put(records))
-                ms = ms_per_step(trainers, len(records), batch)
+                ms = ms_per_step(trainers, len(records), batch, cfg.student.steps_per_call)
                 epoch = ms * (len(records) // batch) / 1000
                 print(f"batch {batch}: {ms:.1f} ms per step, {epoch:.0f} s per epoch", flush=True)
                 trainers.kill()
