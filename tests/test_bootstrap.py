@@ -3,12 +3,16 @@ restarts its schedule (at most max_restarts times) while the teacher is below it
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 
 from cdscale.bootstrap import BootstrapSettings, bootstrap
+from cdscale.config import load_config, resolve_stages
 from cdscale.tasks import build_task
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _settings(until: float) -> BootstrapSettings:
@@ -109,15 +113,21 @@ def test_a_teacher_of_a_fixed_problem_set_learns_only_those_and_saves_them_as_re
 
 
 def test_the_table3_baselines_labels_are_the_problems_its_teacher_learned():
-    """configs/table3_sc_then_dir_labels.yaml fine-tunes on configs/data/table3_labels.jsonl: the
-    problems `cdscale bootstrap --max-digits 8 --same-length --problems 4096` (seed 0) teaches."""
+    """configs/table3_sc_then_dir_labels.yaml and table3_sc_plus_dir_labels.yaml fine-tune on
+    configs/data/table3_labels.jsonl: the problems `cdscale bootstrap --max-digits 8
+    --same-length --problems 4096` (seed 0) teaches."""
     import random
-    from pathlib import Path
 
     from cdscale.bootstrap import training_problems
     from cdscale.tasks.records import load_records
 
     task = build_task("addition", {"min_digits": 1, "max_digits": 8, "same_length": True})
     pool = training_problems([task], 4096, random.Random("problems-0"))
-    committed = load_records(Path(__file__).resolve().parent.parent / "configs" / "data" / "table3_labels.jsonl")
+    committed = load_records(ROOT / "configs" / "data" / "table3_labels.jsonl")
     assert [(x.input, x.gold) for _, x in committed] == [(x.input, x.gold) for _, x in pool]
+    for name in ("table3_sc_then_dir_labels", "table3_sc_plus_dir_labels"):
+        stage = resolve_stages(load_config(str(ROOT / "configs" / f"{name}.yaml")))[0]
+        files = {
+            op.task.options.get("path") or op.task.options.get("problems") for op in stage.operations if op.num_train
+        }
+        assert files == {"configs/data/table3_labels.jsonl"}, name

@@ -88,8 +88,9 @@ def merged_config(paths: list[Path], model: Path, out: Path, small: dict) -> Con
                 merged_op["synthetic_top_up"] = 1 if op.synthetic_top_up and num_train else 0
                 if op.task.name == "chat":  # a response cut at the token cap still trains: a run
                     merged_op["task"]["options"]["keep_truncated"] = True  # of two inputs needs one kept
-                if op.task.name == "addition" and "addition_max_digits" in small:
-                    options = merged_op["task"]["options"]
+                options = merged_op["task"]["options"]
+                # A problems file is the distribution itself (its problems' lengths are fixed).
+                if op.task.name == "addition" and "addition_max_digits" in small and "problems" not in options:
                     # 8: the addition task's own default, when a config gives no max_digits.
                     options["max_digits"] = min(options.get("max_digits", 8), small["addition_max_digits"])
                     options["min_digits"] = min(options.get("min_digits", 1), options["max_digits"])

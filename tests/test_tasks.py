@@ -1,6 +1,7 @@
 """The addition task: the scratchpad format, the extractor f, the scorer and the sampler D."""
 
 import random
+import re
 import tracemalloc
 
 import pytest
@@ -71,6 +72,41 @@ def test_same_length_draws_one_digit_count_for_both_operands_and_keeps_the_defau
     assert same.parse_input("1 2 + 3") == "operands of different lengths"
     with pytest.raises(ValueError, match="same_length"):
         build_task("addition", {"same_length": "yes"})
+
+
+def test_a_problems_file_is_the_distribution_and_each_problem_has_its_gold_scratchpad(tmp_path):
+    path = tmp_path / "problems.jsonl"
+    path.write_text('{"input": "4 1 + 3 7", "gold": "7 8"}\n{"input": "9 + 9", "gold": "1 8"}\n')
+    task = build_task("addition", {"problems": str(path)})
+    xs = task.sample_inputs(400, random.Random(0))
+    assert {x.input for x in xs} == {"4 1 + 3 7", "9 + 9"}
+    assert 150 < sum(x.input == "9 + 9" for x in xs) < 250  # uniform, repeats allowed
+    assert xs == task.sample_inputs(400, random.Random(0))
+    # The records task draws the same problems from the same seed: the Sc->Dir baseline on the
+    # file (a records task) and Sc+Dir (this task) see one sequence of problems.
+    records = build_task("records", {"path": str(path)}).sample_inputs(400, random.Random(0))
+    assert [x.input for x in xs] == [x.input for x in records]
+    by_input = {x.input: x for x in xs}
+    assert task.teacher_demonstration(by_input["9 + 9"]) == scratchpad(9, 9) + "\n1 8"
+    assert task.teacher_demonstration(by_input["4 1 + 3 7"]).endswith("</scratch>\n7 8")
+    assert task.score(by_input["4 1 + 3 7"], "7 8") == 1.0
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"input": "4 1 + 3 7", "gold": "7 9"}', "line 2: gold '7 9' is not the sum '7 8'"),
+        ('{"input": "41 + 37", "gold": "78"}', "line 2: input '41 + 37' is not a sum of two spaced numbers"),
+        ('{"input": "4 1 + 3 7"}', "line 2: missing field 'gold'"),
+    ],
+)
+def test_a_bad_problem_names_the_file_and_line(tmp_path, line, message):
+    path = tmp_path / "problems.jsonl"
+    path.write_text('{"input": "1 + 2", "gold": "3"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path} {message}")):
+        build_task("addition", {"problems": str(path)})
+    with pytest.raises(ValueError, match="max_digits do not apply"):
+        build_task("addition", {"problems": str(path), "max_digits": 2})
 
 
 def test_templates_differ_only_in_what_they_ask_for():

@@ -23,6 +23,7 @@ import random
 import re
 
 from cdscale.tasks import Example, Task, register_task
+from cdscale.tasks.records import RecordError, load_records
 
 SCRATCH_OPEN, SCRATCH_CLOSE = "<scratch>", "</scratch>"
 _DIGITS = re.compile(r"\d( \d)*")
@@ -65,18 +66,54 @@ class Addition(Task):
     (the paper's prose: "uniform over all 1 through 8 digit addition questions"). With
     `same_length`, one digit count uniform in the range for both operands: the distribution
     of the authors' code and test set (`src/scratchpads.py`), where 8 + 8 digits is an eighth
-    of the problems rather than a sixty-fourth."""
+    of the problems rather than a sixty-fourth.
+
+    With `problems` (a records file, such as the `train_problems.jsonl` of a teacher
+    bootstrapped with `--problems`), D is that fixed set of labelled problems instead, drawn
+    uniformly with repeats, as the `records` task draws; each problem's gold scratchpad is
+    computed from it, so a baseline can train on gold scratchpads (Sc+Dir) and gold answers
+    (Sc->Dir) of exactly the problems the teacher learned. The digit options then do not apply."""
 
     teacher_reasons_first = True
 
-    def __init__(self, min_digits: int = 1, max_digits: int = 8, same_length: bool = False):
+    def __init__(
+        self,
+        min_digits: int | None = None,
+        max_digits: int | None = None,
+        same_length: bool | None = None,
+        problems: str | None = None,
+    ):
+        self.problems: list[Example] | None = None
+        if problems is not None:
+            digit_options = {"min_digits": min_digits, "max_digits": max_digits, "same_length": same_length}
+            given = [name for name, value in digit_options.items() if value is not None]
+            if given:
+                raise ValueError(f"problems: the file is the distribution; {', '.join(given)} do not apply with it")
+            self.problems = [self._problem(x, f"{problems} line {line}") for line, x in load_records(problems)]
+        min_digits, max_digits = 1 if min_digits is None else min_digits, 8 if max_digits is None else max_digits
         if not 1 <= min_digits <= max_digits:
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
-        if not isinstance(same_length, bool):
+        if same_length is not None and not isinstance(same_length, bool):
             raise ValueError(f"same_length: must be true or false, got {same_length!r}")
-        self.min_digits, self.max_digits, self.same_length = min_digits, max_digits, same_length
+        self.min_digits, self.max_digits, self.same_length = min_digits, max_digits, bool(same_length)
+
+    @staticmethod
+    def _problem(record: Example, where: str) -> Example:
+        """A record of the problems file as this task's input, its sum checked."""
+        match = _PROBLEM.fullmatch(record.input.strip())
+        if match is None:
+            raise RecordError(
+                f"{where}: input {record.input!r} is not a sum of two spaced numbers, such as '4 1 + 3 7'"
+            )
+        a, b = (int(group.replace(" ", "")) for group in match.groups())
+        gold = spaced(str(a + b))
+        if record.gold.strip() != gold:
+            raise RecordError(f"{where}: gold {record.gold!r} is not the sum {gold!r}")
+        return Example(input=record.input.strip(), gold=gold, meta={"a": a, "b": b})
 
     def sample_inputs(self, n: int, rng: random.Random) -> list[Example]:
+        if self.problems is not None:
+            return [self.problems[rng.randrange(len(self.problems))] for _ in range(n)]
         out = []
         for _ in range(n):
             # The draws in this order keep the independent-length stream of earlier versions.
