@@ -48,6 +48,48 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # Each test's span, setup to teardown, per xdist worker: {(worker, test id): [start, stop]} (epoch s).
 _TIMELINE: dict[tuple[str, str], list[float]] = {}
+# Each stack test's CPU-seconds, setup to teardown: {test id: seconds}.
+_CPU: dict[str, float] = {}
+_CPU_BEFORE = pytest.StashKey[dict[int, float]]()
+
+
+def _tree_cpu_seconds() -> dict[int, float]:
+    """CPU-seconds of this process and of each descendant alive (its Ray cluster and actors, a
+    `cdscale run` subprocess and its cluster), each with those of the children it has reaped."""
+    import psutil
+
+    me = psutil.Process()
+    seconds = {}
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            t = process.cpu_times()
+        except psutil.Error:  # it ended meanwhile
+            continue
+        seconds[process.pid] = t.user + t.system + t.children_user + t.children_system
+    return seconds
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item):
+    if item.get_closest_marker("stack"):
+        item.stash[_CPU_BEFORE] = _tree_cpu_seconds()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A stack test's CPU work, setup to teardown, in its teardown report (which xdist sends
+    to the controller): what the suite's time is made of on a machine whose cores are all busy.
+    A lower bound: a process orphaned by a killed driver is reaped by init, not counted."""
+    outcome = yield
+    before = item.stash.get(_CPU_BEFORE, None)
+    if call.when == "teardown" and before is not None:
+        after = _tree_cpu_seconds()
+        # A process alive before and gone now was reaped into its parent's count, whole.
+        spent = sum(t - before.get(pid, 0.0) for pid, t in after.items()) - sum(
+            t for pid, t in before.items() if pid not in after
+        )
+        outcome.get_result().user_properties.append(("cpu_s", round(spent, 1)))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -56,12 +98,15 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     gateway = getattr(getattr(report, "node", None), "gateway", None)  # the worker that ran it, under xdist
     span = _TIMELINE.setdefault((gateway.id if gateway else "main", report.nodeid), [report.start, report.stop])
     span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
+    cpu = dict(report.user_properties).get("cpu_s")
+    if cpu is not None:
+        _CPU[report.nodeid] = cpu
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Per worker, when its last test ended and its tests over 20 s in the order they ran (seconds
-    from the first test's start): whether a worker idled at the end, and which tests shared the
-    cores, which `--durations` does not show."""
+    from the first test's start, and a stack test's CPU-seconds): whether a worker idled at the
+    end, which tests shared the cores, and what each cost, which `--durations` does not show."""
     if not _TIMELINE:
         return
     t0 = min(start for start, _ in _TIMELINE.values())
@@ -73,7 +118,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{worker}: its last test ended at {max(stop for _, stop, _ in spans):.0f} s")
         for start, stop, test in spans:
             if stop - start > 20:
-                terminalreporter.write_line(f"  {start:5.0f} - {stop:5.0f} s  {test}")
+                cpu = f"{_CPU[test]:5.0f} CPU-s" if test in _CPU else " " * 10
+                terminalreporter.write_line(f"  {start:5.0f} - {stop:5.0f} s  {cpu}  {test}")
+    if _CPU:
+        terminalreporter.write_line(
+            f"stack tests: {sum(_CPU.values()):.0f} CPU-s in all (processes they started included)"
+        )
 
 
 @pytest.fixture(scope="session")
