@@ -50,46 +50,54 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 _TIMELINE: dict[tuple[str, str], list[float]] = {}
 # Each stack test's CPU-seconds, setup to teardown: {test id: seconds}.
 _CPU: dict[str, float] = {}
-_CPU_BEFORE = pytest.StashKey[dict[int, float]]()
+_CPU_BEFORE = pytest.StashKey[float]()
+_CPU_GROUPS = Path("/sys/fs/cgroup/cpuacct/cdscale-tests")
 
 
-def _tree_cpu_seconds() -> dict[int, float]:
-    """CPU-seconds of this process and of each descendant alive (its Ray cluster and actors, a
-    `cdscale run` subprocess and its cluster), each with those of the children it has reaped."""
-    import psutil
+def _cpu_seconds() -> float | None:
+    """CPU-seconds of every process this one started, its own included, from a cpuacct cgroup
+    of its own: a process stays in its group when its parent dies, so the Ray processes of a
+    killed driver, reparented to init, still count. None where cgroup v1's cpuacct is not
+    writable (a laptop): nothing is measured there."""
+    group = _CPU_GROUPS / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
+    try:
+        if not group.is_dir():
+            group.mkdir(parents=True)
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+        return int((group / "cpuacct.usage").read_text()) / 1e9
+    except OSError:
+        return None
 
-    me = psutil.Process()
-    seconds = {}
-    for process in [me, *me.children(recursive=True)]:
+
+def pytest_sessionfinish() -> None:
+    """Out of the measuring group, and the group removed (unless a process it left lives on)."""
+    group = _CPU_GROUPS / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
+    if group.is_dir():
         try:
-            t = process.cpu_times()
-        except psutil.Error:  # it ended meanwhile
-            continue
-        seconds[process.pid] = t.user + t.system + t.children_user + t.children_system
-    return seconds
+            (_CPU_GROUPS.parent / "cgroup.procs").write_text(str(os.getpid()))
+            group.rmdir()
+            _CPU_GROUPS.rmdir()  # the last worker's
+        except OSError:
+            pass
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item):
-    if item.get_closest_marker("stack"):
-        item.stash[_CPU_BEFORE] = _tree_cpu_seconds()
+    seconds = _cpu_seconds() if item.get_closest_marker("stack") else None
+    if seconds is not None:
+        item.stash[_CPU_BEFORE] = seconds
     yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """A stack test's CPU work, setup to teardown, in its teardown report (which xdist sends
-    to the controller): what the suite's time is made of on a machine whose cores are all busy.
-    A lower bound: a process orphaned by a killed driver is reaped by init, not counted."""
+    """A stack test's CPU work, setup to teardown (with the processes it started), in its
+    teardown report, which xdist sends to the controller: what the suite's time is made of on
+    a machine whose cores are all busy. A process a test leaves running counts in the next."""
     outcome = yield
     before = item.stash.get(_CPU_BEFORE, None)
     if call.when == "teardown" and before is not None:
-        after = _tree_cpu_seconds()
-        # A process alive before and gone now was reaped into its parent's count, whole.
-        spent = sum(t - before.get(pid, 0.0) for pid, t in after.items()) - sum(
-            t for pid, t in before.items() if pid not in after
-        )
-        outcome.get_result().user_properties.append(("cpu_s", round(spent, 1)))
+        outcome.get_result().user_properties.append(("cpu_s", round(_cpu_seconds() - before, 1)))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
