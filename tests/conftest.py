@@ -63,7 +63,11 @@ def _cpu_seconds() -> float | None:
     try:
         if not group.is_dir():
             group.mkdir(parents=True)
-            (group / "cgroup.procs").write_text(str(os.getpid()))
+            try:
+                (group / "cgroup.procs").write_text(str(os.getpid()))
+            except OSError:
+                group.rmdir()
+                raise
         return int((group / "cpuacct.usage").read_text()) / 1e9
     except OSError:
         return None
