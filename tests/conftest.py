@@ -74,13 +74,18 @@ def _cpu_seconds() -> float | None:
 
 
 def pytest_sessionfinish() -> None:
-    """Out of the measuring group, and the group removed (unless a process it left lives on)."""
+    """Out of the measuring group, and the groups without processes removed: this one, and one
+    that an earlier run could not remove while a process it had started still lived."""
     group = _CPU_GROUPS / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
-    if group.is_dir():
+    if not group.is_dir():
+        return
+    try:
+        (_CPU_GROUPS.parent / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError:
+        return
+    for empty in [*_CPU_GROUPS.glob("*/"), _CPU_GROUPS]:  # a group with processes stays (EBUSY)
         try:
-            (_CPU_GROUPS.parent / "cgroup.procs").write_text(str(os.getpid()))
-            group.rmdir()
-            _CPU_GROUPS.rmdir()  # the last worker's
+            empty.rmdir()
         except OSError:
             pass
 
