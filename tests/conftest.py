@@ -52,6 +52,7 @@ _TIMELINE: dict[tuple[str, str], list[float]] = {}
 _CPU: dict[str, float] = {}
 _CPU_BEFORE = pytest.StashKey[float]()
 _CPU_GROUPS = Path("/sys/fs/cgroup/cpuacct/cdscale-tests")
+_CPU_GROUP = _CPU_GROUPS / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"  # this worker's
 
 
 def _cpu_seconds() -> float | None:
@@ -59,16 +60,15 @@ def _cpu_seconds() -> float | None:
     of its own: a process stays in its group when its parent dies, so the Ray processes of a
     killed driver, reparented to init, still count. None where cgroup v1's cpuacct is not
     writable (a laptop): nothing is measured there."""
-    group = _CPU_GROUPS / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
     try:
-        if not group.is_dir():
-            group.mkdir(parents=True)
+        if not _CPU_GROUP.is_dir():
+            _CPU_GROUP.mkdir(parents=True)
             try:
-                (group / "cgroup.procs").write_text(str(os.getpid()))
+                (_CPU_GROUP / "cgroup.procs").write_text(str(os.getpid()))
             except OSError:
-                group.rmdir()
+                _CPU_GROUP.rmdir()
                 raise
-        return int((group / "cpuacct.usage").read_text()) / 1e9
+        return int((_CPU_GROUP / "cpuacct.usage").read_text()) / 1e9
     except OSError:
         return None
 
@@ -76,8 +76,7 @@ def _cpu_seconds() -> float | None:
 def pytest_sessionfinish() -> None:
     """Out of the measuring group, and the groups without processes removed: this one, and one
     that an earlier run could not remove while a process it had started still lived."""
-    group = _CPU_GROUPS / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
-    if not group.is_dir():
+    if not _CPU_GROUP.is_dir():
         return
     try:
         (_CPU_GROUPS.parent / "cgroup.procs").write_text(str(os.getpid()))

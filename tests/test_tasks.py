@@ -96,7 +96,8 @@ def test_a_problems_file_is_the_distribution_and_each_problem_has_its_gold_scrat
     "line, message",
     [
         ('{"input": "4 1 + 3 7", "gold": "7 9"}', "line 2: gold '7 9' is not the sum '7 8'"),
-        ('{"input": "41 + 37", "gold": "78"}', "line 2: input '41 + 37' is not a sum of two spaced numbers"),
+        ('{"input": "41 + 37", "gold": "78"}', "line 2: input '41 + 37': not a sum of two spaced numbers"),
+        ('{"input": "0 4 + 3", "gold": "7"}', "line 2: input '0 4 + 3': leading zero"),
         ('{"input": "4 1 + 3 7"}', "line 2: missing field 'gold'"),
     ],
 )

@@ -39,6 +39,17 @@ def random_number(rng: random.Random, n: int) -> int:
     return rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1)
 
 
+def operands(line: str) -> tuple[int, int] | str:
+    """The two numbers of a spaced sum such as "4 1 + 3 7", or why the line is not one."""
+    match = _PROBLEM.fullmatch(line.strip())
+    if match is None:
+        return "not a sum of two spaced numbers"
+    if any(g.startswith("0 ") for g in match.groups()):
+        return "leading zero"
+    a, b = (int(group.replace(" ", "")) for group in match.groups())
+    return a, b
+
+
 def scratchpad(a: int, b: int) -> str:
     """The Nye et al. scratchpad for a + b, including the markup lines."""
     left_a, left_b = str(a), str(b)
@@ -100,12 +111,10 @@ class Addition(Task):
     @staticmethod
     def _problem(record: Example, where: str) -> Example:
         """A record of the problems file as this task's input, its sum checked."""
-        match = _PROBLEM.fullmatch(record.input.strip())
-        if match is None:
-            raise RecordError(
-                f"{where}: input {record.input!r} is not a sum of two spaced numbers, such as '4 1 + 3 7'"
-            )
-        a, b = (int(group.replace(" ", "")) for group in match.groups())
+        parsed = operands(record.input)
+        if isinstance(parsed, str):
+            raise RecordError(f"{where}: input {record.input!r}: {parsed}, such as '4 1 + 3 7'")
+        a, b = parsed
         gold = spaced(str(a + b))
         if record.gold.strip() != gold:
             raise RecordError(f"{where}: gold {record.gold!r} is not the sum {gold!r}")
@@ -152,12 +161,10 @@ class Addition(Task):
         return "".join(f"Input:\n{x.input}\n" for x in shots) + "Input:\n"
 
     def parse_input(self, line: str) -> Example | str:
-        match = _PROBLEM.fullmatch(line.strip())
-        if match is None:
-            return "not a sum of two spaced numbers"
-        if any(g.startswith("0 ") for g in match.groups()):
-            return "leading zero"
-        a, b = (int(group.replace(" ", "")) for group in match.groups())
+        parsed = operands(line)
+        if isinstance(parsed, str):
+            return parsed
+        a, b = parsed
         if any(not self.min_digits <= len(str(n)) <= self.max_digits for n in (a, b)):
             return "operand outside the task's digit range"
         if self.same_length and len(str(a)) != len(str(b)):
