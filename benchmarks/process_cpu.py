@@ -6,10 +6,10 @@ count of `make test` gives only its total.
 
 Every process that starts after the command does is sampled from /proc every half second,
 whatever its parent (Ray's daemons are not the command's descendants once their parent
-exits); a process is counted under the kind it had when last seen, and one that ends between
-two samples loses its last half second. Processes of other commands that start meanwhile
-count too: run it on an otherwise idle machine. Ray renames a worker when
-an actor starts in it, so a worker's imports before that count as `ray::IDLE`.
+exits); each sample's CPU counts under the kind the process has at that sample, and a process
+that ends between two samples loses its last half second. Processes of other commands that
+start meanwhile count too: run it on an otherwise idle machine. Ray renames a worker when an
+actor starts in it, so a worker's imports before that count as `ray::IDLE`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     before = set(snapshot())  # processes already running are not the command's
-    seen: dict[tuple[str, str], tuple[str, float]] = {}
+    seen: dict[tuple[str, str], float] = {}  # CPU-seconds at the last sample
     began = time.monotonic()
     proc = subprocess.Popen(command)
     total: collections.Counter[str] = collections.Counter()
@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         for key, (k, cpu) in snapshot().items():
             if key in before:
                 continue
-            spent = cpu - seen.get(key, (k, 0.0))[1]
+            spent = cpu - seen.get(key, 0.0)
             total[k] += spent
             timeline[row][k] += spent
-            seen[key] = (k, cpu)
+            seen[key] = cpu
     print(f"\n{command[0]} exited {proc.returncode} after {time.monotonic() - began:.0f} s")
     for k, cpu in total.most_common():
         if cpu >= 0.5:
