@@ -1,13 +1,15 @@
-"""The demo's training step at two batch sizes, alternated in one process so that the
-machine's drift (2026-12-06: the same step 25% slower 40 minutes later) falls on both alike.
-The trainer ranks are the demo's (2 ranks, ZeRO-2, one CPU each, as Ray actors); the records
-are a finished run's round 0.
+"""The demo's training step at several batch sizes or rank layouts, alternated in one process
+so that the machine's drift (2026-12-06: the same step 25% slower 40 minutes later) falls on
+all alike. The trainer ranks are Ray actors with the run's DeepSpeed settings; a layout RxC is
+R ranks of C CPUs each (C torch threads), the demo's being 2x1. The records are a finished
+run's round 0.
 
-    python -m benchmarks.demo_batch RUN_DIR MODEL_DIR [--batches 64,128] [--repeats 2]
+    python -m benchmarks.demo_batch RUN_DIR MODEL_DIR [--batches 64,128] [--layouts 2x1,1x2] [--repeats 2]
 """
 
 import argparse
 import random
+from itertools import product
 from pathlib import Path
 
 import ray
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--batches", default="64,128")
+    parser.add_argument("--layouts", default="2x1", help="ranks x CPUs per rank, comma-separated")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     records, _ = read_shard(args.run_dir, 0)
@@ -47,13 +50,19 @@ def main() -> None:
     print(f"{machine()}; {len(records)} records of {args.run_dir}")
     try:
         for _ in range(args.repeats):
-            for batch in map(int, args.batches.split(",")):
-                cfg = load_config(str(args.run_dir / "config.yaml"), [f"student.batch_size={batch}"])
+            for batch, layout in product(map(int, args.batches.split(",")), args.layouts.split(",")):
+                ranks, cpus = layout.split("x")
+                overrides = [
+                    f"student.batch_size={batch}",
+                    f"student.num_ranks={ranks}",
+                    f"student.cpus_per_rank={cpus}",
+                ]
+                cfg = load_config(str(args.run_dir / "config.yaml"), overrides)
                 trainers = TrainerGroup.from_config(cfg, str(args.model_dir)).start()
                 trainers.call("set_records", ray.put(records))
                 ms = ms_per_step(trainers, len(records), batch, cfg.student.steps_per_call)
                 epoch = ms * (len(records) // batch) / 1000
-                print(f"batch {batch}: {ms:.1f} ms per step, {epoch:.0f} s per epoch", flush=True)
+                print(f"batch {batch}, {layout}: {ms:.1f} ms per step, {epoch:.0f} s per epoch", flush=True)
                 trainers.kill()
     finally:
         ray.shutdown()

@@ -213,7 +213,7 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eval-every",
         type=int,
-        default=500,
+        default=250,
         metavar="STEPS",
         help="measure the teacher's greedy and sampled accuracy every STEPS steps (and at each schedule's end)",
     )
