@@ -5,9 +5,10 @@ sampling the teacher again.
     python docs/results/replay_round.py runs/addition --lr 6e-4 --epochs 3
     python docs/results/replay_round.py runs/addition --extra-epochs 2              # then 2 at the last rate
     python docs/results/replay_round.py runs/addition --extra-epochs 2 --restart 1  # then 2 warm restarts
+    python docs/results/replay_round.py runs/addition --batch-size 32               # another global batch
 
 It trains a fresh copy of the run's model on round 0's data (RUN_DIR/data/) with cdscale's own
-collate, loss and schedule (AdamW, gradient clip, global batch as in `student.batch_size`),
+collate, loss and schedule (AdamW, gradient clip, global batch as in `student.batch_size` or `--batch-size`),
 and prints the exact-match accuracy on the run's held-out inputs (RUN_DIR/eval/OPERATION/teacher.jsonl)
 every 256 steps and at the end of each extra epoch. Extra epochs (`student.until_accuracy`'s)
 follow the planned ones at the schedule's last rate, or with `--restart PEAK` each as a cosine
@@ -42,11 +43,13 @@ parser.add_argument("--epochs", type=float, default=3)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--extra-epochs", type=int, default=0)
 parser.add_argument("--restart", type=float, default=0.0)
+parser.add_argument("--batch-size", type=int, default=None, help="the global batch (default: the run's)")
 args = parser.parse_args()
 torch.manual_seed(args.seed)
 
 cfg = yaml.safe_load((args.run_dir / "config.yaml").read_text())
 student = cfg["student"]
+batch_size = args.batch_size or student["batch_size"]
 model_path = resolve_model_path(cfg["model"]["path"])
 tokenizer = AutoTokenizer.from_pretrained(model_path)
 model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -80,7 +83,7 @@ def exact_match() -> float:
 
 optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=student["weight_decay"])
 rng = random.Random(args.seed)
-per_epoch = len(records) // student["batch_size"]
+per_epoch = len(records) // batch_size
 total = int(per_epoch * args.epochs)
 order: list[int] = []
 start = time.time()
@@ -89,8 +92,8 @@ for step in range(total + per_epoch * args.extra_epochs):
     if not order:
         order = list(range(len(records)))
         rng.shuffle(order)
-    batch = collate([records[i] for i in order[: student["batch_size"]]], 0)
-    order = order[student["batch_size"] :]
+    batch = collate([records[i] for i in order[:batch_size]], 0)
+    order = order[batch_size:]
     for group in optimizer.param_groups:
         group["lr"] = args.lr * warmup_cosine(step, total, student["warmup_steps"])
         if step >= total and args.restart:
