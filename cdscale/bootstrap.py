@@ -101,10 +101,9 @@ class BootstrapSettings:
     batch_size: int = 64
     lr: float = 3e-3
     seed: int = 0
-    # Measure the teacher's accuracy every this many steps (and always at the end). At 250, seed 0
-    # of the demo's teacher stopped at 1,750 steps instead of 2,000 (2026-12-07); a check costs
-    # the time of a few steps.
-    eval_every: int = 250
+    # Measure the teacher's accuracy every this many steps (and always at the end): progress,
+    # and the stop below where `stop_at_criterion` is set. A check costs the time of a few steps.
+    eval_every: int = 500
     learn_inputs: bool = False  # see `demonstration_batch`
     # Train until the teacher's temperature-1 samples are right on at least this fraction of
     # the held-out problems it is checked on: the student learns from those samples, and a
@@ -114,6 +113,12 @@ class BootstrapSettings:
     # warm restart), at most `max_restarts` times. None: exactly `steps`.
     until_sampled_accuracy: float | None = 0.95
     max_restarts: int = 2
+    # Also stop mid-schedule, at the first check that meets the criterion. Off by default: the
+    # demo's teacher of seed 1, stopped so at 1,250 of its 2,000 steps, made a student of 48.8%,
+    # and the same seed's teacher that finished its schedule one of 89.2% (same draw, 2026-12-07;
+    # docs/results.md#where-the-demos-bootstrap-stops). The 8-digit teachers of
+    # configs/table3*.yaml were stopped so (their commands set it) and distilled to 98-99%.
+    stop_at_criterion: bool = False
     check_problems: int = 200  # held-out problems per check, split over the tasks
     # A fixed set of this many distinct training problems (split evenly over the tasks), each
     # batch drawn from it, as the paper's teacher learned from 499 examples; saved beside the
@@ -173,6 +178,7 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
         "problems": s.problems,
         "schedules": schedules,
         "until_sampled_accuracy": s.until_sampled_accuracy,
+        "stop_at_criterion": s.stop_at_criterion,
         "batch_size": s.batch_size,
         "lr": s.lr,
         "seed": s.seed,
@@ -199,8 +205,8 @@ def _train(
     model, tokenizer, tasks: list[Task], s: BootstrapSettings, schedules: list[int], pool: list | None
 ) -> list[dict]:
     """Warm-up + cosine schedules of the given lengths, one after another, with a check every
-    `s.eval_every` steps and at each schedule's end; stops at the first check that meets the
-    criterion. Returns the checks."""
+    `s.eval_every` steps and at each schedule's end; stops at the first schedule's end that meets
+    the criterion (with `s.stop_at_criterion`, at the first check). Returns the checks."""
     rng = random.Random(f"bootstrap-{s.seed}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.98))
     criterion = s.until_sampled_accuracy
@@ -227,7 +233,8 @@ def _train(
                     check["teacher_accuracy"],
                     check["sampled_accuracy"],
                 )
-                if criterion is not None and check["sampled_accuracy"] >= criterion:
+                met = criterion is not None and check["sampled_accuracy"] >= criterion
+                if met and (i == length or s.stop_at_criterion):
                     return history
         if n < len(schedules) - 1:
             log.info("bootstrap: sampled accuracy below %.2f at step %d; the schedule restarts", criterion, step)

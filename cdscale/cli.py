@@ -158,6 +158,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
         learn_inputs=args.learn_inputs,
         until_sampled_accuracy=args.until_sampled_accuracy or None,  # 0: exactly --steps
         max_restarts=args.max_restarts,
+        stop_at_criterion=args.stop_at_criterion,
         spaced_pieces=not args.character_tokenizer,
         problems=args.problems,
     )
@@ -213,7 +214,7 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eval-every",
         type=int,
-        default=250,
+        default=500,
         metavar="STEPS",
         help="measure the teacher's greedy and sampled accuracy every STEPS steps (and at each schedule's end)",
     )
@@ -223,11 +224,17 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="FRACTION",
         help="train until the teacher's temperature-1 samples are right on this fraction of 200 held-out "
-        "problems (checked every --eval-every steps; --steps is one schedule, restarted at half "
+        "problems (checked at each schedule's end; --steps is one schedule, restarted at half "
         "length up to --max-restarts times while below it; 0: exactly --steps). Default: 0.95 for "
         "addition, 0 for arithmetic (its tiny teacher stays near 42%%: docs/results.md)",
     )
     p.add_argument("--max-restarts", type=int, default=2)
+    p.add_argument(
+        "--stop-at-criterion",
+        action="store_true",
+        help="also stop mid-schedule, at the first --eval-every check that meets the criterion: faster, "
+        "but the demo's teacher so stopped made a far worse student (docs/results.md)",
+    )
     p.add_argument(
         "--problems",
         type=int,

@@ -1,5 +1,6 @@
-"""`cdscale bootstrap` trains to a criterion: it stops at the first check that passes, and
-restarts its schedule (at most max_restarts times) while the teacher is below it."""
+"""`cdscale bootstrap` trains to a criterion: it finishes its schedule, restarts it (at most
+max_restarts times) while the teacher is below the criterion at the schedule's end, and with
+stop_at_criterion stops at the first check that passes."""
 
 import json
 import logging
@@ -15,19 +16,35 @@ from cdscale.tasks import build_task
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _settings(until: float) -> BootstrapSettings:
+def _settings(until: float, stop_at_criterion: bool = False) -> BootstrapSettings:
     return BootstrapSettings(
-        steps=6, batch_size=4, eval_every=3, until_sampled_accuracy=until, max_restarts=2, check_problems=4
+        steps=6,
+        batch_size=4,
+        eval_every=3,
+        until_sampled_accuracy=until,
+        max_restarts=2,
+        check_problems=4,
+        stop_at_criterion=stop_at_criterion,
     )
 
 
-def test_training_stops_at_the_first_check_that_passes(tmp_path):
+def test_a_teacher_that_meets_the_criterion_mid_schedule_finishes_the_schedule(tmp_path):
     torch.set_num_threads(2)
     info = bootstrap(build_task("addition", {"max_digits": 2}), tmp_path / "teacher", _settings(until=0.0))
+    # Met at the check of step 3 and at the schedule's end: no restart, no stop before it.
+    assert [h["step"] for h in info["history"]] == [3, 6]
+    assert info["steps"] == 6
+    assert info["schedules"] == [6, 3, 3]
+
+
+def test_with_stop_at_criterion_training_stops_at_the_first_check_that_passes(tmp_path):
+    torch.set_num_threads(2)
+    settings = _settings(until=0.0, stop_at_criterion=True)
+    info = bootstrap(build_task("addition", {"max_digits": 2}), tmp_path / "teacher", settings)
     assert [h["step"] for h in info["history"]] == [3]
     assert info["steps"] == 3
     saved = json.loads((tmp_path / "teacher" / "cdscale_bootstrap.json").read_text())
-    assert saved["steps"] == 3 and saved["until_sampled_accuracy"] == 0.0
+    assert saved["steps"] == 3 and saved["until_sampled_accuracy"] == 0.0 and saved["stop_at_criterion"]
     assert (tmp_path / "teacher" / "model.safetensors").is_file()
 
 
@@ -60,6 +77,7 @@ def test_the_library_defaults_are_the_commands_defaults():
         args.max_restarts,
     )
     assert s.spaced_pieces != args.character_tokenizer
+    assert s.stop_at_criterion == args.stop_at_criterion
     # None: `_bootstrap` takes the library's criterion for addition, 0 for arithmetic
     assert args.until_sampled_accuracy is None and s.until_sampled_accuracy == 0.95
 
@@ -131,3 +149,21 @@ def test_the_table3_baselines_labels_are_the_problems_its_teacher_learned():
             op.task.options.get("path") or op.task.options.get("problems") for op in stage.operations if op.num_train
         }
         assert files == {"configs/data/table3_labels.jsonl"}, name
+
+
+def test_the_checks_do_not_change_the_weights(tmp_path):
+    """A check samples with torch's random state, which training does not use: the teacher's
+    weights are the same whatever --eval-every is, so a changed check interval keeps earlier
+    teachers reproducible."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    weights = []
+    for every in (2, 6):
+        settings = BootstrapSettings(
+            steps=6, batch_size=4, eval_every=every, until_sampled_accuracy=None, check_problems=4
+        )
+        bootstrap(build_task("addition", {"max_digits": 2}), tmp_path / f"every{every}", settings)
+        weights.append(load_file(tmp_path / f"every{every}" / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

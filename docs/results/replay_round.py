@@ -6,6 +6,8 @@ sampling the teacher again.
     python docs/results/replay_round.py runs/addition --extra-epochs 2              # then 2 at the last rate
     python docs/results/replay_round.py runs/addition --extra-epochs 2 --restart 1  # then 2 warm restarts
     python docs/results/replay_round.py runs/addition --batch-size 32               # another global batch
+    python docs/results/replay_round.py runs/addition --model /path/to/model        # another starting student
+    python docs/results/replay_round.py runs/addition --temperature 2               # softer targets
 
 It trains a fresh copy of the run's model on round 0's data (RUN_DIR/data/) with cdscale's own
 collate, loss and schedule (AdamW, gradient clip, global batch as in `student.batch_size` or `--batch-size`),
@@ -30,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cdscale.checkpoint import read_shard
 from cdscale.models import resolve_model_path
-from cdscale.student.losses import distillation_loss
+from cdscale.student.losses import LossSpec, distillation_loss
 from cdscale.student.schedule import warmup_cosine
 from cdscale.student.trainer import answer_logits, collate
 from cdscale.targets import gold_record
@@ -44,13 +46,16 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--extra-epochs", type=int, default=0)
 parser.add_argument("--restart", type=float, default=0.0)
 parser.add_argument("--batch-size", type=int, default=None, help="the global batch (default: the run's)")
+parser.add_argument("--temperature", type=float, default=None, help="student.temperature (default: the run's)")
+parser.add_argument("--model", default=None, help="the student's starting weights (default: the run's model.path)")
 args = parser.parse_args()
 torch.manual_seed(args.seed)
 
 cfg = yaml.safe_load((args.run_dir / "config.yaml").read_text())
 student = cfg["student"]
 batch_size = args.batch_size or student["batch_size"]
-model_path = resolve_model_path(cfg["model"]["path"])
+loss_spec = LossSpec(student["loss"], temperature=args.temperature or student.get("temperature", 1.0))
+model_path = resolve_model_path(args.model or cfg["model"]["path"])
 tokenizer = AutoTokenizer.from_pretrained(model_path)
 model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 task = build_task(cfg["task"]["name"], cfg["task"]["options"])
@@ -100,7 +105,7 @@ for step in range(total + per_epoch * args.extra_epochs):
             last = 0.1 / args.restart  # each restart ends at the planned schedule's last rate
             group["lr"] = args.lr * args.restart * warmup_cosine((step - total) % per_epoch, per_epoch, 0, last)
     loss = distillation_loss(
-        student["loss"], answer_logits(model, batch), batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
+        loss_spec, answer_logits(model, batch), batch["target_ids"], batch["topk_ids"], batch["topk_logprobs"]
     )
     optimizer.zero_grad()
     loss.backward()
