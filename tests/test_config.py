@@ -12,12 +12,13 @@ from cdscale.models import PREPARED
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-def test_the_demo_config_is_the_embedded_default_trained_to_a_criterion():
+def test_the_demo_config_is_the_embedded_default_trained_to_a_criterion_at_temperature_2():
     demo = load_config(CONFIGS / "addition.yaml")
     assert demo.student.until_accuracy == 0.9 and demo.data.num_validation == 500
+    assert demo.student.temperature == 2.0
     without = dataclasses.replace(
         demo,
-        student=dataclasses.replace(demo.student, until_accuracy=0.0),
+        student=dataclasses.replace(demo.student, until_accuracy=0.0, temperature=1.0),
         data=dataclasses.replace(demo.data, num_validation=0),
     )
     assert without == Config()
