@@ -211,13 +211,8 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
         help="addition: both operands of one digit count (task.options.same_length; saved as tiny-addition-...-same)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--eval-every",
-        type=int,
-        default=500,
-        metavar="STEPS",
-        help="measure the teacher's greedy and sampled accuracy every STEPS steps (and at each schedule's end)",
-    )
+    checks = "measure the teacher's greedy and sampled accuracy every STEPS steps (and at each schedule's end)"
+    p.add_argument("--eval-every", type=int, default=500, metavar="STEPS", help=checks)
     p.add_argument(
         "--until-sampled-accuracy",
         type=float,
@@ -229,12 +224,8 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
         "addition, 0 for arithmetic (its tiny teacher stays near 42%%: docs/results.md)",
     )
     p.add_argument("--max-restarts", type=int, default=2)
-    p.add_argument(
-        "--stop-at-criterion",
-        action="store_true",
-        help="also stop mid-schedule, at the first --eval-every check that meets the criterion: faster, "
-        "but the demo's teacher so stopped made a far worse student (docs/results.md)",
-    )
+    # Off by default: the demo's teacher so stopped made a far worse student (docs/results.md).
+    p.add_argument("--stop-at-criterion", action="store_true", help="also stop mid-schedule at the first passing check")
     p.add_argument(
         "--problems",
         type=int,
