@@ -108,9 +108,9 @@ class BootstrapSettings:
     # Train until the teacher's temperature-1 samples are right on at least this fraction of
     # the held-out problems it is checked on: the student learns from those samples, and a
     # fixed step count gave teachers from 84.5% to 98.5% greedy on different CPUs of one
-    # machine kind. Checked every `eval_every` steps; training stops at the first check that
-    # passes. A schedule that ends below it is followed by another of `steps // 2` steps (a
-    # warm restart), at most `max_restarts` times. None: exactly `steps`.
+    # machine kind. Checked at each schedule's end (and every `eval_every` steps with
+    # `stop_at_criterion`). A schedule that ends below it is followed by another of `steps // 2`
+    # steps (a warm restart), at most `max_restarts` times. None: exactly `steps`.
     until_sampled_accuracy: float | None = 0.95
     max_restarts: int = 2
     # Also stop mid-schedule, at the first check that meets the criterion. Off by default: the
