@@ -1,10 +1,11 @@
 """The demo's training step at several batch sizes or rank layouts, alternated in one process
 so that the machine's drift (2026-12-06: the same step 25% slower 40 minutes later) falls on
 all alike. The trainer ranks are Ray actors with the run's DeepSpeed settings; a layout RxC is
-R ranks of C CPUs each (C torch threads), the demo's being 2x1. The records are a finished
-run's round 0.
+R ranks of C CPUs each (C torch threads), the demo's being 2x1; a variant is a set of config
+overrides (another ZeRO stage, say). The records are a finished run's round 0.
 
     python -m benchmarks.demo_batch RUN_DIR MODEL_DIR [--batches 64,128] [--layouts 2x1,1x2] [--repeats 2]
+        [--variants "student.zero_stage=2;student.zero_stage=1"]
 """
 
 import argparse
@@ -44,25 +45,30 @@ def main() -> None:
     parser.add_argument("--batches", default="64,128")
     parser.add_argument("--layouts", default="2x1", help="ranks x CPUs per rank, comma-separated")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--variants", default="", help="config overrides to alternate: ';' between variants, ',' within one"
+    )
     args = parser.parse_args()
     records, _ = read_shard(args.run_dir, 0)
     start_local_ray(num_cpus=2, include_dashboard=False)
     print(f"{machine()}; {len(records)} records of {args.run_dir}")
     try:
         for _ in range(args.repeats):
-            for batch, layout in product(map(int, args.batches.split(",")), args.layouts.split(",")):
+            variants = args.variants.split(";")
+            for batch, layout, variant in product(map(int, args.batches.split(",")), args.layouts.split(","), variants):
                 ranks, cpus = layout.split("x")
                 overrides = [
                     f"student.batch_size={batch}",
                     f"student.num_ranks={ranks}",
                     f"student.cpus_per_rank={cpus}",
+                    *filter(None, variant.split(",")),
                 ]
                 cfg = load_config(str(args.run_dir / "config.yaml"), overrides)
                 trainers = TrainerGroup.from_config(cfg, str(args.model_dir)).start()
                 trainers.call("set_records", ray.put(records))
                 ms = ms_per_step(trainers, len(records), batch, cfg.student.steps_per_call)
                 epoch = ms * (len(records) // batch) / 1000
-                print(f"batch {batch}, {layout}: {ms:.1f} ms per step, {epoch:.0f} s per epoch", flush=True)
+                print(f"batch {batch}, {layout} {variant}: {ms:.1f} ms per step, {epoch:.0f} s per epoch", flush=True)
                 trainers.kill()
     finally:
         ray.shutdown()
