@@ -52,9 +52,9 @@ def main() -> None:
     records, _ = read_shard(args.run_dir, 0)
     start_local_ray(num_cpus=2, include_dashboard=False)
     print(f"{machine()}; {len(records)} records of {args.run_dir}")
+    variants = args.variants.split(";")
     try:
         for _ in range(args.repeats):
-            variants = args.variants.split(";")
             for batch, layout, variant in product(map(int, args.batches.split(",")), args.layouts.split(","), variants):
                 ranks, cpus = layout.split("x")
                 overrides = [
