@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 
 from cdscale.cli import main
-from cdscale.config import Config, ConfigError, RunFailed, describe, load_config
+from cdscale.config import Config, ConfigError, RunFailed, describe, load_config, native_bf16_cpu
 from cdscale.models import PREPARED
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-def test_the_demo_config_is_the_embedded_default_trained_to_a_criterion_at_temperature_2():
-    demo = load_config(CONFIGS / "addition.yaml")
+def test_the_demo_config_is_the_embedded_default_trained_to_a_criterion_at_temperature_2_in_auto_dtype():
+    demo = load_config(CONFIGS / "addition.yaml", ["model.dtype=float32"])
     assert demo.student.until_accuracy == 0.9 and demo.data.num_validation == 500
     assert demo.student.temperature == 2.0
     without = dataclasses.replace(
@@ -22,6 +22,21 @@ def test_the_demo_config_is_the_embedded_default_trained_to_a_criterion_at_tempe
         data=dataclasses.replace(demo.data, num_validation=0),
     )
     assert without == Config()
+    assert "dtype: auto" in (CONFIGS / "addition.yaml").read_text()
+
+
+def test_auto_dtype_is_bfloat16_where_computed_natively_and_float32_elsewhere(monkeypatch):
+    import cdscale.config
+
+    zen4 = "flags\t\t: fpu vme avx512f avx512_bf16 avx512_vnni\n"
+    assert native_bf16_cpu(zen4) and native_bf16_cpu("flags : fpu amx_bf16 amx_tile\n")
+    assert not native_bf16_cpu("flags\t\t: fpu vme avx2 avx512f avx512_vnni\n")
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(cdscale.config, "native_bf16_cpu", lambda native=native: native)
+        assert load_config(None, ["model.dtype=auto"]).model.dtype == expected
+        on_gpus = ["model.dtype=auto", "teacher.gpus_per_engine=1", "student.gpus_per_rank=1"]
+        assert load_config(None, on_gpus).model.dtype == "bfloat16"
+    assert load_config(None, ["model.dtype=float32"]).model.dtype == "float32"
 
 
 def test_overrides_are_typed_and_nested():
