@@ -37,8 +37,9 @@ class ModelConfig:
     dtype: str = _f(
         "float32",
         "weights dtype for engines and trainers (trainers keep float32 master weights for bfloat16 and float16); "
-        "auto: bfloat16 where it is computed natively (engines or ranks on GPUs, or a CPU with AVX-512 BF16 or "
-        "AMX by /proc/cpuinfo), float32 elsewhere, where it would be emulated; a run's config.yaml records the choice",
+        "auto: bfloat16 where it is computed natively (engines or ranks on GPUs: set float16 on GPUs older than "
+        "Ampere; or a CPU with AVX-512 BF16 or AMX by /proc/cpuinfo), float32 elsewhere, where it would be "
+        "emulated; a run's config.yaml records the choice",
         ("float32", "bfloat16", "float16", "auto"),
     )
 
@@ -887,7 +888,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def native_bf16_cpu(cpuinfo: str | None = None) -> bool:
     """Whether this machine's CPU has bfloat16 instructions (AVX-512 BF16 or AMX), by the flags
     in /proc/cpuinfo (Linux; elsewhere False). On the AMD EPYC draw that has them the demo's
-    run took 489 s in bfloat16 against 627 s in float32 (2026-12-07, README)."""
+    teacher sampling took 124-149 s in bfloat16 against 169-204 s in float32 (2026-12-07,
+    docs/results.md#the-demos-run-in-bfloat16)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
