@@ -126,6 +126,10 @@ class BootstrapSettings:
     # the same gold labels. None: fresh problems every step.
     problems: int | None = None
     spaced_pieces: bool = True  # False: the character tokenizer of models bootstrapped before 2026-12-05
+    # The tiny Llama's depth. 2: the demo's teacher since 2026-12-07, which learned sooner than
+    # one of 4 and takes about half the time a step (docs/results.md#the-demos-teacher-with-two-layers);
+    # 4: every teacher before it, and the 8-digit and arithmetic ones (`cdscale bootstrap --layers`).
+    num_layers: int = 2
 
 
 def _check(model, tokenizer, tasks: list[Task], n: int, seed: int) -> dict[str, float]:
@@ -147,7 +151,7 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
     torch.manual_seed(s.seed)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_llama(tmp, seed=s.seed, spaced_pieces=s.spaced_pieces)
+    build_tiny_llama(tmp, num_layers=s.num_layers, seed=s.seed, spaced_pieces=s.spaced_pieces)
     tokenizer = AutoTokenizer.from_pretrained(tmp)
     model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
     schedules = [s.steps] + ([s.steps // 2] * s.max_restarts if s.until_sampled_accuracy is not None else [])
@@ -174,6 +178,7 @@ def bootstrap(task: Task | list[Task], out_dir: Path, settings: BootstrapSetting
         "task": [t.name for t in tasks],
         "learn_inputs": s.learn_inputs,
         "spaced_pieces": s.spaced_pieces,
+        "num_layers": s.num_layers,
         "steps": last["step"],
         "problems": s.problems,
         "schedules": schedules,

@@ -118,6 +118,13 @@ def _bootstrap_folder(args: argparse.Namespace) -> str:
             f"bootstrap: --lr must be positive and --max-digits at least --min-digits, "
             f"got {args.lr}, {args.min_digits}..{args.max_digits}"
         )
+    # The demo's teacher alone has the library's 2 layers; every other keeps the 4 of its documented results.
+    demo = args.task == "addition" and (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS and not args.learn_inputs
+    default_layers = BootstrapSettings.num_layers if demo else 4
+    if args.layers is None:
+        args.layers = default_layers
+    if args.layers < 1:
+        raise ConfigError(f"bootstrap --layers: must be at least 1, got {args.layers}")
     if args.until_sampled_accuracy is None:  # an addition teacher: the library's criterion
         args.until_sampled_accuracy = BootstrapSettings.until_sampled_accuracy if args.task == "addition" else 0.0
     if not 0 <= args.until_sampled_accuracy <= 1:
@@ -130,6 +137,7 @@ def _bootstrap_folder(args: argparse.Namespace) -> str:
         else f"-{args.min_digits}to{args.max_digits}"
     ) + ("-same" if args.task == "addition" and args.same_length else "")
     suffix += f"-p{args.problems}" if args.problems is not None else ""
+    suffix += f"-{args.layers}layers" if args.layers != default_layers else ""
     return f"tiny-{args.task}{suffix}" + ("-inputs" if args.learn_inputs else "")
 
 
@@ -161,6 +169,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
         stop_at_criterion=args.stop_at_criterion,
         spaced_pieces=not args.character_tokenizer,
         problems=args.problems,
+        num_layers=args.layers,
     )
     info = bootstrap(tasks, out, settings)
     log.info("bootstrapped tiny model in %s: %s", out, info["history"][-1])
@@ -234,11 +243,7 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
         help="learn N fixed problems (the paper's teacher had 499), not fresh ones every step; saved with "
         "the model as train_problems.jsonl, records for a baseline (folder tiny-addition-...-pN)",
     )
-    p.add_argument(
-        "--character-tokenizer",
-        action="store_true",
-        help="one token per character, as models bootstrapped before 2026-12-05 (to reproduce their results)",
-    )
+    _add_bootstrap_model_options(p)
     p.add_argument(
         "--learn-inputs",
         action="store_true",
@@ -247,6 +252,23 @@ def _add_bootstrap_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=_bootstrap)
+
+
+def _add_bootstrap_model_options(p: argparse.ArgumentParser) -> None:
+    """`cdscale bootstrap`'s options for the tiny model itself: its depth and its tokenizer."""
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="the tiny Llama's depth. Default: 2 for addition at the default digit range (the demo's teacher "
+        "since 2026-12-07: it learned sooner than 4 layers, at about half the time a step; docs/results.md), "
+        "4 otherwise (every other teacher's documented results). Another depth is saved as ...-<N>layers",
+    )
+    p.add_argument(
+        "--character-tokenizer",
+        action="store_true",
+        help="one token per character, as models bootstrapped before 2026-12-05 (to reproduce their results)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

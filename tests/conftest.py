@@ -187,6 +187,8 @@ def teacher_model(built_once):
         # other workers' tests use the second core.
         torch.set_num_threads(1)
         task = build_task("addition", {"min_digits": 1, "max_digits": 2})
-        bootstrap(task, out, BootstrapSettings(steps=250, batch_size=32, lr=3e-3, until_sampled_accuracy=None))
+        # 4 layers: the depth every stack test's expectations were set on (the demo's has 2).
+        settings = BootstrapSettings(steps=250, batch_size=32, lr=3e-3, until_sampled_accuracy=None, num_layers=4)
+        bootstrap(task, out, settings)
 
     return built_once("tiny-teacher", build)

@@ -78,8 +78,31 @@ def test_the_library_defaults_are_the_commands_defaults():
     )
     assert s.spaced_pieces != args.character_tokenizer
     assert s.stop_at_criterion == args.stop_at_criterion
+    # None: `_bootstrap` takes the library's depth for the demo's teacher, 4 for every other
+    assert args.layers is None and s.num_layers == 2
     # None: `_bootstrap` takes the library's criterion for addition, 0 for arithmetic
     assert args.until_sampled_accuracy is None and s.until_sampled_accuracy == 0.95
+
+
+@pytest.mark.parametrize(
+    ("argv", "layers", "folder"),
+    [
+        ([], 2, "tiny-addition"),  # the demo's teacher
+        (["--layers", "4"], 4, "tiny-addition-4layers"),  # the demo's teacher before 2026-12-07
+        (["--max-digits", "8", "--same-length"], 4, "tiny-addition-1to8-same"),  # configs/table3.yaml's
+        (["--max-digits", "8", "--layers", "2"], 2, "tiny-addition-1to8-2layers"),
+        (["--learn-inputs"], 4, "tiny-addition-inputs"),  # configs/synthetic.yaml's
+        (["--task", "arithmetic"], 4, "tiny-arithmetic"),
+    ],
+)
+def test_the_depth_defaults_to_2_for_the_demos_teacher_alone_and_another_gets_its_own_folder(argv, layers, folder):
+    """Every teacher whose results are documented keeps its depth and its folder; a depth other
+    than its default never overwrites it."""
+    from cdscale.cli import _bootstrap_folder, _parser
+
+    args = _parser().parse_args(["bootstrap", *argv])
+    assert _bootstrap_folder(args) == folder
+    assert args.layers == layers
 
 
 def test_the_arithmetic_teacher_trains_exactly_its_steps_by_default(tmp_path, monkeypatch):

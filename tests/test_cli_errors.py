@@ -43,6 +43,7 @@ def malformed(tmp_path) -> list[list[str]]:
         ["bootstrap", "--until-sampled-accuracy", "1.5"],
         ["bootstrap", "--max-restarts", "-1"],
         ["bootstrap", "--problems", "10"],
+        ["bootstrap", "--layers", "0"],
         ["bootstrap", "--task", "nope"],
         ["report"],
         ["report", str(tmp_path / "missing-run")],

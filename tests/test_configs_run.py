@@ -170,7 +170,9 @@ def tiny_stand_in(built_once):
         bootstrap(
             tasks,
             out,
-            BootstrapSettings(steps=300, batch_size=16, lr=3e-3, learn_inputs=True, until_sampled_accuracy=None),
+            BootstrapSettings(
+                steps=300, batch_size=16, lr=3e-3, learn_inputs=True, until_sampled_accuracy=None, num_layers=4
+            ),
         )
 
     return built_once("tiny-stand-in", build)
