@@ -126,9 +126,10 @@ class BootstrapSettings:
     # the same gold labels. None: fresh problems every step.
     problems: int | None = None
     spaced_pieces: bool = True  # False: the character tokenizer of models bootstrapped before 2026-12-05
-    # The tiny Llama's depth. 2: the demo's teacher since 2026-12-07, which learned sooner than
-    # one of 4 and takes about half the time a step (docs/results.md#the-demos-teacher-with-two-layers);
-    # 4: every teacher before it, and the 8-digit and arithmetic ones (`cdscale bootstrap --layers`).
+    # The tiny Llama's depth. 2: the demo's teacher since 2026-12-07, as quick to learn on two
+    # seeds at about half the time a step, and its students ahead (see
+    # docs/results.md#the-demos-teacher-with-two-layers); 4: every teacher before it, and the
+    # 8-digit and arithmetic ones (`cdscale bootstrap --layers`).
     num_layers: int = 2
 
 

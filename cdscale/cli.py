@@ -261,8 +261,9 @@ def _add_bootstrap_model_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="the tiny Llama's depth. Default: 2 for addition at the default digit range (the demo's teacher "
-        "since 2026-12-07: it learned sooner than 4 layers, at about half the time a step; docs/results.md), "
-        "4 otherwise (every other teacher's documented results). Another depth is saved as ...-<N>layers",
+        "since 2026-12-07: as quick to learn, at about half the time a step, its students ahead; "
+        "docs/results.md), 4 otherwise (every other teacher's documented results). Another depth is saved "
+        "as ...-<N>layers",
     )
     p.add_argument(
         "--character-tokenizer",
