@@ -11,6 +11,7 @@ cdscale report RUN_DIR... [--out DIR]                   results table (markdown)
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -148,6 +149,14 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
     out = prepared_path(_bootstrap_folder(args))
     if (out / "config.json").is_file() and not args.force:
+        # A cache from before 2026-12-07 holds a four-layer demo teacher under the same name.
+        layers = json.loads((out / "config.json").read_text()).get("num_hidden_layers", args.layers)
+        if layers != args.layers:
+            raise ConfigError(
+                f"bootstrap: {out} has {layers} layers, not the {args.layers} this command makes (bootstrapped "
+                f"before 2026-12-07?); --force makes it anew, `cdscale bootstrap --layers {layers}` the old one "
+                "in a folder of its own"
+            )
         log.info("%s already bootstrapped (use --force to redo)", out)
         return 0
     if args.task == "addition":

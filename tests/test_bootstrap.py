@@ -105,6 +105,25 @@ def test_the_depth_defaults_to_2_for_the_demos_teacher_alone_and_another_gets_it
     assert args.layers == layers
 
 
+def test_a_cached_teacher_of_another_depth_is_refused_by_name_not_run_as_the_new_one(tmp_path, monkeypatch, capsys):
+    """A cache from before 2026-12-07 holds the four-layer demo teacher as `tiny-addition`:
+    `cdscale bootstrap` must not take it for the two-layer one `make demo` now runs."""
+    from cdscale.cli import main
+    from cdscale.models import prepared_path
+
+    monkeypatch.setenv("CDSCALE_CACHE", str(tmp_path))
+    prepared_path("tiny-addition").mkdir(parents=True)
+    (prepared_path("tiny-addition") / "config.json").write_text(json.dumps({"num_hidden_layers": 4}))
+    assert main(["bootstrap"]) == 2
+    err = capsys.readouterr().err
+    assert f"{prepared_path('tiny-addition')} has 4 layers, not the 2" in err and "--force" in err
+    # The four-layer teacher in its own folder is what `--layers 4` finds.
+    prepared_path("tiny-addition-4layers").mkdir(parents=True)
+    (prepared_path("tiny-addition-4layers") / "config.json").write_text(json.dumps({"num_hidden_layers": 4}))
+    assert main(["bootstrap", "--layers", "4"]) == 0
+    assert f"{prepared_path('tiny-addition-4layers')} already bootstrapped" in capsys.readouterr().out
+
+
 def test_the_arithmetic_teacher_trains_exactly_its_steps_by_default(tmp_path, monkeypatch):
     """The four arithmetic tasks' tiny teacher stays near 42% (docs/results.md): the addition
     criterion would only add restarts, so the command's default there is exactly --steps."""

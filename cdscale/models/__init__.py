@@ -16,6 +16,7 @@ PREPARED = {
     "tiny-addition": "cdscale bootstrap",
     "tiny-arithmetic": "cdscale bootstrap --task arithmetic",
     "tiny-addition-inputs": "cdscale bootstrap --learn-inputs",
+    "tiny-addition-4layers": "cdscale bootstrap --layers 4",  # the demo's teacher before 2026-12-07
     # docs/results.md's 1-8 digit runs: the character tokenizer, exactly 1,000 steps
     "tiny-addition-1to8": "cdscale bootstrap --max-digits 8 --steps 1000 --character-tokenizer "
     "--until-sampled-accuracy 0",
