@@ -98,11 +98,17 @@ BOOTSTRAP_DIGITS = (1, 3)
 
 def _bootstrap_folder(args: argparse.Namespace) -> str:
     """Checks `cdscale bootstrap`'s arguments (a ConfigError naming the option; the default
-    criterion filled in) and returns the model's name in the cache."""
+    criterion and depth filled in) and returns the model's name in the cache."""
     from cdscale.bootstrap import BootstrapSettings
 
+    # The demo's teacher alone has the library's 2 layers; every other keeps the 4 of its documented results.
+    demo = args.task == "addition" and (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS and not args.learn_inputs
+    default_layers = BootstrapSettings.num_layers if demo else 4
+    if args.layers is None:
+        args.layers = default_layers
     for name, value, least in (
         ("--steps", args.steps, 1),
+        ("--layers", args.layers, 1),
         ("--batch-size", args.batch_size, 1),
         ("--min-digits", args.min_digits, 1),
         ("--eval-every", args.eval_every, 1),
@@ -119,13 +125,6 @@ def _bootstrap_folder(args: argparse.Namespace) -> str:
             f"bootstrap: --lr must be positive and --max-digits at least --min-digits, "
             f"got {args.lr}, {args.min_digits}..{args.max_digits}"
         )
-    # The demo's teacher alone has the library's 2 layers; every other keeps the 4 of its documented results.
-    demo = args.task == "addition" and (args.min_digits, args.max_digits) == BOOTSTRAP_DIGITS and not args.learn_inputs
-    default_layers = BootstrapSettings.num_layers if demo else 4
-    if args.layers is None:
-        args.layers = default_layers
-    if args.layers < 1:
-        raise ConfigError(f"bootstrap --layers: must be at least 1, got {args.layers}")
     if args.until_sampled_accuracy is None:  # an addition teacher: the library's criterion
         args.until_sampled_accuracy = BootstrapSettings.until_sampled_accuracy if args.task == "addition" else 0.0
     if not 0 <= args.until_sampled_accuracy <= 1:

@@ -55,8 +55,10 @@ cfg = yaml.safe_load((args.run_dir / "config.yaml").read_text())
 student = cfg["student"]
 batch_size = args.batch_size or student["batch_size"]
 # The run's loss with all its options (older runs' config.yaml lack the newer ones: their defaults).
-own = {f.name: student[f.name] for f in dataclasses.fields(LossSpec) if f.name != "name" and f.name in student}
-loss_spec = LossSpec(student["loss"], **{**own, **({"temperature": args.temperature} if args.temperature else {})})
+options = {f.name: student[f.name] for f in dataclasses.fields(LossSpec) if f.name != "name" and f.name in student}
+if args.temperature:
+    options["temperature"] = args.temperature
+loss_spec = LossSpec(student["loss"], **options)
 model_path = resolve_model_path(args.model or cfg["model"]["path"])
 tokenizer = AutoTokenizer.from_pretrained(model_path)
 model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
